@@ -1,0 +1,18 @@
+"""rlhf_edu: the helper library of the rlhf-edu course.
+
+Each notebook builds a piece by hand, checks it against the function here with the same name,
+then uses the library version. Modules, in course order:
+
+    presets      smoke / cpu / gpu budgets, one place
+    models       the offline SmolLM2-135M-Instruct, hub models, tiny test models, device and dtype
+    data         concepts, SFT demonstrations, schema checks
+    rubric       the gold annotator: a transparent scoring rubric
+    logprobs     per-token log-probs (the only logits/labels shift), masks, masked statistics
+    generation   a KV-cached sampler that draws from the exact policy
+    sft          completion-only supervised fine-tuning
+    metrics      means, standard errors, paired differences
+    plots        live training plots through a display handle
+    store        artifacts and the course summary
+"""
+
+__version__ = "0.1.0"

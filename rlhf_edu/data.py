@@ -1,0 +1,120 @@
+"""The task's data: concepts (train/eval split) and SFT demonstrations, with schema checks.
+
+Every file in `data/` was written for this project (see data/README.md). Files are JSON Lines, one
+object per line. Loading goes through `datasets`; before that, each row is checked against its
+schema so that a bad row raises `DataError` naming the file, the line and the field, instead of a
+traceback from deep inside pyarrow.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+DATA_ENV = "RLHF_EDU_DATA"
+PROMPT_TEMPLATE = "Explain {concept} to a 10-year-old."
+
+CONCEPTS_SCHEMA = {"concept": str, "category": str, "split": str}
+SFT_SCHEMA = {"concept": str, "prompt": str, "response": str}
+SPLITS = ("train", "eval")
+
+
+class DataError(ValueError):
+    """A data file that does not match its schema; the message names file, line and field."""
+
+
+def data_dir() -> Path:
+    """`$RLHF_EDU_DATA`, else the repository's `data/` next to the package."""
+    env = os.environ.get(DATA_ENV)
+    return Path(env) if env else Path(__file__).resolve().parents[1] / "data"
+
+
+def make_prompt(concept: str) -> str:
+    """The running task's prompt for one concept."""
+    if not isinstance(concept, str) or not concept.strip():
+        raise ValueError(f"a concept must be a non-empty string, got {concept!r}")
+    return PROMPT_TEMPLATE.format(concept=concept.strip())
+
+
+def read_jsonl(path: str | Path, schema: dict[str, type]) -> list[dict]:
+    """Parse and check a JSON Lines file: every row has exactly the schema's fields, each a
+    non-empty value of the right type. Raises `DataError` naming file, line and field."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: file not found")
+    rows = []
+    with path.open(encoding="utf-8") as f:
+        for line_no, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DataError(f"{path}, line {line_no}: not valid JSON ({err.msg} at column {err.colno})") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{path}, line {line_no}: expected a JSON object, got {type(row).__name__}")
+            for field, kind in schema.items():
+                if field not in row:
+                    near = [k for k in row if k not in schema]
+                    hint = f" (found unexpected field(s) {near})" if near else ""
+                    raise DataError(f"{path}, line {line_no}: missing field {field!r}{hint}")
+                value = row[field]
+                if not isinstance(value, kind):
+                    raise DataError(
+                        f"{path}, line {line_no}, field {field!r}: expected {kind.__name__}, "
+                        f"got {type(value).__name__} ({value!r})"
+                    )
+                if kind is str and not value.strip():
+                    raise DataError(f"{path}, line {line_no}, field {field!r}: empty string")
+            extra = [k for k in row if k not in schema]
+            if extra:
+                raise DataError(f"{path}, line {line_no}: unexpected field(s) {extra}; expected {list(schema)}")
+            rows.append(row)
+    if not rows:
+        raise DataError(f"{path}: no rows")
+    return rows
+
+
+def load_jsonl_dataset(path: str | Path, schema: dict[str, type]):
+    """A `datasets.Dataset` from a checked JSON Lines file."""
+    import datasets
+
+    read_jsonl(path, schema)  # raises DataError on the first bad row
+    return datasets.load_dataset("json", data_files=str(path), split="train")
+
+
+def load_concepts(split: str | None = None, path: str | Path | None = None):
+    """Concepts as a `datasets.Dataset` (concept, category, split), optionally one split."""
+    path = Path(path) if path else data_dir() / "concepts.jsonl"
+    ds = load_jsonl_dataset(path, CONCEPTS_SCHEMA)
+    for i, value in enumerate(ds["split"]):
+        if value not in SPLITS:
+            raise DataError(f"{path}, row {i + 1}, field 'split': {value!r} is not one of {SPLITS}")
+    if split is None:
+        return ds
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    return ds.filter(lambda row: row["split"] == split)
+
+
+def load_sft_demos(path: str | Path | None = None):
+    """SFT demonstrations as a `datasets.Dataset` (concept, prompt, response)."""
+    path = Path(path) if path else data_dir() / "sft_demos.jsonl"
+    ds = load_jsonl_dataset(path, SFT_SCHEMA)
+    for i, row in enumerate(ds):
+        if row["prompt"] != make_prompt(row["concept"]):
+            raise DataError(
+                f"{path}, row {i + 1}, field 'prompt': expected {make_prompt(row['concept'])!r}, got {row['prompt']!r}"
+            )
+    return ds
+
+
+def eval_prompts(n: int | None = None) -> list[str]:
+    """Prompts for the first `n` eval concepts (all of them if n is None), in file order."""
+    concepts = load_concepts("eval")["concept"]
+    if n is not None:
+        if n > len(concepts):
+            raise ValueError(f"asked for {n} eval prompts but the eval split has {len(concepts)}")
+        concepts = concepts[:n]
+    return [make_prompt(c) for c in concepts]

@@ -1,0 +1,136 @@
+"""Per-token log-probabilities, masks and masked statistics: the plumbing every stage shares.
+
+One layout everywhere (reference/ppo_details.md section 1.1): a batch is a left-padded prompt block of
+width P followed by a right-padded response block of width R,
+
+    input_ids      (B, P + R)   [pad pad p1 p2 p3 | r1 r2 EOS pad pad]
+    attention_mask (B, P + R)   [ 0   0  1  1  1 |  1  1  1   0   0 ]
+    response_mask  (B, R)                         [ 1  1  1   0   0 ]
+
+`per_token_logps` is the only place in the library that shifts logits against labels: the logits at
+position t predict the token at t + 1, so the response tokens are scored by logits[:, P-1 : P+R-1].
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions that skip left padding: an exclusive cumulative sum of the mask.
+
+    attention_mask (B, T) -> position_ids (B, T); the first real token of each row gets 0.
+    Without this, GPT-2's absolute position embeddings see left padding as content (section 1.1).
+    """
+    mask = attention_mask.long()
+    return mask.cumsum(dim=1) - mask  # (B, T)
+
+
+def response_mask_from_eos(response_ids: torch.Tensor, eos_token_id: int) -> torch.Tensor:
+    """1 on every response token up to and including the first EOS, 0 after it.
+
+    response_ids (B, R) -> (B, R) long. Built from the EOS position, never from pad ids (pad may
+    equal EOS in a hub tokenizer). A row with no EOS is all ones.
+    """
+    is_eos = (response_ids == eos_token_id).long()  # (B, R)
+    eos_seen_before = is_eos.cumsum(dim=1) - is_eos  # (B, R) EOS tokens strictly before t
+    return (eos_seen_before == 0).long()  # (B, R)
+
+
+def truncate_after_eos(
+    response_ids: torch.Tensor, eos_token_id: int, pad_token_id: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Replace everything after the first EOS with pad (section 1.3, item 8).
+
+    Returns (response_ids (B, R), response_mask (B, R), has_eos (B,) bool). For [a, b, EOS, x, y]
+    that is [a, b, EOS, PAD, PAD] with mask [1, 1, 1, 0, 0].
+    """
+    response_mask = response_mask_from_eos(response_ids, eos_token_id)  # (B, R)
+    truncated = response_ids.masked_fill(response_mask == 0, pad_token_id)  # (B, R)
+    has_eos = (response_ids == eos_token_id).any(dim=1)  # (B,)
+    return truncated, response_mask, has_eos
+
+
+def selective_log_softmax(logits: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """log softmax(logits)[index] in fp32 without keeping a second (B, T, V) tensor.
+
+    logits (B, T, V), index (B, T) -> (B, T).
+    """
+    logits = logits.float()
+    picked = logits.gather(dim=-1, index=index.unsqueeze(-1)).squeeze(-1)  # (B, T)
+    return picked - torch.logsumexp(logits, dim=-1)  # (B, T)
+
+
+def response_logits(
+    model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, context_length: int
+) -> torch.Tensor:
+    """Logits that predict each response token: (B, P + R) -> (B, R, V)."""
+    position_ids = position_ids_from_mask(attention_mask)  # (B, P+R)
+    n_response = input_ids.shape[1] - context_length
+    out = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        logits_to_keep=n_response + 1,  # only the positions P-1 .. P+R-1 are needed
+        use_cache=False,
+    )
+    return out.logits[:, :-1]  # (B, R, V): the shift, logits at t predict token t+1
+
+
+def per_token_logps(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    context_length: int,
+    temperature: float = 1.0,
+) -> torch.Tensor:
+    """log pi(response_t | prompt, response_<t) for every response token, from logits / temperature.
+
+    input_ids, attention_mask (B, P + R) in the layout above; context_length = P.
+    Returns (B, R) fp32. Entries on padding are meaningless: multiply by `response_mask`.
+    The same temperature must be used for sampling, old, new and reference log-probs (section 1.2).
+    """
+    logits = response_logits(model, input_ids, attention_mask, context_length)  # (B, R, V)
+    labels = input_ids[:, context_length:]  # (B, R)
+    return selective_log_softmax(logits.float() / temperature, labels)  # (B, R)
+
+
+def masked_sum(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    """Sum of x where mask is 1."""
+    return (x * mask).sum() if dim is None else (x * mask).sum(dim=dim)
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    """Mean of x over positions where mask is 1 (all of them, or along `dim`)."""
+    mask = mask.to(x.dtype)
+    if dim is None:
+        return (x * mask).sum() / mask.sum().clamp(min=1.0)
+    return (x * mask).sum(dim=dim) / mask.sum(dim=dim).clamp(min=1.0)
+
+
+def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> torch.Tensor:
+    """Variance of x over masked positions (Bessel-corrected by default, as in TRL/N-details)."""
+    mask = mask.to(x.dtype)
+    mean = masked_mean(x, mask)
+    centered_sq = ((x - mean) ** 2) * mask
+    n = mask.sum()
+    if unbiased:
+        if n < 2:
+            raise ValueError(f"masked_var needs at least 2 unmasked values for an unbiased variance, got {int(n)}")
+        return centered_sq.sum() / (n - 1)
+    return centered_sq.sum() / n.clamp(min=1.0)
+
+
+def masked_whiten(
+    x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8
+) -> torch.Tensor:
+    """(x - mean) / std over masked positions; with shift_mean=False the mean is added back.
+
+    Statistics use only unmasked entries (section 1.8); masked entries come back as 0.
+    """
+    mean = masked_mean(x, mask)
+    var = masked_var(x, mask)
+    whitened = (x - mean) * torch.rsqrt(var + eps)
+    if not shift_mean:
+        whitened = whitened + mean
+    return whitened * mask.to(x.dtype)

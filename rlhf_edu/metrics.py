@@ -1,0 +1,55 @@
+"""Means, standard errors and paired differences, plus one policy evaluation helper.
+
+Every comparison in the course ("SFT beats base by more than 3 standard errors") is a paired one:
+both policies answer the same eval prompts, so the standard error is that of the per-prompt
+differences, sd(d) / sqrt(n), which is smaller than the unpaired one when the prompts vary in
+difficulty.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def mean_and_se(values) -> tuple[float, float]:
+    """Sample mean and its standard error sd / sqrt(n), with the n - 1 (Bessel) sd."""
+    x = [float(v) for v in values]
+    n = len(x)
+    if n == 0:
+        raise ValueError("mean_and_se of an empty list")
+    mean = sum(x) / n
+    if n == 1:
+        return mean, float("nan")
+    var = sum((v - mean) ** 2 for v in x) / (n - 1)
+    return mean, math.sqrt(var / n)
+
+
+def paired_difference(after, before) -> dict[str, float]:
+    """Mean of after - before over matched items, its standard error, and their ratio z."""
+    if len(after) != len(before):
+        raise ValueError(f"paired_difference needs matched lists, got {len(after)} and {len(before)}")
+    delta, se = mean_and_se([a - b for a, b in zip(after, before)])
+    z = delta / se if se > 0 else (math.inf if delta > 0 else (-math.inf if delta < 0 else 0.0))
+    return {"delta": delta, "se": se, "z": z}
+
+
+def evaluate_policy(
+    model, tokenizer, prompts: list[str], sampling, *, seed: int = 0, autocast_ctx=None
+) -> list[dict]:
+    """Sample one response per prompt and score it with the gold rubric.
+
+    Returns rows {prompt, response, tokens, eos, gold, <components>}. The same seed gives the same
+    draws, so two policies are compared on equal terms.
+    """
+    from rlhf_edu.generation import sample
+    from rlhf_edu.rubric import score_batch
+
+    generator = torch.Generator().manual_seed(seed)
+    samples = sample(model, tokenizer, prompts, sampling, generator=generator, autocast_ctx=autocast_ctx)
+    scored = score_batch(prompts, samples.texts, samples.has_eos.tolist())
+    return [
+        {"prompt": p, "response": r, "tokens": int(n), "eos": bool(e), **s}
+        for p, r, n, e, s in zip(prompts, samples.texts, samples.n_tokens, samples.has_eos, scored)
+    ]

@@ -1,0 +1,66 @@
+"""Live training plots: one matplotlib figure redrawn in place through an IPython display handle.
+
+No widget library is involved (`display(fig, display_id=True)` then `handle.update(fig)`), so the
+plot updates the same way in JupyterLab, Notebook 7, VS Code and Colab. Outside a notebook the plot
+only records values.
+"""
+
+from __future__ import annotations
+
+from matplotlib.figure import Figure
+
+
+def in_notebook() -> bool:
+    try:
+        from IPython import get_ipython
+
+        shell = get_ipython()
+    except ImportError:
+        return False
+    return shell is not None and shell.__class__.__name__ == "ZMQInteractiveShell"
+
+
+class LivePlot:
+    """One panel per group of metric keys, redrawn every `every` updates.
+
+    >>> plot = LivePlot({"loss": ["train/loss", "eval/loss"]})
+    >>> plot.update(step=1, metrics={"train/loss": 2.3})
+    """
+
+    def __init__(self, panels: dict[str, list[str]], every: int = 1, title: str = ""):
+        self.panels, self.every, self.title = panels, max(1, every), title
+        self.history: dict[str, list[tuple[int, float]]] = {k: [] for keys in panels.values() for k in keys}
+        self._updates = 0
+        self._handle = None
+        self.fig = Figure(figsize=(4.2 * len(panels), 3.0), layout="constrained")
+        self.axes = self.fig.subplots(1, len(panels), squeeze=False)[0]
+        if in_notebook():
+            from IPython.display import display
+
+            self._handle = display(self.fig, display_id=True)
+
+    def update(self, step: int, metrics: dict[str, float], force: bool = False) -> None:
+        for key, value in metrics.items():
+            if key in self.history and value is not None:
+                self.history[key].append((step, float(value)))
+        self._updates += 1
+        if force or self._updates % self.every == 0:
+            self.draw()
+
+    def draw(self) -> None:
+        for ax, (name, keys) in zip(self.axes, self.panels.items()):
+            ax.clear()
+            for key in keys:
+                points = self.history[key]
+                if points:
+                    xs, ys = zip(*points)
+                    ax.plot(xs, ys, marker="o" if len(points) < 30 else None, ms=3, label=key)
+            ax.set_title(name)
+            ax.set_xlabel("step")
+            ax.grid(alpha=0.3)
+            if any(self.history[k] for k in keys):
+                ax.legend(fontsize=8)
+        if self.title:
+            self.fig.suptitle(self.title)
+        if self._handle is not None:
+            self._handle.update(self.fig)

@@ -1,0 +1,88 @@
+"""Presets: the budgets of every notebook in one module.
+
+`smoke` runs every code path with the real model at tiny budgets (CI, nbval); `cpu` fits a 2-core
+laptop (every notebook in 10 minutes or less); `gpu` fits a Colab T4. `RLHF_EDU_PRESET` picks one;
+otherwise a visible CUDA device means `gpu` and none means `cpu`.
+
+Each preset is built from the stage config dataclasses themselves (`SamplingConfig`, `SFTConfig`),
+so a notebook can print the preset and a learner can change one field with `dataclasses.replace`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from rlhf_edu.generation import SamplingConfig
+from rlhf_edu.sft import SFTConfig
+
+PRESET_ENV = "RLHF_EDU_PRESET"
+
+
+@dataclass(frozen=True)
+class Preset:
+    """The budgets one run of the course uses."""
+
+    name: str
+    """`smoke`, `cpu` or `gpu`."""
+    description: str
+    """One line a notebook prints."""
+    model_name: str = "SmolLM2-135M-Instruct"
+    """The policy's starting point: the offline default, or any hub id where the hub is reachable."""
+    n_eval: int = 64
+    """How many eval concepts each policy answers when the notebooks compare gold scores."""
+    eval_sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    """How evaluation samples are drawn (the same in every notebook, so scores compare)."""
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    """Supervised fine-tuning (notebook 01)."""
+    seed: int = 0
+    """The one seed every notebook starts from."""
+
+
+PRESETS: dict[str, Preset] = {
+    "smoke": Preset(
+        name="smoke",
+        description="CI and nbval: every code path with the real model, tiny budgets",
+        n_eval=4,
+        eval_sampling=SamplingConfig(max_new_tokens=16, temperature=0.7, batch_size=4),
+        sft=SFTConfig(max_steps=2, batch_size=4, eval_every=2, n_heldout=4, lr=3e-5),
+    ),
+    "cpu": Preset(
+        name="cpu",
+        description="a 2-core laptop: every notebook in 10 minutes or less",
+        n_eval=64,
+        eval_sampling=SamplingConfig(max_new_tokens=64, temperature=0.7, batch_size=16),
+        sft=SFTConfig(max_steps=48, batch_size=8, eval_every=16, n_heldout=32, lr=3e-5),
+    ),
+    "gpu": Preset(
+        name="gpu",
+        description="a Colab T4 (16 GB): larger batches and more steps",
+        n_eval=128,
+        eval_sampling=SamplingConfig(max_new_tokens=64, temperature=0.7, batch_size=64),
+        sft=SFTConfig(max_steps=160, batch_size=16, eval_every=20, n_heldout=32, lr=3e-5),
+    ),
+}
+
+
+def default_preset_name(cuda_available: bool | None = None) -> str:
+    """`RLHF_EDU_PRESET` if set, else `gpu` with CUDA and `cpu` without."""
+    name = os.environ.get(PRESET_ENV, "").strip().lower()
+    if name:
+        if name not in PRESETS:
+            raise ValueError(
+                f"{PRESET_ENV}={name!r} is not a preset; choose one of {sorted(PRESETS)}"
+            )
+        return name
+    if cuda_available is None:
+        import torch
+
+        cuda_available = torch.cuda.is_available()
+    return "gpu" if cuda_available else "cpu"
+
+
+def get_preset(name: str | None = None) -> Preset:
+    """The preset called `name`, or the one `default_preset_name()` picks."""
+    name = default_preset_name() if name is None else name.strip().lower()
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    return PRESETS[name]

@@ -1,0 +1,220 @@
+"""Supervised fine-tuning (SFT) with a completion-only loss.
+
+The first stage of InstructGPT (Ouyang et al. 2022, section 3.5): maximize the log-likelihood of
+demonstrations, counting only the response tokens (the prompt is given, not learned). Notebook 01
+builds each piece and checks it against this module.
+
+    loss = - sum_{b,t} response_mask[b,t] * log pi(y[b,t] | x[b], y[b,<t]) / sum_{b,t} response_mask[b,t]
+
+Deliberate choices:
+- The mean is over response tokens of the whole batch (token-level), as in TRL's SFTTrainer.
+- Every response ends with the EOS token, which is in the loss (response_mask covers it), so the
+  model learns to stop; the pad token differs from EOS (models.setup_tokenizer).
+- The batch layout is the one every stage uses (logprobs.py), so SFT, sampling and PPO share
+  `per_token_logps`.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from rlhf_edu.generation import encode_prompts
+from rlhf_edu.logprobs import masked_mean, per_token_logps
+
+
+@dataclass(frozen=True)
+class SFTConfig:
+    """Supervised fine-tuning settings."""
+
+    lr: float = 3e-5
+    """Peak AdamW learning rate."""
+    batch_size: int = 8
+    """Demonstrations per optimizer step."""
+    max_steps: int = 48
+    """Optimizer steps (the data is reshuffled at each epoch boundary)."""
+    warmup_steps: int = 4
+    """Linear warm-up from 0 to `lr`, then linear decay to 0 at `max_steps`."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping by global norm."""
+    eval_every: int = 16
+    """Held-out loss every this many steps (and at the last step)."""
+    n_heldout: int = 32
+    """Demonstrations kept out of training to measure held-out loss."""
+    max_response_tokens: int = 96
+    """Longer demonstrations are an error (they would be cut before their EOS)."""
+    seed: int = 0
+    """Shuffling and held-out split."""
+
+    def __post_init__(self):
+        if self.max_steps < 1 or self.batch_size < 1:
+            raise ValueError(f"max_steps and batch_size must be >= 1, got {self.max_steps}, {self.batch_size}")
+        if self.lr < 0:
+            raise ValueError(f"lr must be >= 0, got {self.lr}")
+
+
+def build_sft_batch(tokenizer, prompts: list[str], responses: list[str], max_response_tokens: int = 96) -> dict:
+    """Tokenize (prompt, response) pairs into the course layout.
+
+    Returns input_ids, attention_mask (B, P + R), response_mask (B, R) and context_length P.
+    Each response is followed by EOS; response_mask is 1 on the response tokens and that EOS.
+    """
+    prompt_ids, prompt_mask = encode_prompts(tokenizer, prompts)  # (B, P), left-padded
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    encoded = [tokenizer(r, add_special_tokens=False).input_ids + [eos] for r in responses]
+    for i, ids in enumerate(encoded):
+        if len(ids) > max_response_tokens:
+            raise ValueError(f"response {i} is {len(ids)} tokens, more than max_response_tokens={max_response_tokens}")
+    R = max(len(ids) for ids in encoded)
+    response_ids = torch.full((len(encoded), R), pad, dtype=torch.long)  # (B, R) right-padded
+    response_mask = torch.zeros((len(encoded), R), dtype=torch.long)  # (B, R)
+    for i, ids in enumerate(encoded):
+        response_ids[i, : len(ids)] = torch.tensor(ids)
+        response_mask[i, : len(ids)] = 1
+    return {
+        "input_ids": torch.cat([prompt_ids, response_ids], dim=1),  # (B, P+R)
+        "attention_mask": torch.cat([prompt_mask, response_mask], dim=1),  # (B, P+R)
+        "response_mask": response_mask,  # (B, R)
+        "context_length": prompt_ids.shape[1],
+    }
+
+
+def sft_loss(per_token_logps: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
+    """Completion-only negative log-likelihood: mean over response tokens. (B, R), (B, R) -> ()."""
+    return -masked_mean(per_token_logps, response_mask)
+
+
+def sft_batch_loss(model, batch: dict) -> torch.Tensor:
+    logps = per_token_logps(model, batch["input_ids"], batch["attention_mask"], batch["context_length"])  # (B, R)
+    return sft_loss(logps, batch["response_mask"])
+
+
+def linear_schedule(step: int, warmup_steps: int, max_steps: int) -> float:
+    """Learning-rate multiplier: linear warm-up, then linear decay to 0."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    return max(0.0, (max_steps - step) / max(1, max_steps - warmup_steps))
+
+
+@torch.no_grad()
+def heldout_loss(model, tokenizer, rows: list[dict], config: SFTConfig, autocast_ctx=None) -> float:
+    """Token-weighted completion-only loss over held-out demonstrations."""
+    import contextlib
+
+    model.eval()
+    device = next(model.parameters()).device
+    total, tokens = 0.0, 0
+    for start in range(0, len(rows), config.batch_size):
+        chunk = rows[start : start + config.batch_size]
+        batch = build_sft_batch(tokenizer, [r["prompt"] for r in chunk], [r["response"] for r in chunk], config.max_response_tokens)
+        batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        with autocast_ctx or contextlib.nullcontext():
+            loss = sft_batch_loss(model, batch)
+        n = int(batch["response_mask"].sum())
+        total, tokens = total + float(loss) * n, tokens + n
+    return total / max(tokens, 1)
+
+
+def split_heldout(rows: list[dict], n_heldout: int, seed: int) -> tuple[list[dict], list[dict]]:
+    """A seeded train / held-out split of the demonstrations."""
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    held = [rows[i] for i in order[:n_heldout]]
+    train = [rows[i] for i in order[n_heldout:]]
+    if not train:
+        raise ValueError(f"n_heldout={n_heldout} leaves no training demonstrations out of {len(rows)}")
+    return train, held
+
+
+def train_sft(
+    model,
+    tokenizer,
+    rows: list[dict],
+    config: SFTConfig,
+    *,
+    setup=None,
+    live_plot=None,
+    out_dir: str | Path | None = None,
+    progress: bool = True,
+) -> list[dict]:
+    """Fine-tune `model` in place on demonstrations {prompt, response}; return one record per step.
+
+    Records hold `train/loss`, `train/lr`, `train/grad_norm`, `train/tokens`, and `eval/loss` at
+    evaluation steps. `live_plot` (a plots.LivePlot) is updated every step. With `out_dir`, the
+    model and tokenizer are saved there at the end (safetensors), with the config and history.
+    """
+    from rlhf_edu.models import autocast, device_setup
+
+    setup = setup or device_setup()
+    autocast_ctx = autocast(setup)
+    train_rows, held_rows = split_heldout(rows, config.n_heldout, config.seed)
+    device = next(model.parameters()).device
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: linear_schedule(s, config.warmup_steps, config.max_steps)
+    )
+    scaler = torch.amp.GradScaler(setup.device, enabled=setup.grad_scaler)
+    rng = random.Random(config.seed)
+    order: list[int] = []
+    history = []
+    for step in tqdm(range(config.max_steps), desc="SFT", disable=not progress):
+        # 1. Next batch of demonstrations (reshuffled each epoch).
+        if len(order) < config.batch_size:
+            order += rng.sample(range(len(train_rows)), len(train_rows))
+        chunk = [train_rows[order.pop(0)] for _ in range(min(config.batch_size, len(train_rows)))]
+        batch = build_sft_batch(tokenizer, [r["prompt"] for r in chunk], [r["response"] for r in chunk], config.max_response_tokens)
+        batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        # 2. Completion-only loss on the response tokens (and EOS).
+        model.train()
+        with autocast_ctx:
+            loss = sft_batch_loss(model, batch)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"SFT loss is {float(loss)} at step {step}; lower the learning rate")
+        # 3. Backward, clip, step.
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        record = {
+            "step": step + 1,
+            "train/loss": loss.item(),
+            "train/lr": scheduler.get_last_lr()[0],
+            "train/grad_norm": float(grad_norm),
+            "train/tokens": int(batch["response_mask"].sum()),
+        }
+        scheduler.step()
+        # 4. Held-out loss now and then.
+        if held_rows and ((step + 1) % config.eval_every == 0 or step + 1 == config.max_steps):
+            record["eval/loss"] = heldout_loss(model, tokenizer, held_rows, config, autocast_ctx)
+        history.append(record)
+        if live_plot is not None:
+            live_plot.update(step + 1, record, force=step + 1 == config.max_steps)
+    model.eval()
+    if out_dir is not None:
+        save_checkpoint(model, tokenizer, out_dir, {"config": asdict(config), "history": history})
+    return history
+
+
+def save_checkpoint(model, tokenizer, out_dir: str | Path, info: dict | None = None) -> Path:
+    """`save_pretrained` (safetensors) plus a JSON file of run information."""
+    from rlhf_edu.store import write_json
+
+    out_dir = Path(out_dir)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+    if info is not None:
+        write_json(out_dir / "run_info.json", info)
+    return out_dir
+
+
+def perplexity(loss: float) -> float:
+    return math.exp(loss)
