@@ -53,3 +53,19 @@ def evaluate_policy(
         {"prompt": p, "response": r, "tokens": int(n), "eos": bool(e), **s}
         for p, r, n, e, s in zip(prompts, samples.texts, samples.n_tokens, samples.has_eos, scored)
     ]
+
+
+def wilson_interval(successes: float, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion (Wilson 1927); 95% by default.
+
+    Better than p +- z sqrt(p(1-p)/n) at small n and near 0 or 1 (it never leaves [0, 1]).
+    """
+    if n <= 0:
+        raise ValueError(f"wilson_interval needs n > 0, got {n}")
+    if not 0 <= successes <= n:
+        raise ValueError(f"successes must be in [0, n], got {successes} of {n}")
+    p = successes / n
+    denom = 1 + z * z / n
+    center = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, center - half), min(1.0, center + half)
