@@ -37,7 +37,7 @@ def make_prompt(concept: str) -> str:
     return PROMPT_TEMPLATE.format(concept=concept.strip())
 
 
-def read_jsonl(path: str | Path, schema: dict[str, type]) -> list[dict]:
+def read_jsonl(path: str | Path, schema: dict) -> list[dict]:
     """Parse and check a JSON Lines file: every row has exactly the schema's fields, each a
     non-empty value of the right type. Raises `DataError` naming file, line and field."""
     path = Path(path)
@@ -60,9 +60,10 @@ def read_jsonl(path: str | Path, schema: dict[str, type]) -> list[dict]:
                     hint = f" (found unexpected field(s) {near})" if near else ""
                     raise DataError(f"{path}, line {line_no}: missing field {field!r}{hint}")
                 value = row[field]
-                if not isinstance(value, kind):
+                if not isinstance(value, kind) or (isinstance(value, bool) and kind in (int, float)):
+                    expected = " or ".join(k.__name__ for k in kind) if isinstance(kind, tuple) else kind.__name__
                     raise DataError(
-                        f"{path}, line {line_no}, field {field!r}: expected {kind.__name__}, "
+                        f"{path}, line {line_no}, field {field!r}: expected {expected}, "
                         f"got {type(value).__name__} ({value!r})"
                     )
                 if kind is str and not value.strip():

@@ -1,0 +1,90 @@
+"""Preference pairs: sample two responses per prompt, label them, export them.
+
+The data-collection step of Christiano et al. (2017) and Ouyang et al. (2022, section 3.4): the
+policy answers each prompt twice, a labeler says which answer is better. Here the labeler is the
+simulated annotator (annotator.py) for the bulk, and the learner for a few dozen pairs in notebook 02.
+
+A pair on disk (data/preferences_train.jsonl, data/preferences_heldout.jsonl):
+
+    {"pair_id": "train-0007-1", "concept": "gravity", "prompt": "Explain gravity to a 10-year-old.",
+     "responses": ["...", "..."], "eos": [true, false], "tokens": [41, 64], "gold": [0.97, 0.71],
+     "label": "0"}                       # "0" or "1": the preferred response; "tie"
+
+`to_preference_rows` turns labeled pairs into the course schema {prompt, chosen, rejected}. Ties are
+dropped there (the Bradley-Terry loss has no term for them); they stay in the files.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from rlhf_edu.data import DataError, data_dir, read_jsonl
+
+PAIR_SCHEMA = {
+    "pair_id": str, "concept": str, "prompt": str, "responses": list, "eos": list, "tokens": list,
+    "gold": list, "label": str,
+}
+LABELS = ("0", "1", "tie")
+
+
+def sample_pairs(model, tokenizer, prompts: list[str], sampling, *, seed: int, autocast_ctx=None,
+                 id_prefix: str = "pair") -> list[dict]:
+    """Two independent samples per prompt, scored by the rubric (not yet labeled).
+
+    Both samples of a prompt sit in the same batch, so `sampling.batch_size` should be even.
+    """
+    from rlhf_edu.generation import sample
+    from rlhf_edu.rubric import score
+
+    doubled = [p for p in prompts for _ in range(2)]
+    samples = sample(model, tokenizer, doubled, sampling, generator=torch.Generator().manual_seed(seed),
+                     autocast_ctx=autocast_ctx)
+    pairs = []
+    for i, prompt in enumerate(prompts):
+        texts = samples.texts[2 * i : 2 * i + 2]
+        eos = [bool(e) for e in samples.has_eos[2 * i : 2 * i + 2]]
+        pairs.append({
+            "pair_id": f"{id_prefix}-{i}",
+            "prompt": prompt,
+            "responses": texts,
+            "eos": eos,
+            "tokens": [int(n) for n in samples.n_tokens[2 * i : 2 * i + 2]],
+            "gold": [round(score(prompt, t, e)[0], 6) for t, e in zip(texts, eos)],
+        })
+    return pairs
+
+
+def label_pair(pair: dict, annotator) -> str:
+    """The annotator's label for a pair in its own order: "0", "1" or "tie"."""
+    choice = annotator.label(pair["prompt"], pair["responses"][0], pair["responses"][1], pair["eos"][0], pair["eos"][1])
+    return {"A": "0", "B": "1", "tie": "tie"}[choice]
+
+
+def to_preference_rows(pairs: list[dict]) -> list[dict]:
+    """{prompt, chosen, rejected, pair_id} for every pair with a preference; ties are dropped.
+
+    Notebook: 03_reward_model.ipynb
+    """
+    rows = []
+    for pair in pairs:
+        if pair["label"] == "tie":
+            continue
+        win = int(pair["label"])
+        rows.append({"prompt": pair["prompt"], "chosen": pair["responses"][win],
+                     "rejected": pair["responses"][1 - win], "pair_id": pair["pair_id"]})
+    return rows
+
+
+def load_pairs(split: str = "train", path=None) -> list[dict]:
+    """Labeled pairs from data/preferences_{train,heldout}.jsonl, schema-checked."""
+    if split not in ("train", "heldout"):
+        raise ValueError(f"split must be 'train' or 'heldout', got {split!r}")
+    path = path or data_dir() / f"preferences_{split}.jsonl"
+    rows = read_jsonl(path, PAIR_SCHEMA)
+    for line, row in enumerate(rows, start=1):
+        for field in ("responses", "eos", "tokens", "gold"):
+            if len(row[field]) != 2:
+                raise DataError(f"{path}, row {line}, field {field!r}: expected 2 entries, got {len(row[field])}")
+        if row["label"] not in LABELS:
+            raise DataError(f"{path}, row {line}, field 'label': {row['label']!r} is not one of {LABELS}")
+    return rows
