@@ -30,6 +30,25 @@ def timed(fn, repeats: int = 2) -> float:
     return best
 
 
+def time_one_dtype(name, setup, model, tok, prompts, batch, optimizer) -> dict:
+    def generate():
+        sample(model, tok, prompts, SamplingConfig(max_new_tokens=GEN_TOKENS, batch_size=B),
+               generator=torch.Generator().manual_seed(0), autocast_ctx=autocast(setup))
+
+    def forward():
+        with torch.no_grad(), autocast(setup):
+            sft_batch_loss(model, batch)
+
+    def sft_step():
+        with autocast(setup):
+            loss = sft_batch_loss(model, batch)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+
+    return {"dtype": name, "generate_s": timed(generate, 1), "forward_s": timed(forward), "sft_step_s": timed(sft_step)}
+
+
 def main() -> None:
     model, tok = load_model()
     prompts = [f"Explain topic number {i} to a 10-year-old." for i in range(B)]
@@ -37,26 +56,11 @@ def main() -> None:
     ids = tok(long_response, add_special_tokens=False).input_ids[: SEQ_TOKENS - 40]
     batch = build_sft_batch(tok, prompts, [tok.decode(ids)] * B, max_response_tokens=SEQ_TOKENS)
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.0)
-    rows = []
-    for name, setup in [("fp32", choose_device_setup("cpu", cpu_bf16=False)), ("bf16 autocast", choose_device_setup("cpu", cpu_bf16=True))]:
-        ctx = lambda: autocast(setup)  # noqa: E731
-
-        def generate():
-            sample(model, tok, prompts, SamplingConfig(max_new_tokens=GEN_TOKENS, batch_size=B),
-                   generator=torch.Generator().manual_seed(0), autocast_ctx=ctx())
-
-        def forward():
-            with torch.no_grad(), ctx():
-                sft_batch_loss(model, batch)
-
-        def sft_step():
-            with ctx():
-                loss = sft_batch_loss(model, batch)
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad()
-
-        rows.append({"dtype": name, "generate_s": timed(generate, 1), "forward_s": timed(forward), "sft_step_s": timed(sft_step)})
+    rows = [
+        time_one_dtype(name, setup, model, tok, prompts, batch, optimizer)
+        for name, setup in [("fp32", choose_device_setup("cpu", cpu_bf16=False)),
+                            ("bf16 autocast", choose_device_setup("cpu", cpu_bf16=True))]
+    ]
     chosen = device_setup()
     print(f"SmolLM2-135M, batch {B}: generate {GEN_TOKENS} new tokens (stops early if all end); "
           f"forward and SFT step on {batch['input_ids'].shape[1]} tokens. torch threads: {torch.get_num_threads()}")

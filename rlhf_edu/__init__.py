@@ -10,6 +10,12 @@ then uses the library version. Modules, in course order:
     logprobs     per-token log-probs (the only logits/labels shift), masks, masked statistics
     generation   a KV-cached sampler that draws from the exact policy
     sft          completion-only supervised fine-tuning
+    annotator    the simulated annotator: rubric + Bradley-Terry noise
+    labels       the append-only label store, replay, feedback on a labeler
+    widgets      PreferenceLabeler (core ipywidgets)
+    preferences  sampling and labeling pairs, export to {prompt, chosen, rejected}
+    hub_formats  HH-RLHF, UltraFeedback and TRL preference rows -> the course schema
+    reward       the Bradley-Terry reward model
     metrics      means, standard errors, paired differences
     plots        live training plots through a display handle
     store        artifacts and the course summary

@@ -60,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--notebooks-dir", type=Path, default=NOTEBOOKS_DIR)
     args = parser.parse_args(argv)
     os.environ["RLHF_EDU_PRESET"] = args.preset
+    os.environ["RLHF_EDU_AUTOPILOT"] = "1"  # no one is there to click: the labeling widgets use their autopilot
     artifacts = artifacts_dir()
     os.environ[ARTIFACTS_ENV] = str(artifacts)  # the kernels inherit it
     notebooks = sorted(args.notebooks_dir.glob("[0-9][0-9]_*.ipynb"))

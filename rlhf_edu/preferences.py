@@ -61,7 +61,8 @@ def label_pair(pair: dict, annotator) -> str:
 
 
 def to_preference_rows(pairs: list[dict]) -> list[dict]:
-    """{prompt, chosen, rejected, pair_id} for every pair with a preference; ties are dropped.
+    """{prompt, chosen, rejected, pair_id, chosen_eos, rejected_eos} for every pair with a
+    preference; ties are dropped. The eos flags say whether each response ended by itself.
 
     Notebook: 03_reward_model.ipynb
     """
@@ -71,7 +72,8 @@ def to_preference_rows(pairs: list[dict]) -> list[dict]:
             continue
         win = int(pair["label"])
         rows.append({"prompt": pair["prompt"], "chosen": pair["responses"][win],
-                     "rejected": pair["responses"][1 - win], "pair_id": pair["pair_id"]})
+                     "rejected": pair["responses"][1 - win], "pair_id": pair["pair_id"],
+                     "chosen_eos": pair["eos"][win], "rejected_eos": pair["eos"][1 - win]})
     return rows
 
 

@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass, field
 
 from rlhf_edu.generation import SamplingConfig
+from rlhf_edu.reward import RewardConfig
 from rlhf_edu.sft import SFTConfig
 
 PRESET_ENV = "RLHF_EDU_PRESET"
@@ -35,6 +36,20 @@ class Preset:
     """How evaluation samples are drawn (the same in every notebook, so scores compare)."""
     sft: SFTConfig = field(default_factory=SFTConfig)
     """Supervised fine-tuning (notebook 01)."""
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    """Reward-model training (notebook 03)."""
+    reward_pairs: int = 256
+    """Labeled pairs the reward model trains on (the learner's first, then the annotator's)."""
+    reward_heldout: int = 400
+    """Held-out pairs (eval concepts) for the final accuracy; all of them at 400."""
+    reward_probe: int = 64
+    """Held-out pairs scored during training, for the accuracy-vs-labels curve."""
+    reward_norm_samples: int = 64
+    """SFT samples whose scores set the reward model's gain and bias (mean 0, std 1)."""
+    n_label_pairs: int = 12
+    """Pairs the learner labels by hand in notebook 02."""
+    n_label_repeats: int = 3
+    """Of those, how many come back at the end of the queue (self-consistency)."""
     seed: int = 0
     """The one seed every notebook starts from."""
 
@@ -46,6 +61,10 @@ PRESETS: dict[str, Preset] = {
         n_eval=4,
         eval_sampling=SamplingConfig(max_new_tokens=16, temperature=0.7, batch_size=4),
         sft=SFTConfig(max_steps=2, batch_size=4, eval_every=2, n_heldout=4, lr=3e-5),
+        n_label_pairs=4,
+        n_label_repeats=1,
+        reward=RewardConfig(lr=3e-5, batch_size=4, max_steps=2, eval_every=2),
+        reward_pairs=8, reward_heldout=8, reward_probe=4, reward_norm_samples=4,
     ),
     "cpu": Preset(
         name="cpu",
@@ -53,6 +72,8 @@ PRESETS: dict[str, Preset] = {
         n_eval=64,
         eval_sampling=SamplingConfig(max_new_tokens=64, temperature=0.7, batch_size=16),
         sft=SFTConfig(max_steps=48, batch_size=8, eval_every=16, n_heldout=32, lr=3e-5),
+        reward=RewardConfig(lr=3e-5, batch_size=8, eval_every=8, warmup_steps=2),
+        reward_pairs=256, reward_heldout=400, reward_probe=64, reward_norm_samples=64,
     ),
     "gpu": Preset(
         name="gpu",
@@ -60,6 +81,8 @@ PRESETS: dict[str, Preset] = {
         n_eval=128,
         eval_sampling=SamplingConfig(max_new_tokens=64, temperature=0.7, batch_size=64),
         sft=SFTConfig(max_steps=160, batch_size=16, eval_every=20, n_heldout=32, lr=3e-5),
+        reward=RewardConfig(lr=2e-5, batch_size=16, eval_every=20, warmup_steps=4),
+        reward_pairs=100_000, reward_heldout=400, reward_probe=128, reward_norm_samples=256,
     ),
 }
 

@@ -60,15 +60,22 @@ class SFTConfig:
             raise ValueError(f"lr must be >= 0, got {self.lr}")
 
 
-def build_sft_batch(tokenizer, prompts: list[str], responses: list[str], max_response_tokens: int = 96) -> dict:
+def build_sft_batch(
+    tokenizer, prompts: list[str], responses: list[str], max_response_tokens: int = 96, eos: list[bool] | None = None
+) -> dict:
     """Tokenize (prompt, response) pairs into the course layout.
 
     Returns input_ids, attention_mask (B, P + R), response_mask (B, R) and context_length P.
-    Each response is followed by EOS; response_mask is 1 on the response tokens and that EOS.
+    Each response is followed by EOS, except where `eos[i]` is False: a sampled response that was
+    cut off at the token budget is scored as it was sampled, without an EOS it never emitted.
+    response_mask is 1 on the response tokens and the EOS.
     """
     prompt_ids, prompt_mask = encode_prompts(tokenizer, prompts)  # (B, P), left-padded
-    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
-    encoded = [tokenizer(r, add_special_tokens=False).input_ids + [eos] for r in responses]
+    eos_id, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    ended = [True] * len(responses) if eos is None else [bool(e) for e in eos]
+    if len(ended) != len(responses):
+        raise ValueError(f"got {len(responses)} responses but {len(ended)} eos flags")
+    encoded = [tokenizer(r, add_special_tokens=False).input_ids + ([eos_id] if e else []) for r, e in zip(responses, ended)]
     for i, ids in enumerate(encoded):
         if len(ids) > max_response_tokens:
             raise ValueError(f"response {i} is {len(ids)} tokens, more than max_response_tokens={max_response_tokens}")
@@ -218,3 +225,27 @@ def save_checkpoint(model, tokenizer, out_dir: str | Path, info: dict | None = N
 
 def perplexity(loss: float) -> float:
     return math.exp(loss)
+
+
+def load_or_train_sft(preset, setup=None, *, progress: bool = True):
+    """The SFT policy of notebook 01: its checkpoint in artifacts/sft when it was trained with this
+    preset's SFTConfig, otherwise trained now with that config (and saved there).
+
+    Returns (model, tokenizer, message); the message says which happened. Later notebooks call this
+    so that each runs on its own in a fresh runtime.
+    """
+    import json
+
+    from rlhf_edu.data import load_sft_demos
+    from rlhf_edu.models import load_model
+    from rlhf_edu.store import artifacts_dir
+
+    ckpt = artifacts_dir() / "sft"
+    info = ckpt / "run_info.json"
+    if info.exists() and json.loads(info.read_text()).get("config") == asdict(preset.sft):
+        model, tok = load_model(str(ckpt))
+        return model, tok, f"loaded the SFT policy from {ckpt}"
+    model, tok = load_model(preset.model_name)
+    torch.manual_seed(preset.seed)
+    train_sft(model, tok, list(load_sft_demos()), preset.sft, setup=setup, out_dir=ckpt, progress=progress)
+    return model, tok, f"no SFT checkpoint for the {preset.name} preset in {ckpt}: trained one now with {preset.sft}"

@@ -189,3 +189,42 @@ def test_every_clicked_label_survives_sigkill(tmp_path):
         proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL
     assert len(LabelStore(path).decisions()) == 7
+
+
+# ---------------------------------------------------------------- export and feedback
+
+from rlhf_edu.labels import label_feedback, labels_to_rows, with_repeats
+
+
+def test_repeats_export_and_feedback(tmp_path):
+    queue = with_repeats(pairs(6), 2, seed=0)
+    assert len(queue) == 8 and queue[-1]["repeat_of"] in {p["pair_id"] for p in pairs(6)}
+    lab = PreferenceLabeler(queue, tmp_path / "l.jsonl", min_interval=0)
+    lab.run_autopilot(SimulatedAnnotator())
+    fb = label_feedback(lab.decisions, queue, SimulatedAnnotator())
+    assert fb["n_labeled"] == 8 and fb["agreement"] == 1.0 and fb["self_consistency"] == 1.0
+    assert fb["n_repeats"] == 2 and 0.0 <= fb["share_A"] <= 1.0
+    rows = labels_to_rows(lab.decisions, queue)
+    assert len(rows) == 6  # each repeated pair exported once
+    assert all(r["chosen"] == GOOD and r["rejected"].startswith(BAD) for r in rows)
+
+
+def test_export_handles_ties_and_skips_explicitly(tmp_path):
+    lab = PreferenceLabeler(pairs(3), tmp_path / "l.jsonl", min_interval=0)
+    lab.label("tie")
+    lab.label("skip")
+    lab.label("B")
+    assert len(labels_to_rows(lab.decisions, lab.pairs)) == 1
+    with_ties = labels_to_rows(lab.decisions, lab.pairs, include_ties=True)
+    assert [r["tie"] for r in with_ties] == [True, False]
+    b = lab.decisions[-1]
+    assert with_ties[1]["chosen"] == lab.pairs[2]["responses"][b["chosen_index"]]
+
+
+def test_feedback_flags_a_position_biased_labeler(tmp_path):
+    queue = [{"pair_id": f"p{i}", "prompt": P, "responses": [GOOD, GOOD.replace("Rain", "Rain water") + str(i)]} for i in range(60)]
+    lab = PreferenceLabeler(queue, tmp_path / "l.jsonl", min_interval=0)
+    for _ in queue:
+        lab.label("A")  # always the left pane
+    fb = label_feedback(lab.decisions, queue, SimulatedAnnotator())
+    assert fb["share_A"] == 1.0 and fb["share_A_ci"][0] > 0.9

@@ -98,3 +98,12 @@ def test_same_seed_same_result():
         model, tok = tiny_model_and_tokenizer("llama", seed=0)
         runs.append(train_sft(model, tok, ROWS, SFTConfig(max_steps=3, batch_size=4, n_heldout=2, lr=1e-3), progress=False))
     assert [h["train/loss"] for h in runs[0]] == [h["train/loss"] for h in runs[1]]
+
+
+def test_cut_off_responses_get_no_eos(tiny):
+    _, tok = tiny
+    batch = build_sft_batch(tok, ["hi", "hi"], ["ok.", "ok."], eos=[True, False])
+    P = batch["context_length"]
+    assert batch["response_mask"].sum(1).tolist() == [4, 3]
+    assert batch["input_ids"][0, P + 3] == tok.eos_token_id
+    assert tok.eos_token_id not in batch["input_ids"][1, P:].tolist()

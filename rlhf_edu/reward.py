@@ -1,0 +1,496 @@
+"""A Bradley-Terry reward model trained on pairwise preferences.
+
+The second stage of RLHF (Christiano et al. 2017; Stiennon et al. 2020, section 3.4; Ouyang et al.
+2022, section 3.5): a transformer backbone reads `prompt + response`, a linear head turns the
+last-layer hidden state of the last real token into one number, and the Bradley-Terry model says
+
+    P(chosen preferred to rejected) = sigmoid(r(x, y_c) - r(x, y_r))                        (1)
+    loss = - mean log sigmoid(r(x, y_c) - r(x, y_r) - margin)                               (2)
+
+Notebook 03 builds each piece and checks it against this module. Details follow
+reference/ppo_details.md section 1.4:
+- The score is read at the last real token, found from the attention mask (the rightmost 1), never
+  from token ids (pad may equal EOS). `build_sft_batch` appends EOS to every response that ended
+  by itself, so that token is the EOS; a response cut off at the token budget is scored as it was
+  sampled, without EOS (item 16: score the post-processed response, as PPO will).
+- Head weight ~ N(0, std = 1 / sqrt(H + 1)), bias 0, as in OpenAI's code (item 12).
+- `gain` and `bias` buffers make the score `gain * head(h) + bias`; `set_normalization` gives the
+  scores of reference samples mean 0 and std 1 (item 15, OpenAI / N-details).
+
+Deliberate deviations:
+- Ouyang et al. put all K-choose-2 comparisons of one prompt in the same batch; we train on
+  independent (prompt, chosen, rejected) pairs, like TRL's RewardTrainer and Stiennon et al.
+- Normalization uses the population std (divide by n, as OpenAI's `tf.nn.moments`), so after
+  `set_normalization` the same samples have a population std of exactly 1.
+- The head runs in fp32 outside autocast: a bf16 score would be rounded to about 3 digits.
+- No `center_rewards_coefficient` regularizer (TRL); `gain`/`bias` fix the offset after training.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from rlhf_edu.logprobs import position_ids_from_mask
+from rlhf_edu.sft import build_sft_batch, linear_schedule
+
+HEAD_FILE = "reward_head.safetensors"
+
+
+# --------------------------------------------------------------------------- the math
+
+
+def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Index of the rightmost position where attention_mask == 1: (B, T) -> (B,) long.
+
+    In the course layout (left-padded prompt, right-padded response) this is the response's EOS.
+    Built from the mask, never from token ids (reference/ppo_details.md section 1.4, item 11).
+
+    Notebook: 03_reward_model.ipynb
+    """
+    T = attention_mask.shape[1]
+    positions = torch.arange(T, device=attention_mask.device)  # (T,)
+    masked_positions = positions * (attention_mask != 0).long()  # (B, T) 0 where masked
+    if not (attention_mask != 0).any(dim=1).all():
+        raise ValueError("every row of attention_mask needs at least one real token")
+    return masked_positions.argmax(dim=1)  # (B,) the largest position among the real tokens
+
+
+def reward_loss(
+    chosen_scores: torch.Tensor,
+    rejected_scores: torch.Tensor,
+    margin: float | torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Bradley-Terry negative log-likelihood, equation (2): (B,), (B,) -> scalar.
+
+    mean over pairs of -log sigmoid(r_c - r_r - margin). `margin` (a number or a (B,) tensor, as in
+    TRL and Llama 2) asks the chosen score to win by at least that much. The loss is unchanged if
+    the same constant is added to both scores: only differences are learned.
+
+    Notebook: 03_reward_model.ipynb
+    """
+    difference = chosen_scores.float() - rejected_scores.float()  # (B,)
+    if margin is not None:
+        difference = difference - margin  # (B,)
+    return -F.logsigmoid(difference).mean()  # logsigmoid is stable where log(sigmoid(.)) underflows
+
+
+def reward_accuracy(chosen_scores: torch.Tensor, rejected_scores: torch.Tensor) -> float:
+    """Fraction of pairs where the chosen response scores higher; a tie counts as half.
+
+    chosen_scores, rejected_scores (B,) -> float in [0, 1]. A constant model gets 0.5, not 0.
+
+    Notebook: 03_reward_model.ipynb
+    """
+    wins = (chosen_scores > rejected_scores).float()  # (B,)
+    ties = (chosen_scores == rejected_scores).float()  # (B,)
+    return float((wins + 0.5 * ties).mean())
+
+
+def fit_normalization(scores) -> tuple[float, float]:
+    """(gain, bias) such that gain * scores + bias has mean 0 and population std 1.
+
+    scores: a (N,) tensor or a list of N >= 2 floats, not all equal. gain = 1 / std,
+    bias = -gain * mean, with the population std (divide by N), as OpenAI's `tf.nn.moments`.
+    fit_normalization([1.0, 2.0, 3.0]) == (1.224745, -2.449490) to 6 decimals.
+
+    Notebook: 03_reward_model.ipynb
+    """
+    x = torch.as_tensor(scores, dtype=torch.float64).flatten()  # (N,) float64: exact statistics
+    if x.numel() < 2:
+        raise ValueError(f"fit_normalization needs at least 2 scores, got {x.numel()}")
+    mean, std = x.mean(), x.std(correction=0)  # population std
+    if not torch.isfinite(std) or std == 0:
+        raise ValueError(f"cannot normalize scores whose std is {float(std)}")
+    gain = 1.0 / std
+    return float(gain), float(-gain * mean)
+
+
+# --------------------------------------------------------------------------- the model
+
+
+def backbone_of(causal_lm: torch.nn.Module) -> torch.nn.Module:
+    """The transformer of a causal LM without its unembedding (`lm_head`).
+
+    `base_model` is `causal_lm.model` for Llama/SmolLM2 and `causal_lm.transformer` for GPT-2; it
+    returns hidden states (B, T, H) instead of logits (B, T, V). Ouyang et al. (2022, section 3.5)
+    build the reward model the same way: the SFT model with the unembedding layer removed.
+
+    Notebook: 03_reward_model.ipynb
+    """
+    return causal_lm.base_model
+
+
+def init_head(hidden_size: int) -> torch.nn.Linear:
+    """Linear(H, 1) with weight ~ N(0, std = 1 / sqrt(H + 1)) and bias 0.
+
+    The initial scores then have about unit variance (OpenAI lm-human-preferences `model.py`;
+    reference/ppo_details.md section 1.4, item 12, on the variance-vs-std typo in the paper).
+
+    Notebook: 03_reward_model.ipynb
+    """
+    head = torch.nn.Linear(hidden_size, 1)
+    torch.nn.init.normal_(head.weight, mean=0.0, std=1.0 / math.sqrt(hidden_size + 1))  # (1, H)
+    torch.nn.init.zeros_(head.bias)  # (1,)
+    return head
+
+
+class RewardModel(torch.nn.Module):
+    """score(x, y) = gain * head(h_last) + bias, h_last the hidden state of the last real token.
+
+    `backbone` maps input_ids (B, T) to hidden states (B, T, H). Dropout is switched off. `gain`
+    and `bias` are buffers (saved, not trained), 1 and 0 until `set_normalization`.
+
+    Notebook: 03_reward_model.ipynb
+    """
+
+    def __init__(self, backbone: torch.nn.Module):
+        super().__init__()
+        from rlhf_edu.models import disable_dropout
+
+        self.backbone = backbone
+        disable_dropout(self.backbone)
+        self.head = init_head(backbone.config.hidden_size)
+        self.register_buffer("gain", torch.tensor(1.0))  # ()
+        self.register_buffer("bias", torch.tensor(0.0))  # ()
+
+    @classmethod
+    def from_causal_lm(cls, causal_lm: torch.nn.Module) -> RewardModel:
+        """A reward model on the backbone of `causal_lm` (shared, not copied: pass a model you own).
+
+        Notebook: 03_reward_model.ipynb
+        """
+        return cls(backbone_of(causal_lm))
+
+    def raw_scores(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """head(h_last) before gain and bias: input_ids, attention_mask (B, T) -> (B,) fp32.
+
+        Notebook: 03_reward_model.ipynb
+        """
+        position_ids = position_ids_from_mask(attention_mask)  # (B, T) skip the left padding
+        hidden = self.backbone(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            use_cache=False,
+        ).last_hidden_state  # (B, T, H)
+        index = last_token_index(attention_mask)  # (B,)
+        rows = torch.arange(hidden.shape[0], device=hidden.device)  # (B,)
+        h_last = hidden[rows, index].float()  # (B, H) fp32
+        with torch.autocast(device_type=h_last.device.type, enabled=False):  # keep the head in fp32
+            return self.head(h_last).squeeze(-1)  # (B, 1) -> (B,)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Scores gain * head(h_last) + bias: input_ids, attention_mask (B, T) -> (B,) fp32.
+
+        Notebook: 03_reward_model.ipynb
+        """
+        return self.gain * self.raw_scores(input_ids, attention_mask) + self.bias  # (B,)
+
+    @torch.no_grad()
+    def set_normalization(self, raw_scores: torch.Tensor) -> None:
+        """Set gain and bias so that these raw scores (N,) come out with mean 0 and std 1.
+
+        `raw_scores` are head outputs before gain and bias (`score_texts(..., raw=True)`), e.g. of
+        responses sampled from the SFT policy (reference/ppo_details.md section 1.4, item 15).
+
+        Notebook: 03_reward_model.ipynb
+        """
+        gain, bias = fit_normalization(raw_scores)
+        self.gain.fill_(gain)
+        self.bias.fill_(bias)
+
+
+# --------------------------------------------------------------------------- data and scoring
+
+
+def build_pair_batch(
+    tokenizer,
+    prompts: list[str],
+    chosen: list[str],
+    rejected: list[str],
+    max_response_tokens: int = 96,
+    chosen_eos: list[bool] | None = None,
+    rejected_eos: list[bool] | None = None,
+) -> dict:
+    """One batch of 2B rows in the course layout: rows 0..B-1 chosen, rows B..2B-1 rejected.
+
+    Returns input_ids, attention_mask (2B, P + R), response_mask (2B, R) and context_length P, as
+    `sft.build_sft_batch` (EOS appended unless the `*_eos` flag says the response was cut off).
+    One forward pass scores both sides.
+
+    Notebook: 03_reward_model.ipynb
+    """
+    if not len(prompts) == len(chosen) == len(rejected):
+        raise ValueError(
+            f"got {len(prompts)} prompts, {len(chosen)} chosen, {len(rejected)} rejected"
+        )
+    n = len(prompts)
+    eos = (chosen_eos or [True] * n) + (rejected_eos or [True] * n)
+    return build_sft_batch(tokenizer, prompts + prompts, chosen + rejected, max_response_tokens, eos=eos)
+
+
+@torch.no_grad()
+def score_texts(
+    reward_model: RewardModel,
+    tokenizer,
+    prompts: list[str],
+    responses: list[str],
+    batch_size: int = 16,
+    *,
+    raw: bool = False,
+    max_response_tokens: int = 1024,
+    eos: list[bool] | None = None,
+) -> torch.Tensor:
+    """Score B (prompt, response) pairs: -> (B,) fp32 on the CPU.
+
+    Each response gets EOS appended, as in training (`build_sft_batch`), unless `eos[i]` is False
+    (cut off at the token budget), so pass decoded text without special tokens. With raw=True, the head output before gain and bias. Wrap the call in
+    `models.autocast(setup)` to score in bf16/fp16 (the head stays fp32).
+
+    Notebook: 03_reward_model.ipynb
+    """
+    reward_model.eval()
+    device = next(reward_model.parameters()).device
+    scores = []
+    for start in range(0, len(prompts), batch_size):
+        end = start + batch_size
+        batch = build_sft_batch(
+            tokenizer, prompts[start:end], responses[start:end], max_response_tokens,
+            eos=None if eos is None else eos[start:end],
+        )
+        input_ids = batch["input_ids"].to(device)  # (b, P+R)
+        attention_mask = batch["attention_mask"].to(device)  # (b, P+R)
+        score_fn = reward_model.raw_scores if raw else reward_model
+        scores.append(score_fn(input_ids, attention_mask).float().cpu())  # (b,)
+    return torch.cat(scores)  # (B,)
+
+
+def evaluate_reward_model(
+    reward_model: RewardModel, tokenizer, rows: list[dict], config: RewardConfig
+) -> dict:
+    """Held-out `eval/loss`, `eval/accuracy`, `eval/margin` (mean r_c - r_r) over all pairs.
+
+    rows: dicts with `prompt`, `chosen`, `rejected`. Every pair counts once (not batch means).
+
+    Notebook: 03_reward_model.ipynb
+    """
+    prompts = [r["prompt"] for r in rows]
+    chosen_texts, rejected_texts = [r["chosen"] for r in rows], [r["rejected"] for r in rows]
+    size, limit = 2 * config.batch_size, config.max_response_tokens
+    chosen = score_texts(
+        reward_model, tokenizer, prompts, chosen_texts, size, max_response_tokens=limit,
+        eos=[r.get("chosen_eos", True) for r in rows],
+    )  # (N,)
+    rejected = score_texts(
+        reward_model, tokenizer, prompts, rejected_texts, size, max_response_tokens=limit,
+        eos=[r.get("rejected_eos", True) for r in rows],
+    )  # (N,)
+    return {
+        "eval/loss": float(reward_loss(chosen, rejected)),
+        "eval/accuracy": reward_accuracy(chosen, rejected),
+        "eval/margin": float((chosen - rejected).mean()),
+    }
+
+
+# --------------------------------------------------------------------------- training
+
+
+@dataclass(frozen=True)
+class RewardConfig:
+    """Reward-model training settings (reference/ppo_details.md section 1.4, item 14)."""
+
+    lr: float = 2e-5
+    """Peak AdamW learning rate (OpenAI books: 5e-5; N+ TL;DR: 3e-6)."""
+    batch_size: int = 8
+    """Preference pairs per optimizer step (2 x batch_size sequences per forward pass)."""
+    epochs: int = 1
+    """Passes over the training pairs; one epoch, as Ziegler et al. (2019), to avoid overfitting."""
+    max_steps: int | None = None
+    """Optimizer steps; None means `epochs` passes over the data (`total_steps`)."""
+    warmup_steps: int = 0
+    """Linear warm-up from 0 to `lr`, then linear decay to 0 at the last step (OpenAI: no warm-up)."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping by global norm."""
+    eval_every: int = 16
+    """Held-out loss and accuracy every this many steps (and at the last step)."""
+    seed: int = 0
+    """Order in which the training pairs are visited."""
+    max_response_tokens: int = 96
+    """Longer responses are an error (they would be cut before their EOS, where the score is read)."""
+
+    def __post_init__(self):
+        if self.batch_size < 1 or self.epochs < 1:
+            raise ValueError(
+                f"batch_size and epochs must be >= 1, got {self.batch_size}, {self.epochs}"
+            )
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"max_steps must be None or >= 1, got {self.max_steps}")
+        if self.lr < 0:
+            raise ValueError(f"lr must be >= 0, got {self.lr}")
+
+
+def total_steps(config: RewardConfig, n_train: int) -> int:
+    """`config.max_steps`, or `epochs` passes of ceil(n_train / batch_size) steps.
+
+    Notebook: 03_reward_model.ipynb
+    """
+    if config.max_steps is not None:
+        return config.max_steps
+    return config.epochs * math.ceil(n_train / config.batch_size)
+
+
+def train_reward_model(
+    reward_model: RewardModel,
+    tokenizer,
+    train_rows: list[dict],
+    heldout_rows: list[dict],
+    config: RewardConfig,
+    *,
+    setup=None,
+    live_plot=None,
+    progress: bool = True,
+) -> list[dict]:
+    """Fit `reward_model` in place to pairs {prompt, chosen, rejected}; return one record per step.
+
+    Records hold `train/loss`, `train/accuracy`, `train/margin` (mean r_c - r_r), `train/lr`,
+    `train/grad_norm`, and `eval/loss`, `eval/accuracy`, `eval/margin` at evaluation steps. The loss
+    sees the scores with the current gain and bias: call `set_normalization` after training.
+
+    Notebook: 03_reward_model.ipynb
+    """
+    from rlhf_edu.models import autocast, device_setup
+
+    if not train_rows:
+        raise ValueError("train_reward_model needs at least one training pair")
+    setup = setup or device_setup()
+    autocast_ctx = autocast(setup)
+    device = next(reward_model.parameters()).device
+    max_steps = total_steps(config, len(train_rows))
+    optimizer = torch.optim.AdamW(
+        reward_model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: linear_schedule(s, config.warmup_steps, max_steps)
+    )
+    scaler = torch.amp.GradScaler(setup.device, enabled=setup.grad_scaler)
+    rng = random.Random(config.seed)
+    order: list[int] = []
+    history = []
+    for step in tqdm(range(max_steps), desc="reward model", disable=not progress):
+        # 1. Next batch of pairs (a fresh shuffle at each epoch; the last batch may be smaller).
+        if not order:
+            order = rng.sample(range(len(train_rows)), len(train_rows))
+        chunk = [train_rows[i] for i in order[: config.batch_size]]
+        order = order[config.batch_size :]
+        batch = build_pair_batch(
+            tokenizer,
+            [r["prompt"] for r in chunk],
+            [r["chosen"] for r in chunk],
+            [r["rejected"] for r in chunk],
+            config.max_response_tokens,
+            chosen_eos=[r.get("chosen_eos", True) for r in chunk],
+            rejected_eos=[r.get("rejected_eos", True) for r in chunk],
+        )
+        input_ids = batch["input_ids"].to(device)  # (2B, P+R) chosen rows, then rejected rows
+        attention_mask = batch["attention_mask"].to(device)  # (2B, P+R)
+        # 2. Score both sides in one forward pass; Bradley-Terry loss, equation (2).
+        reward_model.train()
+        with autocast_ctx:
+            scores = reward_model(input_ids, attention_mask)  # (2B,)
+        chosen_scores, rejected_scores = scores[: len(chunk)], scores[len(chunk) :]  # (B,), (B,)
+        loss = reward_loss(chosen_scores, rejected_scores)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"reward-model loss (train/loss) is {float(loss)} at step {step}; lower the learning rate"
+            )
+        # 3. Backward, clip, step.
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(reward_model.parameters(), config.max_grad_norm)
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        record = {
+            "step": step + 1,
+            "train/loss": loss.item(),
+            "train/accuracy": reward_accuracy(chosen_scores.detach(), rejected_scores.detach()),
+            "train/margin": float((chosen_scores - rejected_scores).detach().mean()),
+            "train/lr": scheduler.get_last_lr()[0],
+            "train/grad_norm": float(grad_norm),
+        }
+        scheduler.step()
+        # 4. Held-out loss and accuracy now and then.
+        if heldout_rows and ((step + 1) % config.eval_every == 0 or step + 1 == max_steps):
+            with autocast_ctx:
+                record.update(evaluate_reward_model(reward_model, tokenizer, heldout_rows, config))
+        history.append(record)
+        if live_plot is not None:
+            live_plot.update(step + 1, record, force=step + 1 == max_steps)
+    reward_model.eval()
+    return history
+
+
+# --------------------------------------------------------------------------- saving and loading
+
+
+def save_reward_model(
+    reward_model: RewardModel, tokenizer, out_dir: str | Path, info: dict | None = None
+) -> Path:
+    """Save as safetensors only: the backbone (`save_pretrained`), the tokenizer, and
+    `reward_head.safetensors` holding head.weight (1, H), head.bias (1,), gain () and bias ().
+
+    `info` (e.g. the config and history) goes to `run_info.json`.
+
+    Notebook: 03_reward_model.ipynb
+    """
+    from safetensors.torch import save_file
+
+    from rlhf_edu.store import write_json
+
+    out_dir = Path(out_dir)
+    reward_model.backbone.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+    head_state = {
+        k: v.detach().cpu().contiguous()
+        for k, v in reward_model.state_dict().items()
+        if not k.startswith("backbone.")
+    }
+    save_file(head_state, str(out_dir / HEAD_FILE))
+    if info is not None:
+        write_json(out_dir / "run_info.json", info)
+    return out_dir
+
+
+def load_reward_model(
+    out_dir: str | Path, device: str | torch.device = "cpu"
+) -> tuple[RewardModel, object]:
+    """Load what `save_reward_model` wrote: -> (reward_model in eval mode, tokenizer).
+
+    Notebook: 03_reward_model.ipynb
+    """
+    from safetensors.torch import load_file
+    from transformers import AutoModel, AutoTokenizer
+
+    from rlhf_edu.models import setup_tokenizer
+
+    out_dir = Path(out_dir)
+    tokenizer = AutoTokenizer.from_pretrained(out_dir)
+    setup_tokenizer(tokenizer)
+    reward_model = RewardModel(AutoModel.from_pretrained(out_dir, dtype=torch.float32))
+    missing, unexpected = reward_model.load_state_dict(
+        load_file(str(out_dir / HEAD_FILE)), strict=False
+    )
+    if unexpected or any(not k.startswith("backbone.") for k in missing):
+        raise RuntimeError(
+            f"{out_dir / HEAD_FILE} does not fit: missing {missing}, unexpected {unexpected}"
+        )
+    return reward_model.to(device).eval(), tokenizer
