@@ -10,6 +10,7 @@ Executes every notebook in `notebooks/` in order with nbclient, in a fresh kerne
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import sys
@@ -68,6 +69,11 @@ def main(argv: list[str] | None = None) -> int:
         notebooks = [nb for nb in notebooks if nb.name[:2] in args.only]
     summary_path = artifacts / "course_summary.json"
     summary = {"preset": args.preset, "machine": machine_description(), "notebooks": {}}
+    if args.only and summary_path.exists():
+        # A partial run (--only) keeps the other notebooks' entries of the same preset.
+        previous = json.loads(summary_path.read_text())
+        if previous.get("preset") == args.preset:
+            summary["notebooks"] = previous.get("notebooks", {})
     for nb in notebooks:
         name = nb.stem
         print(f"[course] {name} (preset {args.preset}) ...", flush=True)

@@ -72,8 +72,8 @@ PRESETS: dict[str, Preset] = {
         n_eval=64,
         eval_sampling=SamplingConfig(max_new_tokens=64, temperature=0.7, batch_size=16),
         sft=SFTConfig(max_steps=48, batch_size=8, eval_every=16, n_heldout=32, lr=3e-5),
-        reward=RewardConfig(lr=3e-5, batch_size=8, eval_every=8, warmup_steps=2),
-        reward_pairs=256, reward_heldout=400, reward_probe=64, reward_norm_samples=64,
+        reward=RewardConfig(lr=1e-4, batch_size=8, eval_every=12, warmup_steps=2),
+        reward_pairs=384, reward_heldout=400, reward_probe=64, reward_norm_samples=64,
     ),
     "gpu": Preset(
         name="gpu",

@@ -326,6 +326,10 @@ class RewardConfig:
     """Order in which the training pairs are visited."""
     max_response_tokens: int = 96
     """Longer responses are an error (they would be cut before their EOS, where the score is read)."""
+    trainable_layers: int | None = None
+    """Train only the top this-many transformer blocks (plus the final norm and the head); None
+    trains everything. Freezing the lower blocks skips their backward pass (about 2x faster on a
+    CPU) and overfits less when labels are few."""
 
     def __post_init__(self):
         if self.batch_size < 1 or self.epochs < 1:
@@ -336,6 +340,40 @@ class RewardConfig:
             raise ValueError(f"max_steps must be None or >= 1, got {self.max_steps}")
         if self.lr < 0:
             raise ValueError(f"lr must be >= 0, got {self.lr}")
+
+
+def transformer_blocks(backbone: torch.nn.Module) -> torch.nn.ModuleList:
+    """The stack of transformer blocks: `layers` (Llama), `h` (GPT-2) or `layers` (GPT-NeoX)."""
+    for name in ("layers", "h", "blocks"):
+        blocks = getattr(backbone, name, None)
+        if isinstance(blocks, torch.nn.ModuleList):
+            return blocks
+    raise ValueError(f"cannot find the transformer blocks of {type(backbone).__name__}")
+
+
+def freeze_lower_layers(reward_model: RewardModel, trainable_layers: int | None) -> None:
+    """requires_grad False on the embeddings and all but the top `trainable_layers` blocks.
+
+    None (or at least as many as there are blocks) leaves everything trainable. The final norm and
+    the head always train. Notebook: 03_reward_model.ipynb
+    """
+    for p in reward_model.parameters():
+        p.requires_grad_(True)
+    blocks = transformer_blocks(reward_model.backbone)
+    if trainable_layers is None or trainable_layers >= len(blocks):
+        return
+    if trainable_layers < 0:
+        raise ValueError(f"trainable_layers must be >= 0 or None, got {trainable_layers}")
+    top = {id(p) for block in list(blocks)[len(blocks) - trainable_layers :] for p in block.parameters()}
+    block_params = {id(p) for p in blocks.parameters()}
+    head_params = {id(p) for p in reward_model.head.parameters()}
+    for name, p in reward_model.backbone.named_parameters():
+        in_blocks = id(p) in block_params
+        if (in_blocks and id(p) not in top) or (not in_blocks and "norm" not in name and "ln_f" not in name):
+            p.requires_grad_(False)
+    for p in reward_model.head.parameters():
+        assert id(p) in head_params
+        p.requires_grad_(True)
 
 
 def total_steps(config: RewardConfig, n_train: int) -> int:
@@ -375,9 +413,9 @@ def train_reward_model(
     autocast_ctx = autocast(setup)
     device = next(reward_model.parameters()).device
     max_steps = total_steps(config, len(train_rows))
-    optimizer = torch.optim.AdamW(
-        reward_model.parameters(), lr=config.lr, weight_decay=config.weight_decay
-    )
+    freeze_lower_layers(reward_model, config.trainable_layers)
+    trainable = [p for p in reward_model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: linear_schedule(s, config.warmup_steps, max_steps)
     )
@@ -415,7 +453,7 @@ def train_reward_model(
         # 3. Backward, clip, step.
         scaler.scale(loss).backward()
         scaler.unscale_(optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(reward_model.parameters(), config.max_grad_norm)
+        grad_norm = torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
         scaler.step(optimizer)
         scaler.update()
         optimizer.zero_grad(set_to_none=True)

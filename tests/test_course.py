@@ -55,3 +55,17 @@ def test_live_plot_records_outside_a_notebook():
     assert [s for s, _ in plot.history["train/loss"]] == [1, 2, 3, 4]
     assert plot.history["eval/loss"] == []
     assert plot.axes[0].get_title() == "loss"
+
+
+def test_partial_run_keeps_other_notebooks(tmp_path, monkeypatch):
+    nb_dir = tmp_path / "notebooks"
+    nb_dir.mkdir()
+    for name in ("00_a", "01_b"):
+        nb = nbformat.v4.new_notebook()
+        nb.cells = [nbformat.v4.new_code_cell(f"from rlhf_edu.store import record_metrics\nrecord_metrics('{name}', {{'x': 1}})")]
+        nbformat.write(nb, nb_dir / f"{name}.ipynb")
+    monkeypatch.setenv("RLHF_EDU_ARTIFACTS", str(tmp_path / "artifacts"))
+    assert course.main(["--preset", "smoke", "--notebooks-dir", str(nb_dir)]) == 0
+    assert course.main(["--preset", "smoke", "--notebooks-dir", str(nb_dir), "--only", "01"]) == 0
+    summary = json.loads((tmp_path / "artifacts" / "course_summary.json").read_text())
+    assert set(summary["notebooks"]) == {"00_a", "01_b"}

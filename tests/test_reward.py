@@ -248,3 +248,18 @@ def test_cut_off_responses_are_scored_without_eos(tiny):
     with torch.no_grad():
         scores = rm(batch["input_ids"], batch["attention_mask"])
     assert scores[0] != scores[1]
+
+
+def test_freeze_lower_layers_trains_only_the_top(tiny):
+    from rlhf_edu.reward import RewardModel, freeze_lower_layers, transformer_blocks
+
+    model, _ = tiny
+    rm = RewardModel.from_causal_lm(model)
+    blocks = transformer_blocks(rm.backbone)
+    freeze_lower_layers(rm, 1)
+    assert all(p.requires_grad for p in blocks[-1].parameters())
+    assert not any(p.requires_grad for p in blocks[0].parameters())
+    assert not rm.backbone.get_input_embeddings().weight.requires_grad
+    assert all(p.requires_grad for p in rm.head.parameters())
+    freeze_lower_layers(rm, None)
+    assert all(p.requires_grad for p in rm.parameters())
