@@ -41,7 +41,7 @@ browser-deps:
 	  else echo "chromium not found and not root: the browser test will be skipped"; fi; }
 
 lab: setup
-	$(VENV)/bin/jupyter lab notebooks/
+	$(VENV)/bin/jupyter lab notebooks/ $$([ "$$(id -u)" = 0 ] && echo --allow-root)
 
 test: setup
 	$(PY) -m pytest -q tests
