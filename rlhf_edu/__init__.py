@@ -16,6 +16,7 @@ then uses the library version. Modules, in course order:
     preferences  sampling and labeling pairs, export to {prompt, chosen, rejected}
     hub_formats  HH-RLHF, UltraFeedback and TRL preference rows -> the course schema
     reward       the Bradley-Terry reward model
+    ppo          PPO math: KL estimators, KL-penalized rewards, GAE, clipped losses, KL controllers
     metrics      means, standard errors, paired differences
     plots        live training plots through a display handle
     store        artifacts and the course summary

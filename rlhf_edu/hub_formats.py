@@ -39,6 +39,7 @@ Deliberate choices:
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -317,13 +318,16 @@ def detect_format(row: Row) -> str:
 
 
 def to_course_pairs(
-    dataset_or_rows: datasets.Dataset | Sequence[Row], fmt: str | None = None, source: str = "rows"
+    dataset_or_rows: datasets.Dataset | Sequence[Row], fmt: str | None = None, source: str = "rows",
+    errors: str = "raise",
 ) -> datasets.Dataset:
     """The course's preference pairs as a `datasets.Dataset` with string columns prompt, chosen,
     rejected, from a `datasets.Dataset` or a list of dicts in one of the hub formats.
 
     `fmt` is one of FORMATS, or None to detect it from row 0. HH-RLHF rows use the default
-    `multi_turn="skip"`; call `from_hh_rlhf` directly for another choice.
+    `multi_turn="skip"`; call `from_hh_rlhf` directly for another choice. `errors="raise"` stops at
+    the first malformed row; `errors="skip"` drops malformed rows (real HH-RLHF has some rows whose
+    two replies are identical) and warns with their count and the first reason.
 
     Notebook: 02_label_preferences.ipynb
     """
@@ -343,7 +347,19 @@ def to_course_pairs(
             raise DataError(f"{source}, row 0 (0-based), {err}") from None
     elif fmt not in FORMATS:
         raise ValueError(f"fmt must be one of {FORMATS} or None, got {fmt!r}")
-    pairs = _ADAPTERS[fmt](dataset_or_rows, source=source)
+    if errors == "raise":
+        pairs = _ADAPTERS[fmt](dataset_or_rows, source=source)
+    elif errors == "skip":
+        pairs, reasons = [], []
+        for i in range(len(dataset_or_rows)):
+            try:
+                pairs += _ADAPTERS[fmt]([dataset_or_rows[i]], source=f"{source} (row {i} of the input)")
+            except DataError as err:
+                reasons.append(str(err))
+        if reasons:
+            warnings.warn(f"{source}: skipped {len(reasons)} malformed row(s); first: {reasons[0]}", stacklevel=2)
+    else:
+        raise ValueError(f"errors must be 'raise' or 'skip', got {errors!r}")
     if not pairs:
         raise DataError(f"{source}: all {len(dataset_or_rows)} rows were skipped ({fmt} format)")
     features = datasets.Features({column: datasets.Value("string") for column in COLUMNS})

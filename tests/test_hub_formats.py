@@ -266,3 +266,15 @@ def test_to_course_pairs_argument_errors():
     # A format given explicitly wins over detection, and its adapter explains the mismatch.
     with pytest.raises(DataError, match=r"row 0 \(0-based\), field 'prompt': missing"):
         to_course_pairs([HH_GOOD], fmt="ultrafeedback")
+
+
+def test_skip_malformed_rows_with_a_warning():
+    good = {"prompt": "Explain rain to a 10-year-old.", "chosen": "Rain is water from clouds.", "rejected": "No."}
+    same = {**good, "rejected": good["chosen"]}
+    with pytest.raises(DataError):
+        to_course_pairs([good, same], fmt="trl")
+    with pytest.warns(UserWarning, match="skipped 1 malformed row"):
+        ds = to_course_pairs([good, same, good], fmt="trl", errors="skip")
+    assert len(ds) == 2
+    with pytest.raises(ValueError, match="errors must be"):
+        to_course_pairs([good], errors="ignore")
