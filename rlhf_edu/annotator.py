@@ -81,3 +81,18 @@ class SimulatedAnnotator:
         if abs(gap) < self.config.tie_threshold:
             return "tie"
         return "A" if gap > 0 else "B"
+
+
+def noise_ceiling(rows: list[dict], annotator: SimulatedAnnotator) -> tuple[float, int]:
+    """The accuracy of the noiseless rubric on labeled rows {prompt, chosen, rejected, chosen_eos,
+    rejected_eos}: the share the rubric also prefers `chosen`, over rows it does not call a tie.
+
+    No reward model can be expected to agree with noisy labels more often. Returns (share, n).
+    Notebooks: 02_label_preferences.ipynb, 03_reward_model.ipynb
+    """
+    verdicts = [
+        annotator.noiseless_label(r["prompt"], r["chosen"], r["rejected"], r.get("chosen_eos", True), r.get("rejected_eos", True))
+        for r in rows
+    ]
+    n = sum(v != "tie" for v in verdicts)
+    return (sum(v == "A" for v in verdicts) / n if n else float("nan")), n

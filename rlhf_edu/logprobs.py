@@ -37,6 +37,23 @@ def response_mask_from_eos(response_ids: torch.Tensor, eos_token_id: int) -> tor
     return (eos_seen_before == 0).long()  # (B, R)
 
 
+def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Index of the rightmost position where attention_mask == 1: (B, T) -> (B,) long.
+
+    On an attention mask in the course layout this is the response's EOS (where the reward model
+    reads its score); on a response_mask it is the last response token (where PPO places the
+    score). Built from the mask, never from token ids (reference/ppo_details.md section 1.4).
+
+    Notebooks: 03_reward_model.ipynb, 04_ppo.ipynb
+    """
+    T = attention_mask.shape[1]
+    positions = torch.arange(T, device=attention_mask.device)  # (T,)
+    masked_positions = positions * (attention_mask != 0).long()  # (B, T) 0 where masked
+    if not (attention_mask != 0).any(dim=1).all():
+        raise ValueError("every row of attention_mask needs at least one real token")
+    return masked_positions.argmax(dim=1)  # (B,) the largest position among the real tokens
+
+
 def truncate_after_eos(
     response_ids: torch.Tensor, eos_token_id: int, pad_token_id: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

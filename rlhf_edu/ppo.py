@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import torch
 
-from rlhf_edu.logprobs import masked_mean, masked_var
+from rlhf_edu.logprobs import last_token_index, masked_mean, masked_var
 
 # -------------------------------------------------------------------------------------------------
 # 4. KL estimators and KL-penalized per-token rewards (ppo_details 1.5)
@@ -69,17 +69,6 @@ def k3_estimate(logps: torch.Tensor, ref_logps: torch.Tensor) -> torch.Tensor:
     """
     ref_minus_logp = ref_logps - logps  # (B, R)
     return torch.exp(ref_minus_logp) - ref_minus_logp - 1.0  # (B, R)
-
-
-def last_token_index(response_mask: torch.Tensor) -> torch.Tensor:
-    """Index of the last response token of each row: the EOS, or R - 1 when there is no EOS.
-
-    response_mask (B, R) -> (B,) long. Assumes the mask is a block of ones from position 0, which
-    `response_mask_from_eos` guarantees; an all-zero row gives 0.
-
-    Notebook: 04_ppo.ipynb
-    """
-    return (response_mask.long().sum(dim=1) - 1).clamp(min=0)  # (B,)
 
 
 def per_token_rewards(

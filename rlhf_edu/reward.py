@@ -37,29 +37,13 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from rlhf_edu.logprobs import position_ids_from_mask
+from rlhf_edu.logprobs import last_token_index, position_ids_from_mask
 from rlhf_edu.sft import build_sft_batch, linear_schedule
 
 HEAD_FILE = "reward_head.safetensors"
 
 
 # --------------------------------------------------------------------------- the math
-
-
-def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Index of the rightmost position where attention_mask == 1: (B, T) -> (B,) long.
-
-    In the course layout (left-padded prompt, right-padded response) this is the response's EOS.
-    Built from the mask, never from token ids (reference/ppo_details.md section 1.4, item 11).
-
-    Notebook: 03_reward_model.ipynb
-    """
-    T = attention_mask.shape[1]
-    positions = torch.arange(T, device=attention_mask.device)  # (T,)
-    masked_positions = positions * (attention_mask != 0).long()  # (B, T) 0 where masked
-    if not (attention_mask != 0).any(dim=1).all():
-        raise ValueError("every row of attention_mask needs at least one real token")
-    return masked_positions.argmax(dim=1)  # (B,) the largest position among the real tokens
 
 
 def reward_loss(
@@ -366,14 +350,10 @@ def freeze_lower_layers(reward_model: RewardModel, trainable_layers: int | None)
         raise ValueError(f"trainable_layers must be >= 0 or None, got {trainable_layers}")
     top = {id(p) for block in list(blocks)[len(blocks) - trainable_layers :] for p in block.parameters()}
     block_params = {id(p) for p in blocks.parameters()}
-    head_params = {id(p) for p in reward_model.head.parameters()}
     for name, p in reward_model.backbone.named_parameters():
         in_blocks = id(p) in block_params
         if (in_blocks and id(p) not in top) or (not in_blocks and "norm" not in name and "ln_f" not in name):
             p.requires_grad_(False)
-    for p in reward_model.head.parameters():
-        assert id(p) in head_params
-        p.requires_grad_(True)
 
 
 def total_steps(config: RewardConfig, n_train: int) -> int:

@@ -16,7 +16,6 @@ Deliberate choices:
 
 from __future__ import annotations
 
-import math
 import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -221,10 +220,6 @@ def save_checkpoint(model, tokenizer, out_dir: str | Path, info: dict | None = N
     if info is not None:
         write_json(out_dir / "run_info.json", info)
     return out_dir
-
-
-def perplexity(loss: float) -> float:
-    return math.exp(loss)
 
 
 def load_or_train_sft(preset, setup=None, *, progress: bool = True):

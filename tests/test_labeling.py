@@ -228,3 +228,11 @@ def test_feedback_flags_a_position_biased_labeler(tmp_path):
         lab.label("A")  # always the left pane
     fb = label_feedback(lab.decisions, queue, SimulatedAnnotator())
     assert fb["share_A"] == 1.0 and fb["share_A_ci"][0] > 0.9
+
+
+def test_noise_ceiling_counts_rubric_agreement_without_ties():
+    from rlhf_edu.annotator import noise_ceiling
+
+    rows = [{"prompt": P, "chosen": GOOD, "rejected": BAD}, {"prompt": P, "chosen": BAD, "rejected": GOOD},
+            {"prompt": P, "chosen": GOOD, "rejected": GOOD}]
+    assert noise_ceiling(rows, SimulatedAnnotator()) == (0.5, 2)
