@@ -17,8 +17,9 @@ then uses the library version. Modules, in course order:
     hub_formats  HH-RLHF, UltraFeedback and TRL preference rows -> the course schema
     reward       the Bradley-Terry reward model
     ppo          PPO math: KL estimators, KL-penalized rewards, GAE, clipped losses, KL controllers
+    ppo_loop     the PPO loop: rollout, update, health checks, metrics, checkpoints and resume
     metrics      means, standard errors, paired differences
-    plots        live training plots through a display handle
+    plots        live training plots through a display handle, sample tables, token heatmaps
     store        artifacts and the course summary
 """
 

@@ -79,9 +79,17 @@ def selective_log_softmax(logits: torch.Tensor, index: torch.Tensor) -> torch.Te
 
 
 def response_logits(
-    model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, context_length: int
-) -> torch.Tensor:
-    """Logits that predict each response token: (B, P + R) -> (B, R, V)."""
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    context_length: int,
+    return_hidden: bool = False,
+):
+    """Logits that predict each response token: (B, P + R) -> (B, R, V).
+
+    With return_hidden=True, also the last-layer hidden states at the same positions (B, R, H): the
+    state that predicts response token t is also where a value head reads V_t (ppo_details 1.7).
+    """
     position_ids = position_ids_from_mask(attention_mask)  # (B, P+R)
     n_response = input_ids.shape[1] - context_length
     out = model(
@@ -90,8 +98,12 @@ def response_logits(
         position_ids=position_ids,
         logits_to_keep=n_response + 1,  # only the positions P-1 .. P+R-1 are needed
         use_cache=False,
+        output_hidden_states=return_hidden,
     )
-    return out.logits[:, :-1]  # (B, R, V): the shift, logits at t predict token t+1
+    logits = out.logits[:, :-1]  # (B, R, V): the shift, logits at t predict token t+1
+    if not return_hidden:
+        return logits
+    return logits, out.hidden_states[-1][:, context_length - 1 : -1]  # (B, R, V), (B, R, H)
 
 
 def per_token_logps(
@@ -100,16 +112,20 @@ def per_token_logps(
     attention_mask: torch.Tensor,
     context_length: int,
     temperature: float = 1.0,
-) -> torch.Tensor:
+    return_hidden: bool = False,
+):
     """log pi(response_t | prompt, response_<t) for every response token, from logits / temperature.
 
     input_ids, attention_mask (B, P + R) in the layout above; context_length = P.
     Returns (B, R) fp32. Entries on padding are meaningless: multiply by `response_mask`.
     The same temperature must be used for sampling, old, new and reference log-probs (section 1.2).
+    With return_hidden=True returns (logps (B, R), hidden states (B, R, H)) from the same pass.
     """
-    logits = response_logits(model, input_ids, attention_mask, context_length)  # (B, R, V)
+    out = response_logits(model, input_ids, attention_mask, context_length, return_hidden)
+    logits, hidden = out if return_hidden else (out, None)  # (B, R, V), (B, R, H)
     labels = input_ids[:, context_length:]  # (B, R)
-    return selective_log_softmax(logits.float() / temperature, labels)  # (B, R)
+    logps = selective_log_softmax(logits.float() / temperature, labels)  # (B, R)
+    return (logps, hidden) if return_hidden else logps
 
 
 def masked_sum(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:

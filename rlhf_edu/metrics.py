@@ -36,23 +36,60 @@ def paired_difference(after, before) -> dict[str, float]:
 
 
 def evaluate_policy(
-    model, tokenizer, prompts: list[str], sampling, *, seed: int = 0, autocast_ctx=None
+    model,
+    tokenizer,
+    prompts: list[str],
+    sampling,
+    *,
+    seed: int = 0,
+    autocast_ctx=None,
+    reference=None,
+    reward_model=None,
 ) -> list[dict]:
     """Sample one response per prompt and score it with the gold rubric.
 
     Returns rows {prompt, response, tokens, eos, gold, <components>}. The same seed gives the same
-    draws, so two policies are compared on equal terms.
+    draws, so two policies are compared on equal terms. With `reference` (a causal LM), each row
+    also gets `kl`: sum over the response of log pi(y_t) - log pi_ref(y_t), both from logits /
+    temperature (nats per response, the k1 estimate of KL(pi || ref)). With `reward_model`, each
+    row gets `rm`: the reward model's score of the sampled tokens (no EOS when the response was
+    cut off, as in training).
     """
+    import contextlib
+
     from rlhf_edu.generation import sample
+    from rlhf_edu.logprobs import masked_sum, per_token_logps
     from rlhf_edu.rubric import score_batch
 
     generator = torch.Generator().manual_seed(seed)
     samples = sample(model, tokenizer, prompts, sampling, generator=generator, autocast_ctx=autocast_ctx)
     scored = score_batch(prompts, samples.texts, samples.has_eos.tolist())
-    return [
+    rows = [
         {"prompt": p, "response": r, "tokens": int(n), "eos": bool(e), **s}
         for p, r, n, e, s in zip(prompts, samples.texts, samples.n_tokens, samples.has_eos, scored)
     ]
+    if reference is None and reward_model is None:
+        return rows
+    device = next(model.parameters()).device
+    ctx = autocast_ctx or contextlib.nullcontext()
+    P = samples.context_length
+    for start in range(0, len(prompts), sampling.batch_size):
+        end = start + sampling.batch_size
+        ids = samples.input_ids[start:end].to(device)  # (b, P+R)
+        mask = samples.attention_mask[start:end].to(device)  # (b, P+R)
+        response_mask = samples.response_mask[start:end].to(device)  # (b, R)
+        with torch.no_grad(), ctx:
+            if reference is not None:
+                logps = per_token_logps(model, ids, mask, P, sampling.temperature)  # (b, R)
+                ref_logps = per_token_logps(reference, ids, mask, P, sampling.temperature)  # (b, R)
+                kl = masked_sum(logps - ref_logps, response_mask, dim=1)  # (b,)
+                for row, value in zip(rows[start:end], kl.tolist()):
+                    row["kl"] = value
+            if reward_model is not None:
+                scores = reward_model(ids, mask).float()  # (b,)
+                for row, value in zip(rows[start:end], scores.tolist()):
+                    row["rm"] = value
+    return rows
 
 
 def wilson_interval(successes: float, n: int, z: float = 1.959964) -> tuple[float, float]:

@@ -213,9 +213,10 @@ def disable_dropout(model: torch.nn.Module) -> None:
     for module in model.modules():
         if isinstance(module, torch.nn.Dropout):
             module.p = 0.0
+    config = getattr(model, "config", None)
     for key in ("attention_dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop", "hidden_dropout"):
-        if hasattr(model.config, key):
-            setattr(model.config, key, 0.0)
+        if config is not None and hasattr(config, key):
+            setattr(config, key, 0.0)
 
 
 # --------------------------------------------------------------------------- tiny test models

@@ -9,7 +9,7 @@ reference/ppo_details.md sections 1.5 to 1.9; tests/test_ppo_math.py asserts its
 
 Everything here is a small pure function of (B, R) response tensors in the layout of
 `rlhf_edu.logprobs` (`response_mask` 1 up to and including the first EOS, 0 after). The rollout and
-update loop, `train_ppo`, is not written yet; it will live in this module and call these functions.
+update loop that calls them is `rlhf_edu.ppo_loop`.
 
 Deliberate deviations and choices:
 - The score sits on the last real response token (the EOS, or the last token when there is no EOS),

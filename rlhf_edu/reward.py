@@ -335,22 +335,25 @@ def transformer_blocks(backbone: torch.nn.Module) -> torch.nn.ModuleList:
     raise ValueError(f"cannot find the transformer blocks of {type(backbone).__name__}")
 
 
-def freeze_lower_layers(reward_model: RewardModel, trainable_layers: int | None) -> None:
+def freeze_lower_layers(model: torch.nn.Module, trainable_layers: int | None) -> None:
     """requires_grad False on the embeddings and all but the top `trainable_layers` blocks.
 
-    None (or at least as many as there are blocks) leaves everything trainable. The final norm and
-    the head always train. Notebook: 03_reward_model.ipynb
+    `model` is a RewardModel or a critic (its `backbone`) or a causal LM (its `base_model`). None (or at least
+    as many as there are blocks) leaves everything trainable. The final norm and the reward head
+    always train; a causal LM's `lm_head` trains unless it is tied to the (frozen) embeddings.
+    Notebooks: 03_reward_model.ipynb, 04_ppo.ipynb
     """
-    for p in reward_model.parameters():
+    for p in model.parameters():
         p.requires_grad_(True)
-    blocks = transformer_blocks(reward_model.backbone)
+    backbone = model.backbone if hasattr(model, "backbone") else backbone_of(model)
+    blocks = transformer_blocks(backbone)
     if trainable_layers is None or trainable_layers >= len(blocks):
         return
     if trainable_layers < 0:
         raise ValueError(f"trainable_layers must be >= 0 or None, got {trainable_layers}")
     top = {id(p) for block in list(blocks)[len(blocks) - trainable_layers :] for p in block.parameters()}
     block_params = {id(p) for p in blocks.parameters()}
-    for name, p in reward_model.backbone.named_parameters():
+    for name, p in backbone.named_parameters():
         in_blocks = id(p) in block_params
         if (in_blocks and id(p) not in top) or (not in_blocks and "norm" not in name and "ln_f" not in name):
             p.requires_grad_(False)
@@ -512,3 +515,56 @@ def load_reward_model(
             f"{out_dir / HEAD_FILE} does not fit: missing {missing}, unexpected {unexpected}"
         )
     return reward_model.to(device).eval(), tokenizer
+
+
+def load_or_train_reward_model(preset, policy, tokenizer, setup=None, *, progress: bool = True):
+    """The reward model of notebook 03: its checkpoint in artifacts/reward_model when it was trained
+    with this preset's RewardConfig, otherwise trained now the way notebook 03 trains it (the
+    learner's exported labels first, then the annotator's pairs; gain and bias from the SFT
+    policy's samples) and saved there.
+
+    `policy` is the SFT policy (its samples set the normalization; a copy of it is the backbone).
+    Returns (reward_model, message); the message says which happened.
+    Notebooks: 04_ppo.ipynb and later
+    """
+    import copy
+    import json
+    from dataclasses import asdict
+
+    from rlhf_edu.data import load_concepts, make_prompt
+    from rlhf_edu.generation import sample
+    from rlhf_edu.models import autocast, device_setup
+    from rlhf_edu.preferences import load_pairs, to_preference_rows
+    from rlhf_edu.store import artifacts_dir
+
+    setup = setup or device_setup()
+    out_dir = artifacts_dir() / "reward_model"
+    info_path = out_dir / "run_info.json"
+    if info_path.exists():
+        info = json.loads(info_path.read_text())
+        if info.get("preset") == preset.name and info.get("config") == asdict(preset.reward):
+            reward_model, _ = load_reward_model(out_dir, next(policy.parameters()).device)
+            return reward_model, f"loaded the reward model from {out_dir}"
+    train_rows = to_preference_rows(load_pairs("train"))
+    random.Random(preset.seed).shuffle(train_rows)
+    mine_path = artifacts_dir() / "labels" / "you_pairs.jsonl"
+    mine = [json.loads(line) for line in mine_path.read_text().splitlines()] if mine_path.exists() else []
+    train_rows = mine + train_rows[: max(0, preset.reward_pairs - len(mine))]
+    torch.manual_seed(preset.seed)
+    reward_model = RewardModel.from_causal_lm(copy.deepcopy(policy))
+    history = train_reward_model(reward_model, tokenizer, train_rows, [], preset.reward, setup=setup, progress=progress)
+    concepts = list(load_concepts("train")["concept"])
+    norm_prompts = [make_prompt(c) for c in random.Random(1).sample(concepts, preset.reward_norm_samples)]
+    norm = sample(policy, tokenizer, norm_prompts, preset.eval_sampling,
+                  generator=torch.Generator().manual_seed(preset.seed), autocast_ctx=autocast(setup))
+    with autocast(setup):
+        raw = score_texts(reward_model, tokenizer, norm_prompts, norm.texts, raw=True, eos=norm.has_eos.tolist())
+    reward_model.set_normalization(raw)
+    save_reward_model(reward_model, tokenizer, out_dir, info={
+        "preset": preset.name, "config": asdict(preset.reward), "n_train_pairs": len(train_rows),
+        "history": history,
+    })
+    return reward_model, (
+        f"no reward model for the {preset.name} preset in {out_dir}: trained one now on "
+        f"{len(train_rows)} pairs ({len(mine)} yours) with {preset.reward}"
+    )

@@ -1,0 +1,163 @@
+"""The PPO loop of rlhf_edu.ppo on tiny random models: reference/ppo_details.md section 6.4
+(first step a no-op, lr = 0, gradient accumulation, toy learning test) plus resume and failures."""
+
+import copy
+
+import pytest
+import torch
+
+from rlhf_edu.generation import SamplingConfig
+from rlhf_edu.models import choose_device_setup, tiny_model_and_tokenizer
+from rlhf_edu.ppo_loop import PPOConfig, PPOTrainer
+from rlhf_edu.reward import RewardModel
+
+CPU = choose_device_setup("cpu")
+PROMPTS = [f"question {i}" for i in range(24)]
+
+
+class CountReward(torch.nn.Module):
+    """A programmatic reward: how often one token id appears among the real tokens."""
+
+    def __init__(self, token_id: int, value: float | None = None):
+        super().__init__()
+        self.token_id, self.value = token_id, value
+
+    def forward(self, input_ids, attention_mask):
+        counts = ((input_ids == self.token_id) & (attention_mask == 1)).float().sum(dim=1)  # (B,)
+        return counts if self.value is None else torch.full_like(counts, self.value)
+
+
+def make_trainer(config: PPOConfig, seed: int = 0, reward=None, arch: str = "llama", policy_seed: int | None = None):
+    """Policy and reference both start from the tiny model of `seed` (the policy from `policy_seed`
+    when given, to check that a checkpoint overwrites it)."""
+    reference, tok = tiny_model_and_tokenizer(arch, seed=seed)
+    policy = copy.deepcopy(reference) if policy_seed is None else tiny_model_and_tokenizer(arch, seed=policy_seed)[0]
+    reward = reward or CountReward(tok.convert_tokens_to_ids("a"))
+    return PPOTrainer(policy, reference, reward, tok, PROMPTS, config, setup=CPU)
+
+
+def small_config(**overrides) -> PPOConfig:
+    base = {"steps": 4, "batch_size": 8, "mini_batch_size": 4, "micro_batch_size": 4, "ppo_epochs": 2, "lr": 3e-3,
+                "sampling": SamplingConfig(12, 1.0, 8), "kl_coef": 0.01, "missing_eos_penalty": None, "eval_every": 1000}
+    return PPOConfig(**{**base, **overrides})
+
+
+def params(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_first_minibatch_is_a_no_op(arch):
+    """6.4 item 14: old log-probs recomputed by the training forward give ratio 1, approx-KL 0."""
+    trainer = make_trainer(small_config(steps=2), arch=arch)
+    for _ in range(2):
+        m = trainer.step()
+        assert m["health/first_ratio_dev"] < 1e-5
+        assert m["health/first_approxkl"] < 1e-10
+
+
+def test_lr_zero_changes_nothing():
+    """6.4 item 15: with lr = 0 the ratio stays 1 in every epoch, KL to the reference stays 0, and
+    the parameters do not move."""
+    trainer = make_trainer(small_config(lr=0.0, ppo_epochs=3))
+    before = params(trainer.policy)
+    for _ in range(3):
+        m = trainer.step()
+        assert m["objective/kl"] == 0.0
+        assert abs(m["policy/ratio_max"] - 1) < 1e-5 and m["policy/clipfrac"] == 0.0
+    after = params(trainer.policy)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.filterwarnings("ignore:Detected call of:UserWarning")
+def test_gradient_accumulation_matches_one_minibatch():
+    """6.4 item 20: micro-batches of 2 accumulated over a minibatch of 4 give the same update as one
+    pass over the 4 (with a plain SGD step, so the comparison sees the gradient itself)."""
+    results = []
+    for micro in (4, 2):
+        trainer = make_trainer(small_config(steps=1, ppo_epochs=1, micro_batch_size=micro, max_grad_norm=1e9))
+        trainer.optimizer = torch.optim.SGD(trainer.params, lr=0.5)
+        _, rollout = trainer.step(keep_rollout=True)
+        results.append((params(trainer.policy), rollout.response_mask.sum(dim=1)))
+    (full, lengths), (accumulated, _) = results
+    assert len(set(lengths.tolist())) > 1, "responses of equal length would not test the token weighting"
+    changed = [k for k in full if not torch.equal(full[k], params(make_trainer(small_config()).policy)[k])]
+    assert changed, "the update moved nothing"
+    for k in full:
+        torch.testing.assert_close(accumulated[k], full[k], rtol=1e-4, atol=1e-6)
+
+
+def test_ppo_raises_a_programmatic_reward():
+    """6.4 item 22: the count of one token rises within a few seconds; with a huge KL coefficient
+    the policy stays at the reference."""
+    trainer = make_trainer(small_config(steps=25, batch_size=16, mini_batch_size=8, ppo_epochs=4))
+    history = trainer.train(progress=False)
+    first = sum(h["objective/score"] for h in history[:3]) / 3
+    last = sum(h["objective/score"] for h in history[-3:]) / 3
+    assert last > first + 2.0, (first, last)
+    assert all(torch.isfinite(torch.tensor(h["objective/kl"])) for h in history)
+
+    tight = make_trainer(small_config(steps=10, batch_size=16, mini_batch_size=8, ppo_epochs=4, kl_coef=50.0, lr=1e-3))
+    history = tight.train(progress=False)
+    assert abs(history[-1]["objective/kl"]) < 1.0
+
+
+def test_resume_gives_the_same_run(tmp_path):
+    """Interrupt after 2 of 4 steps, resume in a fresh trainer: the same metrics and weights."""
+    config = small_config(steps=4, kl_target=2.0)
+    straight = make_trainer(config)
+    straight.train(progress=False)
+
+    first = make_trainer(config)
+    first.train(2, progress=False, checkpoint_dir=tmp_path / "ckpt")
+    resumed = make_trainer(config, policy_seed=1)  # other weights: the checkpoint must overwrite them
+    resumed.load_checkpoint(tmp_path / "ckpt")
+    assert resumed.step_count == 2
+    resumed.train(progress=False)
+
+    assert [h["objective/score"] for h in resumed.history] == [h["objective/score"] for h in straight.history]
+    assert resumed.kl_controller.kl_coef == straight.kl_controller.kl_coef
+    a, b = params(straight.policy), params(resumed.policy)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert torch.equal(straight.value_head.weight, resumed.value_head.weight)
+
+
+def test_resume_refuses_another_config(tmp_path):
+    trainer = make_trainer(small_config(steps=1))
+    trainer.train(progress=False, checkpoint_dir=tmp_path / "ckpt")
+    other = make_trainer(small_config(steps=1, lr=1e-4))
+    with pytest.raises(ValueError, match="another PPOConfig"):
+        other.load_checkpoint(tmp_path / "ckpt")
+    with pytest.raises(FileNotFoundError, match="no PPO checkpoint"):
+        other.load_checkpoint(tmp_path / "nowhere")
+
+
+def test_nan_reward_stops_with_the_quantity_named():
+    trainer = make_trainer(small_config(steps=1), reward=CountReward(5, value=float("nan")))
+    with pytest.raises(FloatingPointError, match="reward-model score"):
+        trainer.step()
+
+
+def test_separate_critic_from_the_reward_model():
+    """critic="reward_model": values come from a copy of the reward model (Stiennon et al.)."""
+    policy, tok = tiny_model_and_tokenizer()
+    backbone_lm, _ = tiny_model_and_tokenizer(seed=3)
+    rm = RewardModel.from_causal_lm(backbone_lm)
+    trainer = PPOTrainer(policy, copy.deepcopy(policy), rm, tok, PROMPTS, small_config(critic="reward_model", trainable_layers=1), setup=CPU)
+    rm_before = params(rm)
+    m = trainer.step()
+    assert m["health/first_ratio_dev"] < 1e-5 and m["val/loss"] > 0
+    assert all(torch.equal(rm_before[k], v) for k, v in params(rm).items()), "the reward model must stay frozen"
+    frozen = [p for n, p in trainer.policy.named_parameters() if "layers.0." in n]
+    assert frozen and not any(p.requires_grad for p in frozen)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"batch_size": 10, "mini_batch_size": 4}, "multiple of mini_batch_size"),
+    ({"critic": "twin"}, "critic must be"),
+    ({"missing_eos_mode": "drop"}, "missing_eos_mode"),
+    ({"lr": -1.0}, "lr"),
+])
+def test_bad_config_is_named(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        small_config(**overrides)
