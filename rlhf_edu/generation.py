@@ -160,6 +160,10 @@ def sample(
     import contextlib
 
     device = next(model.parameters()).device
+    if generator is not None and generator.device != device:
+        # A CPU generator (the course's seeds) cannot drive sampling on a GPU: seed one there from it.
+        seed = int(torch.randint(2**62, (1,), generator=generator))
+        generator = torch.Generator(device).manual_seed(seed)
     chunks = []
     for start in range(0, len(prompts), config.batch_size):
         prompt_ids, prompt_mask = encode_prompts(tokenizer, prompts[start : start + config.batch_size])

@@ -232,15 +232,16 @@ def load_or_train_sft(preset, setup=None, *, progress: bool = True):
     import json
 
     from rlhf_edu.data import load_sft_demos
-    from rlhf_edu.models import load_model
+    from rlhf_edu.models import device_setup, load_model
     from rlhf_edu.store import artifacts_dir
 
+    setup = setup or device_setup()
     ckpt = artifacts_dir() / "sft"
     info = ckpt / "run_info.json"
     if info.exists() and json.loads(info.read_text()).get("config") == asdict(preset.sft):
-        model, tok = load_model(str(ckpt))
+        model, tok = load_model(str(ckpt), device=setup.device)
         return model, tok, f"loaded the SFT policy from {ckpt}"
-    model, tok = load_model(preset.model_name)
+    model, tok = load_model(preset.model_name, device=setup.device)
     torch.manual_seed(preset.seed)
     train_sft(model, tok, list(load_sft_demos()), preset.sft, setup=setup, out_dir=ckpt, progress=progress)
     return model, tok, f"no SFT checkpoint for the {preset.name} preset in {ckpt}: trained one now with {preset.sft}"
