@@ -71,8 +71,32 @@ def main() -> None:
     path = artifacts_dir() / "bench.json"
     previous = json.loads(path.read_text()) if path.exists() else {}
     previous["dtype_cpu"] = {"rows": rows, "chosen": chosen.reason}
+    previous["gpu_memory"] = gpu_memory_table()
     write_json(path, previous)
     print(f"wrote {path}")
+
+
+def gpu_memory_table() -> dict:
+    """PPO at the gpu preset: the computed estimate for SmolLM2-135M and -360M on a 16 GB T4, beside
+    the figures `bench/gpu.py measure` recorded on a CUDA machine (bench/results/)."""
+    from pathlib import Path
+
+    from gpu import ARCHS, estimate_gib
+
+    from rlhf_edu.presets import get_preset
+
+    ppo = get_preset("gpu").ppo
+    r = ppo.sampling.max_new_tokens
+    estimate = [estimate_gib(a, ppo.micro_batch_size, 40 + r, r) for a in ARCHS]
+    measured_path = Path(__file__).parent / "results" / "gpu_memory_h200.json"
+    measured = json.loads(measured_path.read_text()) if measured_path.exists() else []
+    print(f"PPO at the gpu preset (batch {ppo.batch_size}, micro-batch {ppo.micro_batch_size}, {r} new tokens):")
+    print(f"{'model':14s} {'estimate GiB':>13s} {'measured peak GiB':>18s} {'fits a 16 GB T4':>16s}")
+    for row in estimate:
+        peaks = [m["peak_gib"] for m in measured if m["arch"] == row["arch"]]
+        peak = f"{max(peaks):.2f}" if peaks else "not measured"
+        print(f"{row['arch']:14s} {row['total_gib']:13.2f} {peak:>18s} {row['fits_t4_16gb']!s:>16s}")
+    return {"estimate": estimate, "measured": measured}
 
 
 if __name__ == "__main__":

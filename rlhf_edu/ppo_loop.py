@@ -180,10 +180,7 @@ class Rollout:
     non_score_reward: torch.Tensor
     advantages: torch.Tensor  # whitened over the batch's response tokens
     returns: torch.Tensor
-
-    @property
-    def response_mask(self) -> torch.Tensor:
-        return self.samples.response_mask
+    response_mask: torch.Tensor  # samples.response_mask on the models' device
 
 
 def check_finite(name: str, tensor: torch.Tensor, step: int) -> None:
@@ -361,7 +358,7 @@ class PPOTrainer:
         check_finite("the advantages", advantages, step)
         return Rollout(
             prompts, samples, old_logps, ref_logps, old_values, rm_scores, scores, rewards,
-            non_score_reward, advantages, returns,
+            non_score_reward, advantages, returns, response_mask,
         )
 
     def update(self, rollout: Rollout, generator: torch.Generator) -> dict[str, float]:
