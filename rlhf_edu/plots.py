@@ -64,3 +64,44 @@ class LivePlot:
             self.fig.suptitle(self.title)
         if self._handle is not None:
             self._handle.update(self.fig)
+
+
+def html_table(rows: list[dict], columns: list[str], floats: str = "{:+.2f}") -> str:
+    """An HTML table of `rows` (dicts) with these `columns`; text is escaped, floats formatted.
+
+    Display it with `IPython.display.HTML(html_table(...))`; it renders the same in JupyterLab,
+    VS Code and Colab. Notebooks: 04_ppo.ipynb and later
+    """
+    import html
+
+    def cell(value) -> str:
+        text = floats.format(value) if isinstance(value, float) else str(value)
+        return f"<td style='text-align:left;vertical-align:top'>{html.escape(text)}</td>"
+
+    head = "".join(f"<th style='text-align:left'>{html.escape(c)}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(cell(r.get(c, "")) for c in columns) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def token_heatmap(tokens: list[str], series: dict[str, list[float]], title: str = "") -> Figure:
+    """One row per series (e.g. KL penalty, advantage) over the tokens of one response, each row
+    on its own diverging color scale centred at 0, the value printed in each cell.
+
+    Notebook: 04_ppo.ipynb
+    """
+    import numpy as np
+
+    n = len(tokens)
+    fig = Figure(figsize=(min(0.42 * n + 2.0, 40), 0.9 * len(series) + 1.2), layout="constrained")
+    axes = fig.subplots(len(series), 1, squeeze=False)[:, 0]
+    for ax, (name, values) in zip(axes, series.items()):
+        row = np.asarray(values, dtype=float)[None, :n]  # (1, n)
+        bound = float(np.abs(row).max()) or 1.0
+        ax.imshow(row, cmap="coolwarm", vmin=-bound, vmax=bound, aspect="auto")
+        for i, v in enumerate(row[0]):
+            ax.text(i, 0, f"{v:.2f}", ha="center", va="center", fontsize=6)
+        ax.set_yticks([0], [name])
+        ax.set_xticks(range(n), [repr(t)[1:-1] for t in tokens], rotation=90, fontsize=7)
+    if title:
+        fig.suptitle(title)
+    return fig

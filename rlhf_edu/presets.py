@@ -4,7 +4,8 @@
 laptop (every notebook in 10 minutes or less); `gpu` fits a Colab T4. `RLHF_EDU_PRESET` picks one;
 otherwise a visible CUDA device means `gpu` and none means `cpu`.
 
-Each preset is built from the stage config dataclasses themselves (`SamplingConfig`, `SFTConfig`),
+Each preset is built from the stage config dataclasses themselves (`SamplingConfig`, `SFTConfig`,
+`RewardConfig`, `PPOConfig`),
 so a notebook can print the preset and a learner can change one field with `dataclasses.replace`.
 """
 
@@ -14,6 +15,7 @@ import os
 from dataclasses import dataclass, field
 
 from rlhf_edu.generation import SamplingConfig
+from rlhf_edu.ppo_loop import PPOConfig
 from rlhf_edu.reward import RewardConfig
 from rlhf_edu.sft import SFTConfig
 
@@ -46,6 +48,8 @@ class Preset:
     """Held-out pairs scored during training, for the accuracy-vs-labels curve."""
     reward_norm_samples: int = 64
     """SFT samples whose scores set the reward model's gain and bias (mean 0, std 1)."""
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    """PPO against the reward model (notebook 04)."""
     n_label_pairs: int = 12
     """Pairs the learner labels by hand in notebook 02."""
     n_label_repeats: int = 3
@@ -65,15 +69,19 @@ PRESETS: dict[str, Preset] = {
         n_label_repeats=1,
         reward=RewardConfig(lr=3e-5, batch_size=4, max_steps=2, eval_every=2),
         reward_pairs=8, reward_heldout=8, reward_probe=4, reward_norm_samples=4,
+        ppo=PPOConfig(steps=2, batch_size=4, mini_batch_size=2, micro_batch_size=2, ppo_epochs=1, lr=1e-5,
+                      sampling=SamplingConfig(16, 0.7, 4), eval_every=2, trainable_layers=2),
     ),
     "cpu": Preset(
         name="cpu",
         description="a 2-core laptop: every notebook in 10 minutes or less",
-        n_eval=64,
+        n_eval=128,
         eval_sampling=SamplingConfig(max_new_tokens=64, temperature=0.7, batch_size=16),
         sft=SFTConfig(max_steps=48, batch_size=8, eval_every=16, n_heldout=32, lr=3e-5),
         reward=RewardConfig(lr=1e-4, batch_size=8, eval_every=12, warmup_steps=2),
         reward_pairs=384, reward_heldout=400, reward_probe=64, reward_norm_samples=64,
+        ppo=PPOConfig(steps=14, batch_size=16, mini_batch_size=8, micro_batch_size=8, ppo_epochs=4, lr=1e-4,
+                      sampling=SamplingConfig(64, 0.7, 16), eval_every=7, eval_subset=16, trainable_layers=8),
     ),
     "gpu": Preset(
         name="gpu",
@@ -83,6 +91,8 @@ PRESETS: dict[str, Preset] = {
         sft=SFTConfig(max_steps=160, batch_size=16, eval_every=20, n_heldout=32, lr=3e-5),
         reward=RewardConfig(lr=2e-5, batch_size=16, eval_every=20, warmup_steps=4),
         reward_pairs=100_000, reward_heldout=400, reward_probe=128, reward_norm_samples=256,
+        ppo=PPOConfig(steps=48, batch_size=64, mini_batch_size=16, micro_batch_size=16, ppo_epochs=4, lr=2e-5,
+                      sampling=SamplingConfig(64, 0.7, 64), eval_every=8, eval_subset=64),
     ),
 }
 

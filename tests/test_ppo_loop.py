@@ -102,6 +102,15 @@ def test_ppo_raises_a_programmatic_reward():
     assert abs(history[-1]["objective/kl"]) < 1.0
 
 
+def test_train_ppo_runs_the_configured_steps():
+    from rlhf_edu.ppo_loop import train_ppo
+
+    reference, tok = tiny_model_and_tokenizer()
+    trainer = train_ppo(copy.deepcopy(reference), reference, CountReward(5), tok, PROMPTS, small_config(steps=2),
+                        setup=CPU, progress=False)
+    assert [h["step"] for h in trainer.history] == [1, 2]
+
+
 def test_resume_gives_the_same_run(tmp_path):
     """Interrupt after 2 of 4 steps, resume in a fresh trainer: the same metrics and weights."""
     config = small_config(steps=4, kl_target=2.0)
