@@ -56,6 +56,14 @@ def test_first_minibatch_is_a_no_op(arch):
         assert m["health/first_approxkl"] < 1e-10
 
 
+def test_ratio_health_check_warns():
+    """A first-minibatch ratio off 1 by more than the tolerance is reported, not silently trained on
+    (here forced with a negative tolerance, since the plumbing itself gives exactly 1)."""
+    trainer = make_trainer(small_config(steps=1, ratio_tolerance=-1.0))
+    with pytest.warns(UserWarning, match="first minibatch's ratio is off 1"):
+        trainer.step()
+
+
 def test_lr_zero_changes_nothing():
     """6.4 item 15: with lr = 0 the ratio stays 1 in every epoch, KL to the reference stays 0, and
     the parameters do not move."""
