@@ -34,6 +34,7 @@ import random
 import shutil
 import time
 import warnings
+from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -378,9 +379,8 @@ class PPOTrainer:
         mask = samples.attention_mask.to(self.device)  # (B, P+R)
         P = samples.context_length
         B = ids.shape[0]
-        sums: dict[str, float] = {}
-        n_stats = 0
-        first = {}
+        stats: dict[str, list[float]] = defaultdict(list)
+        first_ratio_dev, first_approxkl = 0.0, 0.0
         self.policy.train()
         for epoch in range(cfg.ppo_epochs):
             order = torch.randperm(B, generator=generator)  # (B,)
@@ -406,33 +406,30 @@ class PPOTrainer:
                         ratio = torch.exp(logps - rollout.old_logps[rows, :R])  # (b, R)
                         ratio_dev = float(((ratio - 1).abs() * r_mask).max())
                     if epoch == 0 and mb_start == 0:  # health check: nothing has changed yet
-                        first["health/first_ratio_dev"] = max(first.get("health/first_ratio_dev", 0.0), ratio_dev)
-                        first["health/first_approxkl"] = max(first.get("health/first_approxkl", 0.0), pg_stats["policy/approxkl"])
-                    stats = {
+                        first_ratio_dev = max(first_ratio_dev, ratio_dev)
+                        first_approxkl = max(first_approxkl, pg_stats["policy/approxkl"])
+                    for key, value in {
                         "policy/loss": pg_loss.item(), "val/loss": vf_loss.item(), **pg_stats, **vf_stats,
                         "policy/ratio_mean": float(masked_mean(ratio, r_mask)),
-                    }
-                    for key, value in stats.items():
-                        sums[key] = sums.get(key, 0.0) + value
-                    sums["policy/ratio_max"] = max(sums.get("policy/ratio_max", 0.0), float((ratio * r_mask).max()))
-                    n_stats += 1
+                        "policy/ratio_max": float((ratio * r_mask).max()),
+                    }.items():
+                        stats[key].append(value)
                 self.scaler.unscale_(self.optimizer)
                 grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
                 check_finite("the gradient norm", grad_norm, step)
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
                 self.optimizer.zero_grad(set_to_none=True)
-                sums["policy/grad_norm"] = sums.get("policy/grad_norm", 0.0) + float(grad_norm)
-        out = {k: (v if k == "policy/ratio_max" else v / n_stats) for k, v in sums.items()}
-        out["policy/grad_norm"] = sums["policy/grad_norm"] / (cfg.ppo_epochs * (B // cfg.mini_batch_size))
-        if first["health/first_ratio_dev"] > cfg.ratio_tolerance:
+                stats["policy/grad_norm"].append(float(grad_norm))  # one per optimizer step
+        out = {k: (max(v) if k == "policy/ratio_max" else sum(v) / len(v)) for k, v in stats.items()}
+        if first_ratio_dev > cfg.ratio_tolerance:
             warnings.warn(
-                f"PPO step {step}: the first minibatch's ratio is off 1 by {first['health/first_ratio_dev']:.2e} "
+                f"PPO step {step}: the first minibatch's ratio is off 1 by {first_ratio_dev:.2e} "
                 f"(> {cfg.ratio_tolerance:g}); old and new log-probs do not come from the same forward "
                 f"(dropout on? a different dtype or temperature?)",
                 stacklevel=2,
             )
-        return {**out, **first}
+        return {**out, "health/first_ratio_dev": first_ratio_dev, "health/first_approxkl": first_approxkl}
 
     def evaluate(self) -> dict[str, float]:
         """Gold score, RM score, KL to the reference and length on the fixed eval prompts (the

@@ -90,3 +90,21 @@ def load_pairs(split: str = "train", path=None) -> list[dict]:
         if row["label"] not in LABELS:
             raise DataError(f"{path}, row {line}, field 'label': {row['label']!r} is not one of {LABELS}")
     return rows
+
+
+def reward_training_rows(n_pairs: int, seed: int) -> tuple[list[dict], int]:
+    """The reward model's training pairs: the learner's exported labels from notebook 02
+    (artifacts/labels/you_pairs.jsonl, all of them, first), then the annotator's train pairs in a
+    seeded shuffle, `n_pairs` in all (more only if the learner labeled more). Returns (rows, how
+    many are the learner's). Notebooks: 03_reward_model.ipynb, and 04 when it retrains the model.
+    """
+    import json
+    import random
+
+    from rlhf_edu.store import artifacts_dir
+
+    annotator_rows = to_preference_rows(load_pairs("train"))
+    random.Random(seed).shuffle(annotator_rows)
+    mine_path = artifacts_dir() / "labels" / "you_pairs.jsonl"
+    mine = [json.loads(line) for line in mine_path.read_text().splitlines()] if mine_path.exists() else []
+    return mine + annotator_rows[: max(0, n_pairs - len(mine))], len(mine)

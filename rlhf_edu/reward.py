@@ -534,7 +534,7 @@ def load_or_train_reward_model(preset, policy, tokenizer, setup=None, *, progres
     from rlhf_edu.data import load_concepts, make_prompt
     from rlhf_edu.generation import sample
     from rlhf_edu.models import autocast, device_setup
-    from rlhf_edu.preferences import load_pairs, to_preference_rows
+    from rlhf_edu.preferences import reward_training_rows
     from rlhf_edu.store import artifacts_dir
 
     setup = setup or device_setup()
@@ -545,11 +545,7 @@ def load_or_train_reward_model(preset, policy, tokenizer, setup=None, *, progres
         if info.get("preset") == preset.name and info.get("config") == asdict(preset.reward):
             reward_model, _ = load_reward_model(out_dir, next(policy.parameters()).device)
             return reward_model, f"loaded the reward model from {out_dir}"
-    train_rows = to_preference_rows(load_pairs("train"))
-    random.Random(preset.seed).shuffle(train_rows)
-    mine_path = artifacts_dir() / "labels" / "you_pairs.jsonl"
-    mine = [json.loads(line) for line in mine_path.read_text().splitlines()] if mine_path.exists() else []
-    train_rows = mine + train_rows[: max(0, preset.reward_pairs - len(mine))]
+    train_rows, n_mine = reward_training_rows(preset.reward_pairs, preset.seed)
     torch.manual_seed(preset.seed)
     reward_model = RewardModel.from_causal_lm(copy.deepcopy(policy))
     history = train_reward_model(reward_model, tokenizer, train_rows, [], preset.reward, setup=setup, progress=progress)
@@ -566,5 +562,5 @@ def load_or_train_reward_model(preset, policy, tokenizer, setup=None, *, progres
     })
     return reward_model, (
         f"no reward model for the {preset.name} preset in {out_dir}: trained one now on "
-        f"{len(train_rows)} pairs ({len(mine)} yours) with {preset.reward}"
+        f"{len(train_rows)} pairs ({n_mine} yours) with {preset.reward}"
     )
