@@ -54,7 +54,7 @@ IPYW7 := .ipywidgets7
 test-widgets-ipywidgets7: setup
 	test -d $(IPYW7) || $(PIP) install --quiet --no-deps --target $(IPYW7) ipywidgets==7.7.5 ipython_genutils==0.2.0
 	PYTHONPATH=$(IPYW7) $(PY) -c "import ipywidgets; assert ipywidgets.__version__.startswith('7.7'), ipywidgets.__version__; print('ipywidgets', ipywidgets.__version__)"
-	PYTHONPATH=$(IPYW7) $(PY) -m pytest -q -p no:cacheprovider -W ignore::DeprecationWarning tests/test_labeling.py
+	PYTHONPATH=$(IPYW7) $(PY) -m pytest -q -p no:cacheprovider -W ignore::DeprecationWarning tests/test_labeling.py tests/test_ab_eval.py tests/test_explorer.py
 
 test-unit: setup
 	$(PY) -m pytest -q tests

@@ -11,13 +11,14 @@ from matplotlib.figure import Figure
 
 
 def in_notebook() -> bool:
+    """True inside a Jupyter kernel (JupyterLab, Notebook, VS Code, Colab), where display() renders.
+    Colab's shell is a subclass with another class name, so look for the kernel, not the name."""
     try:
         from IPython import get_ipython
-
-        shell = get_ipython()
     except ImportError:
         return False
-    return shell is not None and shell.__class__.__name__ == "ZMQInteractiveShell"
+    shell = get_ipython()
+    return shell is not None and getattr(shell, "kernel", None) is not None
 
 
 class LivePlot:

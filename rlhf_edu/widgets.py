@@ -116,13 +116,17 @@ class PreferenceLabeler:
         return stored
 
     def run_autopilot(self, annotator, n: int | None = None) -> int:
-        """Label the next `n` pairs (all remaining if None) with `annotator.label(prompt, A, B)`,
-        through the same path as a click. Returns how many were labeled."""
+        """Label the next `n` pairs (all remaining if None) with `annotator.label(prompt, A, B, eos_A,
+        eos_B)`, through the same path as a click. Returns how many were labeled. A pair's "eos"
+        flags (in its own order) follow the sides on screen, so a cut-off response is judged as one."""
         count = 0
         while not self.done and (n is None or count < n):
+            pair = self.pairs[self.position]
             a, b = self.shown(self.position)
+            eos = pair.get("eos", [True, True])
+            eos_a, eos_b = (eos[1], eos[0]) if self.swapped(self.position) else (eos[0], eos[1])
             self._last_action = 0.0
-            self.label(annotator.label(self.pairs[self.position]["prompt"], a, b), rationale="")
+            self.label(annotator.label(pair["prompt"], a, b, eos_a, eos_b), rationale="")
             count += 1
         return count
 
