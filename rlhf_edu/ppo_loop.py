@@ -187,17 +187,17 @@ class Rollout:
     response_mask: torch.Tensor  # samples.response_mask on the models' device
 
 
-def check_finite(name: str, tensor: torch.Tensor, step: int) -> None:
-    """Stop the run with a message naming the quantity when it holds NaN or inf."""
+def check_finite(name: str, tensor: torch.Tensor, step: int, stage: str = "PPO") -> None:
+    """Stop the run with a message naming the stage, step and quantity when it holds NaN or inf."""
     if not bool(torch.isfinite(tensor).all()):
         bad = int((~torch.isfinite(tensor)).sum())
         raise FloatingPointError(
-            f"PPO step {step}: {name} has {bad} non-finite value(s) (NaN or inf). Lower the learning "
-            f"rate or the KL coefficient, or check the reward model's scores."
+            f"{stage} step {step}: {name} has {bad} non-finite value(s) (NaN or inf). Lower the "
+            f"learning rate or the KL coefficient, or check the inputs (scores, reference log-probs)."
         )
 
 
-def _trim(rollout_ids: torch.Tensor, attention_mask: torch.Tensor, P: int, rows: torch.Tensor):
+def trim_padding(rollout_ids: torch.Tensor, attention_mask: torch.Tensor, P: int, rows: torch.Tensor):
     """The rows `rows` of a (B, P+R) batch, without columns that are padding in all of them.
 
     Returns (input_ids, attention_mask, context_length, response slice): fewer columns, same
@@ -389,7 +389,7 @@ class PPOTrainer:
                 mb_tokens = rollout.response_mask[minibatch].sum()
                 for mc_start in range(0, len(minibatch), cfg.micro_batch_size):
                     rows = minibatch[mc_start : mc_start + cfg.micro_batch_size]  # (b,)
-                    input_ids, attention_mask, ctx, R = _trim(ids, mask, P, rows)
+                    input_ids, attention_mask, ctx, R = trim_padding(ids, mask, P, rows)
                     r_mask = rollout.response_mask[rows, :R]  # (b, R)
                     logps, values = self.forward(input_ids, attention_mask, ctx)  # (b, R), (b, R)
                     pg_loss, pg_stats = clipped_policy_loss(

@@ -1,0 +1,306 @@
+"""Direct Preference Optimization (DPO), with IPO and conservative (label-smoothed) DPO as options.
+
+Algorithm: DPO (Rafailov et al. 2023, arXiv 2305.18290, eq. 7) trains the policy directly on
+preference pairs, with no reward model and no sampling. The policy's log-ratio to a frozen
+reference is an implicit reward, r(x, y) = beta * log(pi(y|x) / pi_ref(y|x)), and the
+Bradley-Terry loss of the reward model (reward.py, eq. 2) is applied to it:
+
+    z = (log pi(y_w) - log pi_ref(y_w)) - (log pi(y_l) - log pi_ref(y_l))                  (1)
+    DPO:  loss = -log sigmoid(beta * z)                                                     (2)
+    cDPO: loss = -(1 - eps) log sigmoid(beta * z) - eps log sigmoid(-beta * z)             (3)
+    IPO:  loss = (z - 1 / (2 beta))^2                                                       (4)
+
+(1)-(3) follow reference/ppo_details.md section 2.1 (the original DPO repo's `preference_loss`,
+N+, OpenRLHF); (4) is eq. 17 of Azar et al. 2023 (arXiv 2310.12036), which regresses the log-ratio
+gap onto 1 / (2 beta) instead of pushing it to infinity. tests/test_dpo.py asserts the section 6.6
+numbers: log 2 at initialization with gradients -beta/2 and +beta/2, and 25.0 for IPO at beta 0.1.
+
+log pi(y) is a sequence log-prob: the SUM of per-token log-probs over the response tokens and the
+EOS (`response_mask`), never over the prompt or padding, and never a mean (section 2.1: averaging
+degenerates, TRL #789). The reference log-probs are computed once, before training
+(`precompute_reference_logps`, section 7), in the same dtype as the policy (DPO repo #34).
+
+Deliberate choices and deviations:
+- IPO uses the unnormalized sequence log-ratios, as the original DPO repo and OpenRLHF do; current
+  TRL divides them by the response length.
+- Label smoothing is the cDPO form (3) (TRL <= 0.11 "sigmoid"), not TRL's newer "robust" loss; it is
+  not defined for IPO, which raises.
+- `rewards/accuracies` counts a tie (margin exactly 0, as at initialization) as half a win, like
+  `reward.reward_accuracy`; TRL counts it as a loss.
+- No NLL (RPO) term: the chosen log-prob is free to fall while the margin grows (section 2.1,
+  "expected dynamics"), and `logps/chosen` in the history shows it.
+
+Notebook: 06_dpo_grpo.ipynb. Legend: B pairs, P prompt tokens, R response tokens.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from rlhf_edu.logprobs import masked_sum, per_token_logps
+from rlhf_edu.reward import build_pair_batch, freeze_lower_layers, reward_accuracy, total_steps
+from rlhf_edu.sft import linear_schedule
+
+LOSS_TYPES = ("sigmoid", "ipo")
+
+
+# --------------------------------------------------------------------------- the math
+
+
+def sequence_logps(per_token_logps: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
+    """log pi(y | x) of whole responses: per_token_logps (B, R), response_mask (B, R) -> (B,).
+
+    A sum over response tokens (and the EOS); prompt and padding contribute nothing, whatever
+    they hold (section 6.6 item 27).
+
+    Notebook: 06_dpo_grpo.ipynb
+    """
+    return masked_sum(per_token_logps, response_mask.to(per_token_logps.dtype), dim=1)  # (B,)
+
+
+def dpo_loss(
+    policy_chosen_logps: torch.Tensor,
+    policy_rejected_logps: torch.Tensor,
+    ref_chosen_logps: torch.Tensor,
+    ref_rejected_logps: torch.Tensor,
+    beta: float,
+    loss_type: str = "sigmoid",
+    label_smoothing: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """DPO (2), cDPO (3) or IPO (4) on sequence log-probs, each (B,) -> (loss, chosen_rewards,
+    rejected_rewards).
+
+    Computed in the inputs' dtype (fp32 from `per_token_logps`). loss is the mean over pairs; the
+    implicit rewards beta * (log pi - log pi_ref) are (B,) and detached, for logging: their
+    difference, the margin, is beta * z.
+    `label_smoothing` eps in [0, 0.5) is the assumed probability that a label is flipped (cDPO).
+    At initialization (policy == reference) the loss is log 2 for every eps, and 25.0 for IPO at
+    beta 0.1.
+
+    Notebook: 06_dpo_grpo.ipynb
+    """
+    if loss_type not in LOSS_TYPES:
+        raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
+    if not 0.0 <= label_smoothing < 0.5:
+        raise ValueError(f"label_smoothing must be in [0, 0.5), got {label_smoothing}")
+    if loss_type == "ipo" and label_smoothing > 0:
+        raise ValueError("label_smoothing is the cDPO form of the sigmoid loss; IPO has none")
+    if beta <= 0:
+        raise ValueError(f"beta must be > 0, got {beta}")
+    chosen_log_ratio = policy_chosen_logps - ref_chosen_logps  # (B,)
+    rejected_log_ratio = policy_rejected_logps - ref_rejected_logps  # (B,)
+    z = chosen_log_ratio - rejected_log_ratio  # (B,) eq. (1)
+    if loss_type == "sigmoid":
+        # logsigmoid is stable where log(sigmoid(.)) underflows; eps = 0 gives plain DPO, eq. (2)
+        losses = -(1 - label_smoothing) * F.logsigmoid(beta * z) - label_smoothing * F.logsigmoid(-beta * z)
+    else:
+        losses = (z - 1.0 / (2.0 * beta)) ** 2  # (B,) eq. (4)
+    chosen_rewards = beta * chosen_log_ratio.detach()  # (B,)
+    rejected_rewards = beta * rejected_log_ratio.detach()  # (B,)
+    return losses.mean(), chosen_rewards, rejected_rewards
+
+
+# --------------------------------------------------------------------------- config and data
+
+
+@dataclass(frozen=True)
+class DPOConfig:
+    """DPO settings (reference/ppo_details.md sections 2.1 and 3)."""
+
+    beta: float = 0.1
+    """Strength of the implicit KL constraint to the reference (TRL default 0.1; N+ TL;DR 0.05).
+    Small beta lets the policy move far from the reference; IPO's target gap is 1 / (2 beta)."""
+    loss_type: str = "sigmoid"
+    """"sigmoid" (DPO, with optional label smoothing) or "ipo"."""
+    label_smoothing: float = 0.0
+    """cDPO: the assumed share of flipped labels, in [0, 0.5); 0 is plain DPO."""
+    lr: float = 1e-5
+    """Peak AdamW learning rate (TRL 1e-6 and the DPO repo 5e-7 for larger models and batches)."""
+    batch_size: int = 8
+    """Preference pairs per optimizer step (2 x batch_size sequences per forward pass)."""
+    epochs: int = 1
+    """Passes over the pairs."""
+    max_steps: int | None = None
+    """Optimizer steps; None means `epochs` passes over the data."""
+    warmup_steps: int = 0
+    """Linear warm-up from 0 to `lr`, then linear decay to 0 at the last step (DPO repo: 150)."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping by global norm (DPO repo: 10)."""
+    max_response_tokens: int = 96
+    """Longer responses are an error (they would be cut before their EOS)."""
+    seed: int = 0
+    """Order in which the pairs are visited."""
+    trainable_layers: int | None = None
+    """Train only the top this-many transformer blocks (plus the final norm); None trains all."""
+
+    def __post_init__(self):
+        if self.loss_type not in LOSS_TYPES:
+            raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {self.loss_type!r}")
+        if not 0.0 <= self.label_smoothing < 0.5:
+            raise ValueError(f"label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
+        if self.loss_type == "ipo" and self.label_smoothing > 0:
+            raise ValueError("label_smoothing applies to loss_type 'sigmoid' only (cDPO)")
+        if self.beta <= 0:
+            raise ValueError(f"beta must be > 0, got {self.beta}")
+        if self.batch_size < 1 or self.epochs < 1:
+            raise ValueError(f"batch_size and epochs must be >= 1, got {self.batch_size}, {self.epochs}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"max_steps must be None or >= 1, got {self.max_steps}")
+        if self.lr < 0:
+            raise ValueError(f"lr must be >= 0, got {self.lr}")
+
+
+def pair_batch(tokenizer, rows: list[dict], max_response_tokens: int) -> dict:
+    """`reward.build_pair_batch` for rows {prompt, chosen, rejected, chosen_eos?, rejected_eos?}:
+    2B sequences, rows 0..B-1 chosen, B..2B-1 rejected, in the course layout."""
+    return build_pair_batch(
+        tokenizer,
+        [r["prompt"] for r in rows],
+        [r["chosen"] for r in rows],
+        [r["rejected"] for r in rows],
+        max_response_tokens,
+        chosen_eos=[r.get("chosen_eos", True) for r in rows],
+        rejected_eos=[r.get("rejected_eos", True) for r in rows],
+    )
+
+
+def pair_logps(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sequence log-probs of both sides of a `pair_batch`: -> (chosen (B,), rejected (B,)) fp32.
+
+    One forward pass over the 2B sequences; temperature 1 (DPO does not sample).
+
+    Notebook: 06_dpo_grpo.ipynb
+    """
+    device = next(model.parameters()).device
+    logps = per_token_logps(
+        model, batch["input_ids"].to(device), batch["attention_mask"].to(device), batch["context_length"]
+    )  # (2B, R)
+    logps = sequence_logps(logps, batch["response_mask"].to(device))  # (2B,)
+    n = logps.shape[0] // 2
+    return logps[:n], logps[n:]  # (B,), (B,)
+
+
+@torch.no_grad()
+def precompute_reference_logps(
+    reference, tokenizer, rows: list[dict], config: DPOConfig, *, setup=None
+) -> dict[str, torch.Tensor]:
+    """log pi_ref of every chosen and rejected response, once: -> {"chosen": (N,), "rejected": (N,)}.
+
+    Row i of the result belongs to rows[i]; `train_dpo` must get the same rows in the same order.
+    Computed without gradients, dropout off, under the same autocast as training, so that at step 0
+    the policy's log-probs equal these (to rounding) and the loss is log 2 (section 2.1, DPO repo #34).
+
+    Notebook: 06_dpo_grpo.ipynb
+    """
+    from rlhf_edu.models import autocast, device_setup, disable_dropout
+
+    autocast_ctx = autocast(setup or device_setup())
+    disable_dropout(reference)
+    reference.eval()
+    chosen, rejected = [], []
+    for start in range(0, len(rows), config.batch_size):
+        batch = pair_batch(tokenizer, rows[start : start + config.batch_size], config.max_response_tokens)
+        with autocast_ctx:
+            c, r = pair_logps(reference, batch)  # (b,), (b,)
+        chosen.append(c.float().cpu())
+        rejected.append(r.float().cpu())
+    return {"chosen": torch.cat(chosen), "rejected": torch.cat(rejected)}  # (N,), (N,)
+
+
+# --------------------------------------------------------------------------- training
+
+
+def train_dpo(
+    policy,
+    reference_logps: dict[str, torch.Tensor],
+    tokenizer,
+    rows: list[dict],
+    config: DPOConfig,
+    progress: bool = True,
+    callback=None,
+    *,
+    setup=None,
+) -> list[dict]:
+    """Train `policy` in place on preference rows with DPO / cDPO / IPO; return one record per step.
+
+    `reference_logps` comes from `precompute_reference_logps` on the same `rows`. Records hold
+    `loss`, `rewards/chosen`, `rewards/rejected` (mean implicit rewards), `rewards/margins`,
+    `rewards/accuracies` (share of pairs with a positive margin, ties half), `logps/chosen`,
+    `logps/rejected` (mean policy sequence log-probs), `train/lr` and `train/grad_norm`, all
+    measured on the step's batch before its update. `callback(step, record)` is called after each
+    step (a `plots.LivePlot.update` fits).
+
+    Notebook: 06_dpo_grpo.ipynb
+    """
+    from rlhf_edu.models import autocast, device_setup, disable_dropout
+    from rlhf_edu.ppo_loop import check_finite
+
+    if not rows:
+        raise ValueError("train_dpo needs at least one preference pair")
+    n_ref = {k: len(v) for k, v in reference_logps.items()}
+    if n_ref != {"chosen": len(rows), "rejected": len(rows)}:
+        raise ValueError(f"reference_logps has {n_ref} entries for {len(rows)} rows; precompute them on these rows")
+    setup = setup or device_setup()
+    autocast_ctx = autocast(setup)
+    device = next(policy.parameters()).device
+    max_steps = total_steps(config, len(rows))
+    disable_dropout(policy)
+    freeze_lower_layers(policy, config.trainable_layers)
+    trainable = [p for p in policy.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=0.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: linear_schedule(s, config.warmup_steps, max_steps)
+    )
+    scaler = torch.amp.GradScaler(setup.device, enabled=setup.grad_scaler)
+    rng = random.Random(config.seed)
+    order: list[int] = []
+    history = []
+    for step in tqdm(range(max_steps), desc="DPO", disable=not progress):
+        # 1. Next batch of pairs (a fresh shuffle at each epoch; the last batch may be smaller).
+        if not order:
+            order = rng.sample(range(len(rows)), len(rows))
+        index, order = order[: config.batch_size], order[config.batch_size :]
+        batch = pair_batch(tokenizer, [rows[i] for i in index], config.max_response_tokens)
+        ref_chosen = reference_logps["chosen"][index].to(device)  # (B,)
+        ref_rejected = reference_logps["rejected"][index].to(device)  # (B,)
+        # 2. Policy sequence log-probs of both sides in one forward pass.
+        policy.train()
+        with autocast_ctx:
+            chosen_logps, rejected_logps = pair_logps(policy, batch)  # (B,), (B,)
+        # 3. The DPO / cDPO / IPO loss on the log-ratios to the reference, eq. (1)-(4).
+        loss, chosen_rewards, rejected_rewards = dpo_loss(
+            chosen_logps, rejected_logps, ref_chosen, ref_rejected,
+            config.beta, config.loss_type, config.label_smoothing,
+        )
+        check_finite("the DPO loss", loss.detach(), step, "DPO")
+        # 4. Backward, clip, step.
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
+        check_finite("the gradient norm", grad_norm, step, "DPO")
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        record = {
+            "step": step + 1,
+            "loss": loss.item(),
+            "rewards/chosen": float(chosen_rewards.mean()),
+            "rewards/rejected": float(rejected_rewards.mean()),
+            "rewards/margins": float((chosen_rewards - rejected_rewards).mean()),
+            "rewards/accuracies": reward_accuracy(chosen_rewards, rejected_rewards),
+            "logps/chosen": float(chosen_logps.detach().mean()),
+            "logps/rejected": float(rejected_logps.detach().mean()),
+            "train/lr": scheduler.get_last_lr()[0],
+            "train/grad_norm": float(grad_norm),
+        }
+        scheduler.step()
+        history.append(record)
+        if callback is not None:
+            callback(step + 1, record)
+    policy.eval()
+    return history

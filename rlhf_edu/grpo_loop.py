@@ -1,0 +1,370 @@
+"""The GRPO / Dr GRPO / RLOO trainer: `GRPOConfig`, `GRPOTrainer`, `train_grpo`.
+
+The math (group advantages, the KL term, the clipped surrogate and its aggregation) lives in
+`rlhf_edu/grpo.py`, whose docstring gives the algorithms, the numbered steps and the deviations;
+this module only orchestrates them: sample K responses per prompt, score, log-probs, advantages,
+epochs x minibatches x micro-batches of updates.
+
+Notebook: 06_dpo_grpo.ipynb. Legend: G groups (prompts), K responses per group, B = G * K,
+R response tokens.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+from rlhf_edu.generation import Samples, SamplingConfig, sample
+from rlhf_edu.grpo import (
+    ADVANTAGES,
+    AGGREGATIONS,
+    KL_PENALTIES,
+    aggregate_loss,
+    clipped_surrogate,
+    group_advantages,
+    kl_loss_per_token,
+    kl_shaped_scores,
+    rloo_advantages,
+)
+from rlhf_edu.logprobs import masked_mean, masked_sum, per_token_logps
+from rlhf_edu.ppo import missing_eos_penalty
+from rlhf_edu.ppo_loop import check_finite, trim_padding
+from rlhf_edu.sft import linear_schedule
+
+# --------------------------------------------------------------------------- config
+
+
+@dataclass(frozen=True)
+class GRPOConfig:
+    """GRPO / Dr GRPO / RLOO settings (reference/ppo_details.md sections 2.2, 2.3 and 3)."""
+
+    steps: int = 16
+    """Iterations; each samples `group_size` responses for each of `prompts_per_step` prompts."""
+    prompts_per_step: int = 4
+    """Prompts (groups, G) per iteration."""
+    group_size: int = 4
+    """Responses per prompt (K >= 2; TRL GRPO: 8, RLOO: 2)."""
+    mini_batch_size: int = 8
+    """Responses per optimizer step; G * K must be a multiple of it."""
+    micro_batch_size: int = 8
+    """Responses per forward/backward pass (gradient accumulation inside a minibatch)."""
+    epochs: int = 1
+    """Passes over each batch (TRL `num_iterations`: 1). With 1 epoch and 1 minibatch the ratio is
+    always 1 and the clip never acts."""
+    lr: float = 1e-5
+    """Peak Adam learning rate, decayed linearly to 0 over `steps`, no warm-up (as PPOConfig)."""
+    adam_eps: float = 1e-5
+    """Adam epsilon."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping by global norm."""
+    sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(64, 0.7, 16))
+    """How responses are sampled; the temperature divides the logits of every log-prob. TRL GRPO
+    samples at 1.0; 0.7 keeps the comparison with the course's PPO fair."""
+    advantage: str = "grpo"
+    """"grpo" (group mean and std), "dr_grpo" (group mean only) or "rloo" (leave-one-out mean)."""
+    loss_aggregation: str | None = None
+    """"sequence_mean", "token_mean" or "token_sum"; None takes the algorithm's own: sequence_mean
+    for grpo, token_sum for dr_grpo and rloo (see `aggregate_loss`)."""
+    kl_coef: float = 0.05
+    """Weight of the KL to the reference (GRPO paper: 0.04 with k3; TRL now 0.0; the course's PPO 0.05)."""
+    kl_penalty: str = "k1_reward"
+    """"k1_reward" (summed k1 subtracted from the score: reverse-KL gradient, the default),
+    "k2_loss" (per-token k2 in the loss: reverse-KL gradient on-policy) or "k3_loss" (original
+    GRPO: forward-KL gradient)."""
+    clip_range: float = 0.2
+    """Ratio clip epsilon."""
+    missing_eos_penalty: float | None = 1.0
+    """Lower the score of a response that never emitted EOS by this much; None: no penalty."""
+    missing_eos_mode: str = "subtract"
+    """"subtract" (TRL) or "replace" (the score becomes -penalty, OAI / N+)."""
+    trainable_layers: int | None = None
+    """Train only the top this-many transformer blocks (and the final norm); None trains all."""
+    seed: int = 0
+    """Prompt order, sampling and minibatch shuffles derive from (seed, step)."""
+
+    def __post_init__(self):
+        for name, allowed in [("advantage", ADVANTAGES), ("loss_aggregation", (None, *AGGREGATIONS)),
+                              ("kl_penalty", KL_PENALTIES), ("missing_eos_mode", ("subtract", "replace"))]:
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.group_size < 2:
+            raise ValueError(f"group_size must be >= 2 (a baseline needs two responses), got {self.group_size}")
+        if self.batch_size % self.mini_batch_size or self.mini_batch_size % self.micro_batch_size:
+            raise ValueError(
+                f"prompts_per_step * group_size ({self.batch_size}) must be a multiple of "
+                f"mini_batch_size ({self.mini_batch_size}), itself a multiple of micro_batch_size "
+                f"({self.micro_batch_size})"
+            )
+        if self.steps < 1 or self.epochs < 1 or self.prompts_per_step < 1:
+            raise ValueError("steps, epochs and prompts_per_step must be >= 1")
+        if self.lr < 0 or self.kl_coef < 0:
+            raise ValueError(f"lr and kl_coef must be >= 0, got {self.lr}, {self.kl_coef}")
+
+    @property
+    def batch_size(self) -> int:
+        """Responses per iteration, B = G * K."""
+        return self.prompts_per_step * self.group_size
+
+    @property
+    def aggregation(self) -> str:
+        """The loss aggregation in use: `loss_aggregation`, or the algorithm's own."""
+        if self.loss_aggregation is not None:
+            return self.loss_aggregation
+        return "sequence_mean" if self.advantage == "grpo" else "token_sum"
+
+
+# --------------------------------------------------------------------------- the trainer
+
+
+def prompts_for_step(prompts: list[str], step: int, n: int, seed: int) -> list[str]:
+    """The `n` prompts of iteration `step`: consecutive slices of a seeded shuffle per pass."""
+    out, position = [], step * n
+    while len(out) < n:
+        epoch, offset = divmod(position, len(prompts))
+        order = random.Random(seed * 1_000_003 + epoch).sample(range(len(prompts)), len(prompts))
+        take = min(n - len(out), len(prompts) - offset)
+        out += [prompts[i] for i in order[offset : offset + take]]
+        position += take
+    return out
+
+
+def reward_model_scorer(reward_model, tokenizer, *, batch_size: int = 16, autocast_ctx=None):
+    """A `reward_fn(prompts, texts, eos_flags) -> (B,)` that scores with a `reward.RewardModel`.
+
+    Each text is re-tokenized with EOS appended where the response ended (`reward.score_texts`).
+    Notebook: 06_dpo_grpo.ipynb
+    """
+    import contextlib
+
+    from rlhf_edu.reward import score_texts
+
+    def reward_fn(prompts: list[str], texts: list[str], eos_flags: list[bool]) -> torch.Tensor:
+        with autocast_ctx or contextlib.nullcontext():
+            return score_texts(reward_model, tokenizer, prompts, texts, batch_size, eos=list(eos_flags))
+
+    return reward_fn
+
+
+@dataclass
+class GroupRollout:
+    """One batch of G groups of K responses, rows group-major (row g * K + k); all (B, R) unless noted."""
+
+    prompts: list[str]  # (B,) each prompt K times in a row
+    samples: Samples  # on the CPU
+    input_ids: torch.Tensor  # (B, P+R) samples.input_ids on the policy's device
+    attention_mask: torch.Tensor  # (B, P+R)
+    old_logps: torch.Tensor
+    ref_logps: torch.Tensor
+    raw_scores: torch.Tensor  # (B,) what reward_fn returned
+    scores: torch.Tensor  # (B,) after the missing-EOS penalty
+    rewards: torch.Tensor  # (B,) what the advantages are computed from (minus the KL with k1_reward)
+    advantages: torch.Tensor  # (B,) one per response, shared by its tokens
+    response_mask: torch.Tensor
+
+
+class GRPOTrainer:
+    """GRPO / Dr GRPO / RLOO against any `reward_fn(prompts, texts, eos_flags) -> (B,)` scores.
+
+    `policy` trains in place; `reference` (the SFT policy) stays frozen. `step()` runs one
+    iteration and returns a flat metrics dict; `train()` loops. Notebook: 06_dpo_grpo.ipynb
+    """
+
+    def __init__(self, policy, reference, reward_fn, tokenizer, train_prompts: list[str],
+                 config: GRPOConfig = GRPOConfig(), *, setup=None):
+        from rlhf_edu.models import autocast, device_setup, disable_dropout
+        from rlhf_edu.reward import freeze_lower_layers
+
+        if not train_prompts:
+            raise ValueError("GRPOTrainer needs at least one training prompt")
+        self.policy, self.reference, self.reward_fn = policy, reference, reward_fn
+        self.tokenizer, self.config = tokenizer, config
+        self.train_prompts = list(train_prompts)
+        self.setup = setup or device_setup()
+        self.autocast_ctx = autocast(self.setup)
+        self.device = next(policy.parameters()).device
+        for model in (policy, reference):
+            disable_dropout(model)
+        reference.eval()
+        reference.requires_grad_(False)
+        freeze_lower_layers(policy, config.trainable_layers)
+        self.params = [p for p in policy.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.Adam(self.params, lr=config.lr, eps=config.adam_eps)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: linear_schedule(s, 0, config.steps)  # linear decay, no warm-up
+        )
+        self.scaler = torch.amp.GradScaler(self.setup.device, enabled=self.setup.grad_scaler)
+        self.step_count = 0
+        self.history: list[dict] = []
+
+    def forward(self, model, input_ids, attention_mask, context_length) -> torch.Tensor:
+        """Per-token log-probs at the sampling temperature: (B, P+R) -> (B, R) fp32."""
+        T = self.config.sampling.temperature
+        with self.autocast_ctx:
+            return per_token_logps(model, input_ids, attention_mask, context_length, T)
+
+    @torch.no_grad()
+    def rollout(self, prompts: list[str], generator: torch.Generator) -> GroupRollout:
+        """Steps 1 to 3: sample K responses per prompt, score them, group advantages."""
+        cfg, step, K = self.config, self.step_count, self.config.group_size
+        # 1. K samples per prompt from the exact policy at temperature T, rows group-major.
+        repeated = [p for p in prompts for _ in range(K)]
+        samples = sample(self.policy, self.tokenizer, repeated, cfg.sampling, generator=generator,
+                         autocast_ctx=self.autocast_ctx)
+        ids, mask = samples.input_ids.to(self.device), samples.attention_mask.to(self.device)  # (B, P+R)
+        response_mask = samples.response_mask.to(self.device)  # (B, R)
+        # 2. Scores (missing-EOS penalty first); old log-probs with the training forward (ratio 1 on
+        #    the first minibatch) and reference log-probs, at the same temperature.
+        raw_scores = self.reward_fn(repeated, samples.texts, samples.has_eos.tolist())
+        raw_scores = torch.as_tensor(raw_scores, dtype=torch.float32).to(self.device)  # (B,)
+        if raw_scores.shape != (len(repeated),):
+            raise ValueError(f"reward_fn returned shape {tuple(raw_scores.shape)}, expected ({len(repeated)},)")
+        check_finite("the reward_fn scores", raw_scores, step, "GRPO")
+        scores = raw_scores
+        if cfg.missing_eos_penalty is not None:
+            has_eos = samples.has_eos.to(self.device)  # (B,)
+            scores = missing_eos_penalty(raw_scores, has_eos, cfg.missing_eos_penalty, cfg.missing_eos_mode)
+        old_logps, ref_logps = [], []
+        for start in range(0, len(repeated), cfg.micro_batch_size):
+            rows = slice(start, start + cfg.micro_batch_size)
+            old_logps.append(self.forward(self.policy, ids[rows], mask[rows], samples.context_length))
+            ref_logps.append(self.forward(self.reference, ids[rows], mask[rows], samples.context_length))
+        old_logps = torch.cat(old_logps) * response_mask  # (B, R)
+        ref_logps = torch.cat(ref_logps) * response_mask  # (B, R)
+        check_finite("the policy log-probs", old_logps, step, "GRPO")
+        check_finite("the reference log-probs", ref_logps, step, "GRPO")
+        # 3. Rewards (minus kl_coef * summed k1 by default), then advantages within each group.
+        rewards = scores
+        if cfg.kl_penalty == "k1_reward":
+            rewards = kl_shaped_scores(scores, old_logps, ref_logps, response_mask, cfg.kl_coef)  # (B,)
+        grouped = rewards.view(-1, K)  # (G, K)
+        if cfg.advantage == "rloo":
+            advantages = rloo_advantages(grouped)  # (G, K)
+        else:
+            advantages = group_advantages(grouped, "std" if cfg.advantage == "grpo" else "none")  # (G, K)
+        advantages = advantages.reshape(-1)  # (B,)
+        check_finite("the advantages", advantages, step, "GRPO")
+        return GroupRollout(repeated, samples, ids, mask, old_logps, ref_logps, raw_scores, scores,
+                            rewards, advantages, response_mask)
+
+    def micro_batch_loss(self, rollout: GroupRollout, rows: torch.Tensor):
+        """Step 4: the loss of the responses `rows` (b,), aggregated over them alone.
+
+        Returns (loss, logps (b, R), old_logps (b, R), clipped (b, R), response_mask (b, R)), R
+        trimmed to the longest of these responses.
+        """
+        cfg, P = self.config, rollout.samples.context_length
+        input_ids, attention_mask, ctx, R = trim_padding(rollout.input_ids, rollout.attention_mask, P, rows)
+        r_mask = rollout.response_mask[rows, :R]  # (b, R)
+        logps = self.forward(self.policy, input_ids, attention_mask, ctx)  # (b, R)
+        old_logps = rollout.old_logps[rows, :R]  # (b, R)
+        per_token, clipped = clipped_surrogate(logps, old_logps, rollout.advantages[rows], cfg.clip_range)
+        if cfg.kl_penalty != "k1_reward":
+            kl_term = kl_loss_per_token(logps, rollout.ref_logps[rows, :R], cfg.kl_penalty)  # (b, R)
+            per_token = per_token + cfg.kl_coef * kl_term  # (b, R)
+        loss = aggregate_loss(per_token, r_mask, cfg.aggregation, cfg.sampling.max_new_tokens)
+        return loss, logps.detach(), old_logps, clipped, r_mask
+
+    def update(self, rollout: GroupRollout, generator: torch.Generator) -> dict[str, float]:
+        """Step 5: epochs x minibatches x micro-batches. Each micro-batch's loss is weighted by its
+        share of the minibatch (of responses, or of tokens for token_mean), so accumulating
+        micro-batches gives the same gradient as one pass over the minibatch."""
+        cfg, step = self.config, self.step_count
+        B = rollout.response_mask.shape[0]
+        stats: dict[str, list[float]] = defaultdict(list)
+        first_ratio_dev = 0.0
+        self.policy.train()
+        for epoch in range(cfg.epochs):
+            order = torch.randperm(B, generator=generator)  # (B,)
+            for mb_start in range(0, B, cfg.mini_batch_size):
+                minibatch = order[mb_start : mb_start + cfg.mini_batch_size].to(self.device)  # (mb,)
+                mb_tokens = rollout.response_mask[minibatch].sum()
+                mb_loss = 0.0
+                for mc_start in range(0, len(minibatch), cfg.micro_batch_size):
+                    rows = minibatch[mc_start : mc_start + cfg.micro_batch_size]  # (b,)
+                    loss, logps, old_logps, clipped, r_mask = self.micro_batch_loss(rollout, rows)
+                    check_finite("the GRPO loss", loss.detach(), step, "GRPO")
+                    token_mean = cfg.aggregation == "token_mean"
+                    share = r_mask.sum() / mb_tokens if token_mean else len(rows) / len(minibatch)
+                    self.scaler.scale(loss * share).backward()
+                    mb_loss += float(loss.detach()) * float(share)
+                    log_ratio = logps - old_logps  # (b, R)
+                    ratio_dev = float((log_ratio.exp() - 1).abs().mul(r_mask).max())
+                    if epoch == 0 and mb_start == 0:  # health check: nothing has changed yet
+                        first_ratio_dev = max(first_ratio_dev, ratio_dev)
+                    stats["policy/clipfrac"].append(float(masked_mean(clipped.float(), r_mask)))
+                    stats["policy/approxkl"].append(float(0.5 * masked_mean(log_ratio**2, r_mask)))
+                    stats["policy/ratio_max"].append(float((log_ratio.exp() * r_mask).max()))
+                self.scaler.unscale_(self.optimizer)
+                grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
+                check_finite("the gradient norm", grad_norm, step, "GRPO")
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                self.optimizer.zero_grad(set_to_none=True)
+                stats["loss"].append(mb_loss)
+                stats["policy/grad_norm"].append(float(grad_norm))
+        out = {k: (max(v) if k == "policy/ratio_max" else sum(v) / len(v)) for k, v in stats.items()}
+        return {**out, "health/first_ratio_dev": first_ratio_dev}
+
+    def step(self, keep_rollout: bool = False):
+        """One iteration: rollout, update. Returns the metrics dict (and the rollout with
+        keep_rollout=True). Keys as PPOTrainer's where they mean the same (`objective/score`,
+        `objective/kl`, `policy/entropy`, `policy/clipfrac`, `policy/approxkl`, `response/length`,
+        ...), plus `loss` (mean over optimizer steps) and `objective/frac_zero_std`, the share of
+        groups whose scores are all equal (no signal, section 2.3)."""
+        cfg, step = self.config, self.step_count
+        t0 = time.perf_counter()
+        generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+        prompts = prompts_for_step(self.train_prompts, step, cfg.prompts_per_step, cfg.seed)
+        rollout = self.rollout(prompts, generator)
+        mask = rollout.response_mask.to(rollout.old_logps.dtype)  # (B, R)
+        kl = masked_sum(rollout.old_logps - rollout.ref_logps, mask, dim=1)  # (B,) nats per response
+        grouped = rollout.scores.view(-1, cfg.group_size)  # (G, K)
+        metrics = {
+            "step": step + 1,
+            "objective/score": float(rollout.raw_scores.mean()),
+            "objective/score_penalized": float(rollout.scores.mean()),
+            "objective/kl": float(kl.mean()),
+            "objective/rlhf_reward": float((rollout.scores - cfg.kl_coef * kl).mean()),
+            "objective/frac_zero_std": float((grouped.std(dim=1) == 0).float().mean()),
+            "policy/entropy": float(-masked_mean(rollout.old_logps, mask)),
+            "response/length": float(mask.sum(dim=1).mean()),
+            "response/eos_fraction": float(rollout.samples.has_eos.float().mean()),
+        }
+        metrics.update(self.update(rollout, generator))
+        self.scheduler.step()
+        metrics["policy/lr"] = self.scheduler.get_last_lr()[0]
+        metrics["time/step_s"] = time.perf_counter() - t0
+        self.step_count += 1
+        self.history.append(metrics)
+        return (metrics, rollout) if keep_rollout else metrics
+
+    def train(self, steps: int | None = None, *, progress: bool = True, callback=None) -> list[dict]:
+        """Run until `steps` iterations in total (default `config.steps`); returns the history.
+        `callback(step, metrics)` is called after each step (a `plots.LivePlot.update` fits)."""
+        steps = self.config.steps if steps is None else steps
+        bar = tqdm(total=steps, initial=self.step_count, desc=self.config.advantage.upper(),
+                   disable=not progress)
+        while self.step_count < steps:
+            metrics = self.step()
+            bar.update(1)
+            bar.set_postfix({"score": f"{metrics['objective/score']:+.2f}",
+                             "kl": f"{metrics['objective/kl']:.2f}"})
+            if callback is not None:
+                callback(self.step_count, metrics)
+        bar.close()
+        return self.history
+
+
+def train_grpo(policy, reference, reward_fn, tokenizer, train_prompts: list[str],
+               config: GRPOConfig = GRPOConfig(), *, setup=None, progress: bool = True,
+               callback=None) -> GRPOTrainer:
+    """Build a GRPOTrainer and run `config.steps` iterations; returns the trainer (its `history`
+    holds one metrics dict per step). Notebook: 06_dpo_grpo.ipynb"""
+    trainer = GRPOTrainer(policy, reference, reward_fn, tokenizer, train_prompts, config, setup=setup)
+    trainer.train(progress=progress, callback=callback)
+    return trainer
