@@ -18,6 +18,14 @@ then uses the library version. Modules, in course order:
     reward       the Bradley-Terry reward model
     ppo          PPO math: KL estimators, KL-penalized rewards, GAE, clipped losses, KL controllers
     ppo_loop     the PPO loop: rollout, update, health checks, metrics, checkpoints and resume
+    tradeoffs    best-of-n KL, Gao et al. fits, over-optimization peak, distinct-n
+    tradeoff_runs  notebook 05's budgets and cached runs (beta sweep, best-of-n, refresh)
+    explorer     FrontierExplorer: a slider over policies on the reward/KL frontier
+    dpo          DPO, IPO and label-smoothed DPO
+    grpo         GRPO / Dr GRPO / RLOO math: group advantages, the KL term, loss aggregation
+    grpo_loop    the GRPO / RLOO trainer
+    ab_eval      ABEvaluator (blind A/B widget), win rates, the win-rate matrix
+    final_eval   notebooks 06-07: saved policies, cached eval rows, scoreboard, the AI judge
     metrics      means, standard errors, paired differences
     plots        live training plots through a display handle, sample tables, token heatmaps
     store        artifacts and the course summary
