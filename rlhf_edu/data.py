@@ -37,9 +37,11 @@ def make_prompt(concept: str) -> str:
     return PROMPT_TEMPLATE.format(concept=concept.strip())
 
 
-def read_jsonl(path: str | Path, schema: dict) -> list[dict]:
-    """Parse and check a JSON Lines file: every row has exactly the schema's fields, each a
-    non-empty value of the right type. Raises `DataError` naming file, line and field."""
+def read_jsonl(path: str | Path, schema: dict, optional: dict | None = None) -> list[dict]:
+    """Parse and check a JSON Lines file: every row has exactly the schema's fields (plus any of
+    `optional`'s), each a non-empty value of the right type. Raises `DataError` naming file, line
+    and field."""
+    optional = optional or {}
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: file not found")
@@ -68,7 +70,11 @@ def read_jsonl(path: str | Path, schema: dict) -> list[dict]:
                     )
                 if kind is str and not value.strip():
                     raise DataError(f"{path}, line {line_no}, field {field!r}: empty string")
-            extra = [k for k in row if k not in schema]
+            for field, kind in optional.items():
+                if field in row and not isinstance(row[field], kind):
+                    raise DataError(f"{path}, line {line_no}, field {field!r}: expected {kind.__name__}, "
+                                    f"got {type(row[field]).__name__} ({row[field]!r})")
+            extra = [k for k in row if k not in schema and k not in optional]
             if extra:
                 raise DataError(f"{path}, line {line_no}: unexpected field(s) {extra}; expected {list(schema)}")
             rows.append(row)

@@ -16,6 +16,8 @@ dropped there (the Bradley-Terry loss has no term for them); they stay in the fi
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from rlhf_edu.data import DataError, data_dir, read_jsonl
@@ -24,33 +26,64 @@ PAIR_SCHEMA = {
     "pair_id": str, "concept": str, "prompt": str, "responses": list, "eos": list, "tokens": list,
     "gold": list, "label": str,
 }
+PAIR_OPTIONAL = {"temperatures": list}  # each side's sampling temperature, where the pairs mix them
 LABELS = ("0", "1", "tie")
 
 
 def sample_pairs(model, tokenizer, prompts: list[str], sampling, *, seed: int, autocast_ctx=None,
-                 id_prefix: str = "pair") -> list[dict]:
-    """Two independent samples per prompt, scored by the rubric (not yet labeled).
+                 id_prefix: str = "pair", temperatures: tuple[float, ...] | None = None) -> list[dict]:
+    """Pairs of responses per prompt, scored by the rubric (not yet labeled).
 
-    Both samples of a prompt sit in the same batch, so `sampling.batch_size` should be even.
+    Without `temperatures`: two independent samples per prompt at `sampling.temperature` (both in
+    the same batch, so `sampling.batch_size` should be even).
+
+    With `temperatures` (k >= 2 values): one sample per prompt at each temperature and all k(k-1)/2
+    pairs among them, each response's temperature kept in the pair's "temperatures" field and the
+    two sides put in a seeded random order (so "first" never means "cooler"). Comparing outputs of
+    different sampling settings of one policy widens the spread of quality the labels see, as
+    InstructGPT (Ouyang et al. 2022) compared outputs of several models per prompt.
     """
+    import itertools
+    import random
+
     from rlhf_edu.generation import sample
     from rlhf_edu.rubric import score
 
-    doubled = [p for p in prompts for _ in range(2)]
-    samples = sample(model, tokenizer, doubled, sampling, generator=torch.Generator().manual_seed(seed),
-                     autocast_ctx=autocast_ctx)
+    generator = torch.Generator().manual_seed(seed)
+    if temperatures is None:
+        doubled = [p for p in prompts for _ in range(2)]
+        samples = sample(model, tokenizer, doubled, sampling, generator=generator, autocast_ctx=autocast_ctx)
+        sides = [[(samples, 2 * i, sampling.temperature), (samples, 2 * i + 1, sampling.temperature)]
+                 for i in range(len(prompts))]
+    else:
+        if len(temperatures) < 2:
+            raise ValueError(f"temperatures needs at least 2 values, got {temperatures!r}")
+        by_t = [sample(model, tokenizer, prompts, dataclasses.replace(sampling, temperature=t),
+                       generator=generator, autocast_ctx=autocast_ctx) for t in temperatures]
+        order = random.Random(seed)
+        sides = []
+        for i in range(len(prompts)):
+            for a, b in itertools.combinations(range(len(temperatures)), 2):
+                pair = [(by_t[a], i, temperatures[a]), (by_t[b], i, temperatures[b])]
+                order.shuffle(pair)
+                sides.append(pair)
+    per_prompt = len(sides) // max(len(prompts), 1)
     pairs = []
-    for i, prompt in enumerate(prompts):
-        texts = samples.texts[2 * i : 2 * i + 2]
-        eos = [bool(e) for e in samples.has_eos[2 * i : 2 * i + 2]]
-        pairs.append({
-            "pair_id": f"{id_prefix}-{i}",
+    for k, pair in enumerate(sides):
+        prompt = prompts[k // per_prompt]
+        texts = [s.texts[j] for s, j, _ in pair]
+        eos = [bool(s.has_eos[j]) for s, j, _ in pair]
+        row = {
+            "pair_id": f"{id_prefix}-{k}",
             "prompt": prompt,
             "responses": texts,
             "eos": eos,
-            "tokens": [int(n) for n in samples.n_tokens[2 * i : 2 * i + 2]],
+            "tokens": [int(s.n_tokens[j]) for s, j, _ in pair],
             "gold": [round(score(prompt, t, e)[0], 6) for t, e in zip(texts, eos)],
-        })
+        }
+        if temperatures is not None:
+            row["temperatures"] = [t for _, _, t in pair]
+        pairs.append(row)
     return pairs
 
 
@@ -82,7 +115,7 @@ def load_pairs(split: str = "train", path=None) -> list[dict]:
     if split not in ("train", "heldout"):
         raise ValueError(f"split must be 'train' or 'heldout', got {split!r}")
     path = path or data_dir() / f"preferences_{split}.jsonl"
-    rows = read_jsonl(path, PAIR_SCHEMA)
+    rows = read_jsonl(path, PAIR_SCHEMA, PAIR_OPTIONAL)
     for line, row in enumerate(rows, start=1):
         for field in ("responses", "eos", "tokens", "gold"):
             if len(row[field]) != 2:
@@ -108,3 +141,17 @@ def reward_training_rows(n_pairs: int, seed: int) -> tuple[list[dict], int]:
     mine_path = artifacts_dir() / "labels" / "you_pairs.jsonl"
     mine = [json.loads(line) for line in mine_path.read_text().splitlines()] if mine_path.exists() else []
     return mine + annotator_rows[: max(0, n_pairs - len(mine))], len(mine)
+
+
+def training_data_fingerprint() -> str:
+    """A short hash of what the reward model learns from: the annotator's train pairs and the
+    learner's exported labels. A saved reward model whose fingerprint differs is stale."""
+    import hashlib
+
+    from rlhf_edu.store import artifacts_dir
+
+    digest = hashlib.sha256()
+    for path in (data_dir() / "preferences_train.jsonl", artifacts_dir() / "labels" / "you_pairs.jsonl"):
+        digest.update(path.read_bytes() if path.exists() else b"-")
+    return digest.hexdigest()[:16]
+

@@ -519,7 +519,8 @@ def load_reward_model(
 
 def load_or_train_reward_model(preset, policy, tokenizer, setup=None, *, progress: bool = True):
     """The reward model of notebook 03: its checkpoint in artifacts/reward_model when it was trained
-    with this preset's RewardConfig, otherwise trained now the way notebook 03 trains it (the
+    with this preset's RewardConfig on the current pairs and labels (`training_data_fingerprint`),
+    otherwise trained now the way notebook 03 trains it (the
     learner's exported labels first, then the annotator's pairs; gain and bias from the SFT
     policy's samples) and saved there.
 
@@ -534,15 +535,16 @@ def load_or_train_reward_model(preset, policy, tokenizer, setup=None, *, progres
     from rlhf_edu.data import load_concepts, make_prompt
     from rlhf_edu.generation import sample
     from rlhf_edu.models import autocast, device_setup
-    from rlhf_edu.preferences import reward_training_rows
+    from rlhf_edu.preferences import reward_training_rows, training_data_fingerprint
     from rlhf_edu.store import artifacts_dir
 
     setup = setup or device_setup()
+    fingerprint = training_data_fingerprint()
     out_dir = artifacts_dir() / "reward_model"
     info_path = out_dir / "run_info.json"
     if info_path.exists():
         info = json.loads(info_path.read_text())
-        if info.get("preset") == preset.name and info.get("config") == asdict(preset.reward):
+        if (info.get("preset"), info.get("config"), info.get("data")) == (preset.name, asdict(preset.reward), fingerprint):
             reward_model, _ = load_reward_model(out_dir, next(policy.parameters()).device)
             return reward_model, f"loaded the reward model from {out_dir}"
     train_rows, n_mine = reward_training_rows(preset.reward_pairs, preset.seed)
@@ -557,8 +559,8 @@ def load_or_train_reward_model(preset, policy, tokenizer, setup=None, *, progres
         raw = score_texts(reward_model, tokenizer, norm_prompts, norm.texts, raw=True, eos=norm.has_eos.tolist())
     reward_model.set_normalization(raw)
     save_reward_model(reward_model, tokenizer, out_dir, info={
-        "preset": preset.name, "config": asdict(preset.reward), "n_train_pairs": len(train_rows),
-        "history": history,
+        "preset": preset.name, "config": asdict(preset.reward), "data": fingerprint,
+        "n_train_pairs": len(train_rows), "history": history,
     })
     return reward_model, (
         f"no reward model for the {preset.name} preset in {out_dir}: trained one now on "

@@ -1,11 +1,14 @@
 """Rebuild data/preferences_{train,heldout}.jsonl reproducibly.
 
-    .venv/bin/python scripts/build_preferences.py            # about 40 minutes on 2 CPU cores
+    .venv/bin/python scripts/build_preferences.py            # about 15 minutes on 2 CPU cores
 
 1. The policy: the SFT checkpoint of notebook 01 at the cpu preset (artifacts/sft), trained here
    with the same code and seed if it is missing.
-2. Two samples per prompt: every train concept `--per-train` times, every eval concept
-   `--per-eval` times (the held-out pairs), temperature `--temperature`, 64 new tokens.
+2. For every concept (train concepts: the training pairs; eval concepts: the held-out pairs), one
+   sample at each of `--temperatures` (64 new tokens) and every pair among them: 4 temperatures give
+   6 pairs per concept. Cool samples tend to repeat themselves, hot ones to ramble and not finish,
+   so the pairs span the quality differences a reward model must learn, not only the small ones
+   between two samples at one temperature.
 3. Labels from the simulated annotator (AnnotatorConfig defaults unless given).
 4. data/preferences_meta.json records the policy, seeds, sampling and annotator settings.
 
@@ -70,10 +73,8 @@ def relabel(out: Path) -> int:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="cpu", help="preset whose SFT config builds the policy")
-    ap.add_argument("--per-train", type=int, default=4)
-    ap.add_argument("--per-eval", type=int, default=3)
-    ap.add_argument("--temperature", type=float, default=1.0)
-    ap.add_argument("--batch-prompts", type=int, default=16)
+    ap.add_argument("--temperatures", type=float, nargs="+", default=[0.3, 0.7, 1.0, 1.3])
+    ap.add_argument("--batch-prompts", type=int, default=32)
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--out", type=Path, default=data_dir())
     ap.add_argument("--relabel", action="store_true", help="only relabel the pairs on disk with the current annotator")
@@ -83,36 +84,41 @@ def main(argv=None) -> int:
     torch.set_num_threads(max(1, torch.get_num_threads()))
     (model, tok), ckpt = sft_policy(args.preset)
     setup = device_setup()
-    sampling = SamplingConfig(max_new_tokens=64, temperature=args.temperature, batch_size=2 * args.batch_prompts)
+    sampling = SamplingConfig(max_new_tokens=64, temperature=args.temperatures[0], batch_size=args.batch_prompts)
+    temperatures = tuple(args.temperatures)
     annotator_cfg = AnnotatorConfig()
     annotator = SimulatedAnnotator(annotator_cfg)
     meta = {
         "policy": f"SFT checkpoint of notebook 01 at the {args.preset} preset",
         "policy_config": json.loads((ckpt / "run_info.json").read_text())["config"],
-        "sampling": dataclasses.asdict(sampling), "seed": args.seed,
-        "per_train_concept": args.per_train, "per_eval_concept": args.per_eval,
+        "sampling": {"max_new_tokens": sampling.max_new_tokens, "temperatures": list(temperatures)},
+        "pairs_per_concept": len(temperatures) * (len(temperatures) - 1) // 2,
+        "seed": args.seed,
         "annotator": dataclasses.asdict(annotator_cfg),
         "heldout": "pairs on the eval concepts, which SFT never saw",
     }
-    for split, concept_split, repeats in [("heldout", "eval", args.per_eval), ("train", "train", args.per_train)]:
-        concepts = [c for c in load_concepts(concept_split)["concept"] for _ in range(repeats)]
-        ids = [f"{split}-{i:04d}" for i in range(len(concepts))]
+    for split, concept_split in [("heldout", "eval"), ("train", "train")]:
+        concepts = list(load_concepts(concept_split)["concept"])
         path = args.out / f"preferences_{split}.jsonl"
-        done = {json.loads(line)["pair_id"] for line in path.read_text().splitlines()} if path.exists() else set()
-        todo = [i for i in range(len(concepts)) if ids[i] not in done]
-        print(f"{split}: {len(done)} pairs on disk, {len(todo)} to go", flush=True)
+        done = {json.loads(line)["pair_id"].rsplit("-", 1)[0] for line in path.read_text().splitlines()} if path.exists() else set()
+        todo = [i for i in range(len(concepts)) if f"{split}-{i:04d}" not in done]
+        print(f"{split}: {len(done)} concepts on disk, {len(todo)} to go", flush=True)
         start = time.perf_counter()
         for k in range(0, len(todo), args.batch_prompts):
             chunk = todo[k : k + args.batch_prompts]
             prompts = [make_prompt(concepts[i]) for i in chunk]
-            pairs = sample_pairs(model, tok, prompts, sampling, seed=args.seed + chunk[0], autocast_ctx=autocast(setup))
+            pairs = sample_pairs(model, tok, prompts, sampling, seed=args.seed + 100_003 * (split == "train") + chunk[0],
+                                 temperatures=temperatures, autocast_ctx=autocast(setup))
+            per_concept = len(pairs) // len(chunk)
             with path.open("a", encoding="utf-8") as f:
-                for i, pair in zip(chunk, pairs):
-                    pair = {"pair_id": ids[i], "concept": concepts[i], **{k2: v for k2, v in pair.items() if k2 != "pair_id"}}
+                for n, pair in enumerate(pairs):
+                    i = chunk[n // per_concept]
+                    pair = {"pair_id": f"{split}-{i:04d}-{n % per_concept}", "concept": concepts[i],
+                            **{k2: v for k2, v in pair.items() if k2 != "pair_id"}}
                     pair["label"] = label_pair(pair, annotator)
                     f.write(json.dumps(pair, ensure_ascii=False) + "\n")
             rate = (time.perf_counter() - start) / (k + len(chunk))
-            print(f"  {split}: {k + len(chunk)}/{len(todo)} pairs, {rate:.2f} s/pair", flush=True)
+            print(f"  {split}: {k + len(chunk)}/{len(todo)} concepts, {rate:.2f} s/concept", flush=True)
     write_json(args.out / "preferences_meta.json", meta)
     return 0
 

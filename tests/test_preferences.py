@@ -1,10 +1,11 @@
+import itertools
 import json
 
 import pytest
 import torch
 
 from rlhf_edu.annotator import SimulatedAnnotator
-from rlhf_edu.data import DataError
+from rlhf_edu.data import DataError, data_dir
 from rlhf_edu.generation import SamplingConfig
 from rlhf_edu.preferences import label_pair, load_pairs, sample_pairs, to_preference_rows
 
@@ -19,6 +20,12 @@ def test_shipped_pairs_meet_the_spec():
     assert not {p["concept"] for p in held} & {p["concept"] for p in train}
     labels = [p["label"] for p in train]
     assert labels.count("0") > 0.3 * len(labels) and labels.count("1") > 0.3 * len(labels)
+    # Every pair compares two of the build's temperatures, cooler first about half the time.
+    meta = json.loads((data_dir() / "preferences_meta.json").read_text())
+    temps = set(meta["sampling"]["temperatures"])
+    assert all(len(set(p["temperatures"])) == 2 and set(p["temperatures"]) <= temps for p in train + held)
+    cooler_first = sum(p["temperatures"][0] < p["temperatures"][1] for p in train) / len(train)
+    assert 0.4 < cooler_first < 0.6
 
 
 def test_labels_are_reproducible_from_the_text():
@@ -38,6 +45,8 @@ def test_rows_carry_eos_and_drop_ties():
     ({"label": "A"}, "field 'label'"),
     ({"gold": [0.1]}, "field 'gold': expected 2 entries"),
     ({"responses": "x"}, "field 'responses': expected list"),
+    ({"temperatures": 0.7}, "field 'temperatures': expected list"),
+    ({"temperature": [0.7, 1.0]}, "unexpected field"),
 ])
 def test_bad_pair_files(tmp_path, bad, message):
     path = tmp_path / "p.jsonl"
@@ -55,3 +64,29 @@ def test_sample_pairs_on_a_tiny_model(tiny):
     assert len(pairs) == 2 and all(len(p["responses"]) == 2 and len(p["gold"]) == 2 for p in pairs)
     assert all(isinstance(e, bool) for p in pairs for e in p["eos"])
     assert torch.is_tensor(torch.tensor(pairs[0]["tokens"]))
+
+
+def test_sample_pairs_with_a_temperature_mix(tiny):
+    """k temperatures: one sample each, all k(k-1)/2 pairs per prompt, sides in a seeded order."""
+    model, tok = tiny
+    prompts = ["Explain rain to a 10-year-old.", "Explain snow to a 10-year-old."]
+    temps = (0.3, 0.7, 1.0, 1.3)
+    config = SamplingConfig(max_new_tokens=6, batch_size=4)
+    pairs = sample_pairs(model, tok, prompts, config, seed=3, temperatures=temps)
+    assert len(pairs) == 2 * 6
+    assert [p["prompt"] for p in pairs] == [prompts[0]] * 6 + [prompts[1]] * 6
+    for k in range(2):
+        seen = {frozenset(p["temperatures"]) for p in pairs[6 * k : 6 * k + 6]}
+        assert seen == {frozenset(c) for c in itertools.combinations(temps, 2)}
+    # A response sampled once appears identically in every pair that uses its temperature.
+    texts = {}
+    for p in pairs[:6]:
+        for t, text in zip(p["temperatures"], p["responses"]):
+            assert texts.setdefault(t, text) == text
+    # The cooler sample is first in some pairs and second in others.
+    firsts = [p["temperatures"][0] < p["temperatures"][1] for p in pairs]
+    assert 0 < sum(firsts) < len(firsts)
+    again = sample_pairs(model, tok, prompts, config, seed=3, temperatures=temps)
+    assert again == pairs
+    with pytest.raises(ValueError, match="at least 2"):
+        sample_pairs(model, tok, prompts, config, seed=3, temperatures=(0.7,))
