@@ -16,7 +16,13 @@ from rlhf_edu.grpo import (
     kl_shaped_scores,
     rloo_advantages,
 )
-from rlhf_edu.grpo_loop import GRPOConfig, GRPOTrainer, prompts_for_step, reward_model_scorer, train_grpo
+from rlhf_edu.grpo_loop import (
+    GRPOConfig,
+    GRPOTrainer,
+    prompts_for_step,
+    reward_model_scorer,
+    train_grpo,
+)
 from rlhf_edu.models import choose_device_setup, tiny_model_and_tokenizer
 
 CPU = choose_device_setup("cpu")
