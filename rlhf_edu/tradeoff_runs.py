@@ -47,6 +47,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from rlhf_edu.final_eval import (
+    fingerprint,  # one weight checksum, remembered while the weights are unchanged
+)
 from rlhf_edu.generation import SamplingConfig, encode_prompts, sample
 from rlhf_edu.ppo_loop import PPOConfig, PPOTrainer
 from rlhf_edu.reward import (
@@ -210,13 +213,6 @@ def cache_key(*parts) -> str:
     Notebook: 05_reward_kl_tradeoffs.ipynb"""
     text = json.dumps(parts, sort_keys=True, default=_jsonable)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
-
-
-@torch.no_grad()
-def fingerprint(model: torch.nn.Module) -> str:
-    """The sum of every parameter and buffer in float64: other weights give another string (in
-    practice; it is a checksum, not a hash). Notebook: 05_reward_kl_tradeoffs.ipynb"""
-    return f"{float(sum(t.double().sum() for t in model.state_dict().values())):.12e}"
 
 
 class RunCache:
