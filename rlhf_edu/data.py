@@ -43,11 +43,18 @@ def read_jsonl(path: str | Path, schema: dict, optional: dict | None = None) -> 
     and field."""
     optional = optional or {}
     path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: file not found")
+    if not path.is_file():
+        raise DataError(f"{path}: file not found" + (" (it is a folder)" if path.is_dir() else ""))
     rows = []
-    with path.open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
+    with path.open("rb") as f:
+        for line_no, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8-sig")  # -sig: a byte-order mark (Windows editors) is dropped
+            except UnicodeDecodeError as err:
+                raise DataError(
+                    f"{path}, line {line_no}: not UTF-8 text (byte {raw[err.start]:#04x} at column "
+                    f"{err.start + 1}); save the file as UTF-8"
+                ) from None
             if not line.strip():
                 continue
             try:

@@ -278,11 +278,12 @@ def train_dpo(
             config.beta, config.loss_type, config.label_smoothing,
         )
         check_finite("the DPO loss", loss.detach(), step, "DPO")
-        # 4. Backward, clip, step.
+        # 4. Backward, clip, step (with fp16's grad scaler, a non-finite norm only skips the step).
         scaler.scale(loss).backward()
         scaler.unscale_(optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
-        check_finite("the gradient norm", grad_norm, step, "DPO")
+        if not scaler.is_enabled():
+            check_finite("the gradient norm", grad_norm, step, "DPO")
         scaler.step(optimizer)
         scaler.update()
         optimizer.zero_grad(set_to_none=True)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache
 
-from rlhf_edu.logprobs import position_ids_from_mask, truncate_after_eos
+from rlhf_edu.logprobs import check_context_length, position_ids_from_mask, truncate_after_eos
 
 
 @dataclass(frozen=True)
@@ -76,8 +76,19 @@ def chat_prompt(tokenizer, user_message: str) -> str:
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
+def check_prompts(prompts: list[str]) -> None:
+    """A ValueError naming the index of the first prompt that is not a non-empty string, or saying
+    that there are no prompts at all."""
+    if not prompts:
+        raise ValueError("got no prompts: pass a list of at least one non-empty string")
+    for i, prompt in enumerate(prompts):
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ValueError(f"prompt {i} must be a non-empty string, got {prompt!r}")
+
+
 def encode_prompts(tokenizer, prompts: list[str], max_length: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Chat-format and left-pad prompts: -> input_ids, attention_mask, each (B, P)."""
+    check_prompts(prompts)
     texts = [chat_prompt(tokenizer, p) for p in prompts]
     enc = tokenizer(texts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
     if max_length is not None and enc.input_ids.shape[1] > max_length:
@@ -155,10 +166,13 @@ def sample(
     """Sample one response per prompt (a plain user message; the chat template is applied here).
 
     Works in batches of `config.batch_size`; returns one `Samples` for all prompts, padded to the
-    longest response.
+    longest response. An empty prompt, or one whose tokens plus `max_new_tokens` exceed the model's
+    context, is a ValueError naming its index.
     """
     import contextlib
 
+    _, prompt_mask = encode_prompts(tokenizer, prompts)  # (N, P) all at once: bad input stops here
+    check_context_length(model, prompt_mask, reserve=config.max_new_tokens, what="prompt")
     device = next(model.parameters()).device
     if generator is not None and generator.device != device:
         # A CPU generator (the course's seeds) cannot drive sampling on a GPU: seed one there from it.

@@ -301,7 +301,8 @@ class GRPOTrainer:
                     stats["policy/ratio_max"].append(float((log_ratio.exp() * r_mask).max()))
                 self.scaler.unscale_(self.optimizer)
                 grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
-                check_finite("the gradient norm", grad_norm, step, "GRPO")
+                if not self.scaler.is_enabled():  # with fp16's scaler, a non-finite norm skips the step
+                    check_finite("the gradient norm", grad_norm, step, "GRPO")
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
                 self.optimizer.zero_grad(set_to_none=True)

@@ -26,6 +26,37 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return mask.cumsum(dim=1) - mask  # (B, T)
 
 
+def check_context_length(
+    model: torch.nn.Module,
+    attention_mask: torch.Tensor,
+    *,
+    reserve: int = 0,
+    first_index: int = 0,
+    what: str = "row",
+) -> None:
+    """Raise a ValueError naming the first sequence whose real tokens (plus `reserve` tokens still
+    to sample) do not fit the model's context, `model.config.max_position_embeddings`.
+
+    attention_mask (B, T). Beyond the context GPT-2's position embeddings fail deep inside torch
+    with an index error, and RoPE models silently read positions they were never trained on. The
+    message calls row i "{what} {first_index + i}"; the check costs nothing while T + reserve fits.
+    """
+    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if limit is None or attention_mask.shape[1] + reserve <= limit:
+        return
+    lengths = attention_mask.sum(dim=1)  # (B,) real tokens per row
+    too_long = (lengths + reserve > limit).nonzero().flatten()
+    if len(too_long):
+        i = int(too_long[0])
+        n = int(lengths[i])
+        budget = f" and max_new_tokens is {reserve}: {n + reserve} positions," if reserve else ","
+        raise ValueError(
+            f"{what} {first_index + i} is {n} tokens{budget} more than the model's context of {limit} "
+            f"tokens (model.config.max_position_embeddings); shorten it"
+            + (" or lower max_new_tokens" if reserve else "")
+        )
+
+
 def response_mask_from_eos(response_ids: torch.Tensor, eos_token_id: int) -> torch.Tensor:
     """1 on every response token up to and including the first EOS, 0 after it.
 
@@ -90,6 +121,7 @@ def response_logits(
     With return_hidden=True, also the last-layer hidden states at the same positions (B, R, H): the
     state that predicts response token t is also where a value head reads V_t (ppo_details 1.7).
     """
+    check_context_length(model, attention_mask)
     position_ids = position_ids_from_mask(attention_mask)  # (B, P+R)
     n_response = input_ids.shape[1] - context_length
     out = model(

@@ -60,6 +60,53 @@ class ModelNotAvailableError(RuntimeError):
     """A model could be found neither on disk nor on a reachable hub."""
 
 
+# The notebook that writes each artifacts/ folder, named in the error when one is missing.
+ARTIFACT_NOTEBOOKS = {
+    "sft": "01_sft.ipynb",
+    "reward_model": "03_reward_model.ipynb",
+    "ppo": "04_ppo.ipynb",
+    "dpo": "06_dpo_grpo.ipynb",
+    "grpo": "06_dpo_grpo.ipynb",
+}
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+
+
+def check_checkpoint(path: str | Path, *, extra: tuple[str, ...] = (), fix: str | None = None) -> Path:
+    """Raise FileNotFoundError unless `path` is a folder holding a saved model: config.json,
+    safetensors weights, the tokenizer, and every file in `extra`.
+
+    The message names the folder and the missing file, and says what to do: `fix`, or for a folder
+    of artifacts/ (artifacts/sft, artifacts/ppo/policy, ...) which notebook writes it.
+    """
+    path = Path(path)
+    if fix is None:
+        notebooks = [ARTIFACT_NOTEBOOKS[p] for p in path.parts[-2:] if p in ARTIFACT_NOTEBOOKS]
+        fix = (f"notebook {notebooks[-1]} writes it: run that notebook first" if notebooks
+               else "save one there with save_pretrained, e.g. sft.save_checkpoint")
+    if not path.is_dir():
+        raise FileNotFoundError(f"no saved model at {path}: the folder does not exist ({fix})")
+    for needed in [("config.json",), WEIGHT_FILES, TOKENIZER_FILES, *[(name,) for name in extra]]:
+        if not any((path / name).exists() for name in needed):
+            raise FileNotFoundError(
+                f"the saved model in {path} is incomplete: {' or '.join(needed)} is missing (an "
+                f"interrupted save? {fix})"
+            )
+    return path
+
+
+def looks_like_path(name: str) -> bool:
+    """Whether `name` means a folder on disk rather than a hub id ("gpt2", "owner/model"): an
+    absolute or ./ ~/ path, more than two parts, or two parts whose first is a local folder."""
+    parts = Path(name).parts
+    return (
+        Path(name).expanduser().is_absolute()
+        or name.startswith((".", "~"))
+        or len(parts) > 2
+        or (len(parts) == 2 and Path(parts[0]).is_dir())
+    )
+
+
 def cache_dir() -> Path:
     """Where prepared checkpoints live: `$RLHF_EDU_CACHE`, else `~/.cache/rlhf_edu`."""
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "rlhf_edu")
@@ -118,8 +165,8 @@ def _resolve(name: str) -> tuple[str, bool]:
     """(what to pass to from_pretrained, whether it is a local directory)."""
     if name == OFFLINE_DEFAULT:
         return str(prepare_offline_model()), True
-    if Path(name).is_dir():
-        return name, True
+    if Path(name).is_dir() or looks_like_path(name):
+        return str(check_checkpoint(Path(name).expanduser())), True
     return name, False
 
 
@@ -134,7 +181,8 @@ def load_model(
     `name` is the offline default `"SmolLM2-135M-Instruct"`, a local checkpoint directory (e.g. an
     SFT checkpoint in `artifacts/`), or a hub id such as `"HuggingFaceTB/SmolLM2-360M-Instruct"`,
     `"gpt2"` or `"EleutherAI/pythia-160m"` (needs a reachable hub or a local hub cache).
-    Weights load in fp32; autocast picks the compute dtype (`device_setup`).
+    Weights load in fp32; autocast picks the compute dtype (`device_setup`). A local folder that
+    is missing or incomplete is a FileNotFoundError naming it and the notebook that writes it.
     """
     source, local = _resolve(name)
     kwargs = {"trust_remote_code": trust_remote_code}

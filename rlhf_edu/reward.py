@@ -24,12 +24,16 @@ Deliberate deviations:
   `set_normalization` the same samples have a population std of exactly 1.
 - The head runs in fp32 outside autocast: a bf16 score would be rounded to about 3 digits.
 - No `center_rewards_coefficient` regularizer (TRL); `gain`/`bias` fix the offset after training.
+- The pair order is the only randomness in training, a stream of batches drawn from `seed` alone,
+  so a run resumed from a checkpoint (`checkpoint_dir`) repeats the uninterrupted run exactly.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,8 +41,17 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from rlhf_edu.logprobs import last_token_index, position_ids_from_mask
-from rlhf_edu.sft import build_sft_batch, linear_schedule
+from rlhf_edu.generation import check_prompts
+from rlhf_edu.logprobs import check_context_length, last_token_index, position_ids_from_mask
+from rlhf_edu.sft import (
+    build_sft_batch,
+    find_checkpoint,
+    jsonable,
+    linear_schedule,
+    load_training_checkpoint,
+    rows_fingerprint,
+    save_training_checkpoint,
+)
 
 HEAD_FILE = "reward_head.safetensors"
 
@@ -157,6 +170,7 @@ class RewardModel(torch.nn.Module):
 
         Notebook: 03_reward_model.ipynb
         """
+        check_context_length(self.backbone, attention_mask)
         position_ids = position_ids_from_mask(attention_mask)  # (B, T) skip the left padding
         hidden = self.backbone(
             input_ids=input_ids,
@@ -240,6 +254,7 @@ def score_texts(
 
     Notebook: 03_reward_model.ipynb
     """
+    check_prompts(prompts)  # here, so that the index it names counts from the first prompt
     reward_model.eval()
     device = next(reward_model.parameters()).device
     scores = []
@@ -251,6 +266,7 @@ def score_texts(
         )
         input_ids = batch["input_ids"].to(device)  # (b, P+R)
         attention_mask = batch["attention_mask"].to(device)  # (b, P+R)
+        check_context_length(reward_model.backbone, attention_mask, first_index=start, what="prompt + response")
         score_fn = reward_model.raw_scores if raw else reward_model
         scores.append(score_fn(input_ids, attention_mask).float().cpu())  # (b,)
     return torch.cat(scores)  # (B,)
@@ -369,6 +385,16 @@ def total_steps(config: RewardConfig, n_train: int) -> int:
     return config.epochs * math.ceil(n_train / config.batch_size)
 
 
+def pair_batch_indices(n_train: int, batch_size: int, seed: int) -> Iterator[list[int]]:
+    """Pair indices of each step's batch, forever: a fresh seeded shuffle at each pass over the
+    pairs, cut into batches of `batch_size` (the last of a pass may be smaller)."""
+    rng = random.Random(seed)
+    while True:
+        order = rng.sample(range(n_train), n_train)
+        for start in range(0, n_train, batch_size):
+            yield order[start : start + batch_size]
+
+
 def train_reward_model(
     reward_model: RewardModel,
     tokenizer,
@@ -379,12 +405,18 @@ def train_reward_model(
     setup=None,
     live_plot=None,
     progress: bool = True,
+    checkpoint_dir: str | Path | None = None,
+    checkpoint_every: int | None = None,
 ) -> list[dict]:
     """Fit `reward_model` in place to pairs {prompt, chosen, rejected}; return one record per step.
 
     Records hold `train/loss`, `train/accuracy`, `train/margin` (mean r_c - r_r), `train/lr`,
     `train/grad_norm`, and `eval/loss`, `eval/accuracy`, `eval/margin` at evaluation steps. The loss
     sees the scores with the current gain and bias: call `set_normalization` after training.
+    With `checkpoint_dir` (a new or empty folder, or a checkpoint of this run), the reward model
+    (`save_reward_model`), optimizer and run state are saved there every `checkpoint_every` steps
+    and at the end; calling again with the same folder, config and training pairs resumes from the
+    last checkpoint and ends with the same weights and history as an uninterrupted run.
 
     Notebook: 03_reward_model.ipynb
     """
@@ -403,15 +435,22 @@ def train_reward_model(
         optimizer, lambda s: linear_schedule(s, config.warmup_steps, max_steps)
     )
     scaler = torch.amp.GradScaler(setup.device, enabled=setup.grad_scaler)
-    rng = random.Random(config.seed)
-    order: list[int] = []
-    history = []
-    for step in tqdm(range(max_steps), desc="reward model", disable=not progress):
+    optimizer.zero_grad(set_to_none=True)  # an interrupted earlier call may have left gradients
+    start, history = 0, []
+    if checkpoint_dir is not None:
+        run = {"stage": "reward model", "config": jsonable(config), "data": rows_fingerprint(train_rows)}
+        found = find_checkpoint(checkpoint_dir)
+        if found is not None:
+            start, history = load_training_checkpoint(found, run, optimizer, scheduler, scaler)
+            load_reward_weights(reward_model, found)
+    if live_plot is not None:  # a resumed run shows its past too
+        for record in history:
+            live_plot.update(record["step"], record)
+    batches = itertools.islice(pair_batch_indices(len(train_rows), config.batch_size, config.seed), start, None)
+    for step in tqdm(range(start, max_steps), desc="reward model", initial=start, total=max_steps,
+                     disable=not progress):
         # 1. Next batch of pairs (a fresh shuffle at each epoch; the last batch may be smaller).
-        if not order:
-            order = rng.sample(range(len(train_rows)), len(train_rows))
-        chunk = [train_rows[i] for i in order[: config.batch_size]]
-        order = order[config.batch_size :]
+        chunk = [train_rows[i] for i in next(batches)]
         batch = build_pair_batch(
             tokenizer,
             [r["prompt"] for r in chunk],
@@ -431,12 +470,17 @@ def train_reward_model(
         loss = reward_loss(chosen_scores, rejected_scores)
         if not torch.isfinite(loss):
             raise FloatingPointError(
-                f"reward-model loss (train/loss) is {float(loss)} at step {step}; lower the learning rate"
+                f"reward-model loss (train/loss) is {loss.item()} at step {step}; lower the learning rate"
             )
-        # 3. Backward, clip, step.
+        # 3. Backward, clip, step (with fp16's grad scaler, a non-finite norm only skips the step).
         scaler.scale(loss).backward()
         scaler.unscale_(optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
+        if not scaler.is_enabled() and not torch.isfinite(grad_norm):
+            raise FloatingPointError(
+                f"reward-model gradient norm (train/grad_norm) is {float(grad_norm)} at step {step}; "
+                f"lower the learning rate"
+            )
         scaler.step(optimizer)
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
@@ -456,8 +500,31 @@ def train_reward_model(
         history.append(record)
         if live_plot is not None:
             live_plot.update(step + 1, record, force=step + 1 == max_steps)
+        # 5. Checkpoint now and then, and at the end.
+        if checkpoint_dir is not None and (
+            step + 1 == max_steps or (checkpoint_every and (step + 1) % checkpoint_every == 0)
+        ):
+            save_training_checkpoint(
+                checkpoint_dir, lambda folder: save_reward_model(reward_model, tokenizer, folder),
+                optimizer, scheduler, scaler, {**run, "step": step + 1, "history": history},
+            )
     reward_model.eval()
     return history
+
+
+def load_reward_weights(reward_model: RewardModel, folder: Path) -> None:
+    """Copy the weights, head, gain and bias that `save_reward_model` wrote in `folder` into
+    `reward_model` (same architecture), without building a second head."""
+    from safetensors.torch import load_file
+    from transformers import AutoModel
+
+    check_reward_model_dir(folder, fix="delete the checkpoint folder to start the run over")
+    backbone = AutoModel.from_pretrained(folder, dtype=torch.float32)
+    state = {f"backbone.{k}": v for k, v in backbone.state_dict().items()}
+    try:
+        reward_model.load_state_dict({**state, **load_file(str(folder / HEAD_FILE))})
+    except RuntimeError as err:
+        raise ValueError(f"the checkpoint in {folder} holds another reward model's weights: {err}") from None
 
 
 # --------------------------------------------------------------------------- saving and loading
@@ -478,6 +545,7 @@ def save_reward_model(
     from rlhf_edu.store import write_json
 
     out_dir = Path(out_dir)
+    (out_dir / "run_info.json").unlink(missing_ok=True)  # written last: it marks a finished save
     reward_model.backbone.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
     head_state = {
@@ -491,10 +559,22 @@ def save_reward_model(
     return out_dir
 
 
+def check_reward_model_dir(out_dir: Path, fix: str | None = None) -> None:
+    """FileNotFoundError naming the folder, the missing file and what to do (`fix`, by default
+    the notebook that writes an artifacts folder), unless `out_dir` holds a complete
+    `save_reward_model` output."""
+    from rlhf_edu.models import check_checkpoint
+
+    check_checkpoint(out_dir, extra=(HEAD_FILE,), fix=fix)
+
+
 def load_reward_model(
     out_dir: str | Path, device: str | torch.device = "cpu"
 ) -> tuple[RewardModel, object]:
     """Load what `save_reward_model` wrote: -> (reward_model in eval mode, tokenizer).
+
+    A missing folder or file is a FileNotFoundError naming it (and notebook 03, which writes
+    artifacts/reward_model).
 
     Notebook: 03_reward_model.ipynb
     """
@@ -504,6 +584,7 @@ def load_reward_model(
     from rlhf_edu.models import setup_tokenizer
 
     out_dir = Path(out_dir)
+    check_reward_model_dir(out_dir)
     tokenizer = AutoTokenizer.from_pretrained(out_dir)
     setup_tokenizer(tokenizer)
     reward_model = RewardModel(AutoModel.from_pretrained(out_dir, dtype=torch.float32))

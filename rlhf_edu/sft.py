@@ -12,11 +12,19 @@ Deliberate choices:
   model learns to stop; the pad token differs from EOS (models.setup_tokenizer).
 - The batch layout is the one every stage uses (logprobs.py), so SFT, sampling and PPO share
   `per_token_logps`.
+- The data order is the only randomness, a stream of batches drawn from `seed` alone, so a run
+  resumed from a checkpoint (`checkpoint_dir`) skips the batches it trained on and repeats the
+  uninterrupted run exactly on a CPU. The checkpoint helpers here serve reward.py too.
 """
 
 from __future__ import annotations
 
+import hashlib
+import itertools
+import json
 import random
+import shutil
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -128,6 +136,19 @@ def heldout_loss(model, tokenizer, rows: list[dict], config: SFTConfig, autocast
     return total / max(tokens, 1)
 
 
+def sft_batch_indices(n_train: int, batch_size: int, seed: int) -> Iterator[list[int]]:
+    """Row indices of each step's batch, forever: a seeded reshuffle is appended whenever fewer than
+    `batch_size` rows are left, so every batch is full (it may span two passes over the data)."""
+    rng = random.Random(seed)
+    order: list[int] = []
+    size = min(batch_size, n_train)
+    while True:
+        if len(order) < batch_size:
+            order += rng.sample(range(n_train), n_train)
+        batch, order = order[:size], order[size:]
+        yield batch
+
+
 def split_heldout(rows: list[dict], n_heldout: int, seed: int) -> tuple[list[dict], list[dict]]:
     """A seeded train / held-out split of the demonstrations."""
     order = list(range(len(rows)))
@@ -149,12 +170,20 @@ def train_sft(
     live_plot=None,
     out_dir: str | Path | None = None,
     progress: bool = True,
+    checkpoint_dir: str | Path | None = None,
+    checkpoint_every: int | None = None,
 ) -> list[dict]:
     """Fine-tune `model` in place on demonstrations {prompt, response}; return one record per step.
 
     Records hold `train/loss`, `train/lr`, `train/grad_norm`, `train/tokens`, and `eval/loss` at
     evaluation steps. `live_plot` (a plots.LivePlot) is updated every step. With `out_dir`, the
     model and tokenizer are saved there at the end (safetensors), with the config and history.
+    With `checkpoint_dir` (a new or empty folder, or a checkpoint of this run), the model, optimizer
+    and run state are saved there every `checkpoint_every` steps and at the end; calling again with
+    the same folder, config and rows (after an interrupt, or in a restarted kernel) resumes from
+    the last checkpoint and ends with the same weights and history as an uninterrupted run.
+
+    Notebook: 01_sft.ipynb
     """
     from rlhf_edu.models import autocast, device_setup
 
@@ -167,14 +196,22 @@ def train_sft(
         optimizer, lambda s: linear_schedule(s, config.warmup_steps, config.max_steps)
     )
     scaler = torch.amp.GradScaler(setup.device, enabled=setup.grad_scaler)
-    rng = random.Random(config.seed)
-    order: list[int] = []
-    history = []
-    for step in tqdm(range(config.max_steps), desc="SFT", disable=not progress):
+    optimizer.zero_grad(set_to_none=True)  # an interrupted earlier call may have left gradients
+    start, history = 0, []
+    if checkpoint_dir is not None:
+        run = {"stage": "SFT", "config": jsonable(config), "data": rows_fingerprint(rows)}
+        found = find_checkpoint(checkpoint_dir)
+        if found is not None:
+            start, history = load_training_checkpoint(found, run, optimizer, scheduler, scaler)
+            load_causal_lm_weights(model, found)
+    if live_plot is not None:  # a resumed run shows its past too
+        for record in history:
+            live_plot.update(record["step"], record)
+    batches = itertools.islice(sft_batch_indices(len(train_rows), config.batch_size, config.seed), start, None)
+    for step in tqdm(range(start, config.max_steps), desc="SFT", initial=start, total=config.max_steps,
+                     disable=not progress):
         # 1. Next batch of demonstrations (reshuffled each epoch).
-        if len(order) < config.batch_size:
-            order += rng.sample(range(len(train_rows)), len(train_rows))
-        chunk = [train_rows[order.pop(0)] for _ in range(min(config.batch_size, len(train_rows)))]
+        chunk = [train_rows[i] for i in next(batches)]
         batch = build_sft_batch(tokenizer, [r["prompt"] for r in chunk], [r["response"] for r in chunk], config.max_response_tokens)
         batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
         # 2. Completion-only loss on the response tokens (and EOS).
@@ -182,11 +219,15 @@ def train_sft(
         with autocast_ctx:
             loss = sft_batch_loss(model, batch)
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"SFT loss is {float(loss)} at step {step}; lower the learning rate")
-        # 3. Backward, clip, step.
+            raise FloatingPointError(f"SFT loss (train/loss) is {loss.item()} at step {step}; lower the learning rate")
+        # 3. Backward, clip, step (with fp16's grad scaler, a non-finite norm only skips the step).
         scaler.scale(loss).backward()
         scaler.unscale_(optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+        if not scaler.is_enabled() and not torch.isfinite(grad_norm):
+            raise FloatingPointError(
+                f"SFT gradient norm (train/grad_norm) is {float(grad_norm)} at step {step}; lower the learning rate"
+            )
         scaler.step(optimizer)
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
@@ -204,6 +245,14 @@ def train_sft(
         history.append(record)
         if live_plot is not None:
             live_plot.update(step + 1, record, force=step + 1 == config.max_steps)
+        # 5. Checkpoint now and then, and at the end.
+        if checkpoint_dir is not None and (
+            step + 1 == config.max_steps or (checkpoint_every and (step + 1) % checkpoint_every == 0)
+        ):
+            save_training_checkpoint(
+                checkpoint_dir, lambda folder: save_checkpoint(model, tokenizer, folder),
+                optimizer, scheduler, scaler, {**run, "step": step + 1, "history": history},
+            )
     model.eval()
     if out_dir is not None:
         save_checkpoint(model, tokenizer, out_dir, {"config": asdict(config), "history": history})
@@ -215,11 +264,123 @@ def save_checkpoint(model, tokenizer, out_dir: str | Path, info: dict | None = N
     from rlhf_edu.store import write_json
 
     out_dir = Path(out_dir)
+    (out_dir / "run_info.json").unlink(missing_ok=True)  # written last: it marks a finished save
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
     if info is not None:
         write_json(out_dir / "run_info.json", info)
     return out_dir
+
+
+# --------------------------------------------------------------------------- resumable checkpoints
+# A checkpoint folder holds the weights (safetensors), `optimizer.pt` (optimizer, scheduler and
+# grad-scaler state, read back with weights_only=True) and `trainer_state.json` (stage, config,
+# data digest, step, history), as PPOTrainer.save_checkpoint writes. reward.py uses these too.
+
+STATE_FILE = "trainer_state.json"
+OPTIMIZER_FILE = "optimizer.pt"
+
+
+def jsonable(config) -> dict:
+    """A config dataclass as the plain dict it reads back from JSON (tuples become lists)."""
+    return json.loads(json.dumps(asdict(config)))
+
+
+def rows_fingerprint(rows: list[dict]) -> str:
+    """A digest of the training rows: a checkpoint resumes only on the data it was trained on."""
+    return hashlib.sha1(json.dumps(list(rows), sort_keys=True, default=str).encode()).hexdigest()
+
+
+def save_training_checkpoint(
+    out_dir: str | Path, write_weights: Callable[[Path], object], optimizer, scheduler, scaler, state: dict
+) -> Path:
+    """Write a resumable checkpoint: `write_weights(folder)` saves the model, then the optimizer
+    state and `state` (JSON) follow.
+
+    The folder is built as `<out_dir>.tmp` and swapped in with two renames, so a run killed at any
+    moment leaves one complete checkpoint: the new one, or the previous one (in `<out_dir>.old`
+    when the kill fell between the renames; `find_checkpoint` moves it back).
+    """
+    from rlhf_edu.store import write_json
+
+    out_dir = Path(out_dir)
+    tmp, old = out_dir.with_name(out_dir.name + ".tmp"), out_dir.with_name(out_dir.name + ".old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    write_weights(tmp)
+    torch.save(
+        {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict()},
+        tmp / OPTIMIZER_FILE,
+    )
+    write_json(tmp / STATE_FILE, state)
+    if out_dir.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        out_dir.rename(old)
+    tmp.rename(out_dir)
+    shutil.rmtree(old, ignore_errors=True)
+    return out_dir
+
+
+def find_checkpoint(out_dir: str | Path) -> Path | None:
+    """The complete checkpoint in `out_dir`, None when there is none yet. A save killed between its
+    two renames left the previous checkpoint in `<out_dir>.old`: it is moved back first. A folder
+    holding other files is refused, since the first checkpoint would replace it."""
+    out_dir = Path(out_dir)
+    old = out_dir.with_name(out_dir.name + ".old")
+    if not out_dir.exists() and (old / STATE_FILE).exists():
+        old.rename(out_dir)
+    if (out_dir / STATE_FILE).exists():
+        return out_dir
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        raise ValueError(
+            f"checkpoint_dir {out_dir} holds files but no {STATE_FILE}, so it is not a training "
+            f"checkpoint and the first checkpoint would replace it; pass a new or empty folder"
+        )
+    return None
+
+
+def load_training_checkpoint(folder: Path, run: dict, optimizer, scheduler, scaler) -> tuple[int, list[dict]]:
+    """Check that the checkpoint in `folder` belongs to this run (`run`: stage, config and data
+    digest), restore the optimizer, scheduler and scaler, and return (step, history)."""
+    state = json.loads((folder / STATE_FILE).read_text())
+    if state.get("stage") != run["stage"]:
+        raise ValueError(
+            f"{folder} is not a {run['stage']} checkpoint (it was written by {state.get('stage') or 'another trainer'})"
+        )
+    if state.get("config") != run["config"]:
+        saved = state.get("config") or {}
+        fields = sorted(k for k in run["config"] if saved.get(k) != run["config"][k])
+        raise ValueError(
+            f"the {run['stage']} checkpoint in {folder} was written with another config ({', '.join(fields)} "
+            f"differ: {[saved.get(k) for k in fields]} there, {[run['config'][k] for k in fields]} now); "
+            f"pass the same config to resume it, or delete the folder to start over"
+        )
+    if state.get("data") != run["data"]:
+        raise ValueError(
+            f"the {run['stage']} checkpoint in {folder} was trained on other rows; pass the same rows "
+            f"to resume it, or delete the folder to start over"
+        )
+    if not (folder / OPTIMIZER_FILE).exists():
+        raise FileNotFoundError(f"the {run['stage']} checkpoint in {folder} has no {OPTIMIZER_FILE}; delete the folder to start over")
+    states = torch.load(folder / OPTIMIZER_FILE, weights_only=True, map_location="cpu")
+    optimizer.load_state_dict(states["optimizer"])
+    scheduler.load_state_dict(states["scheduler"])
+    scaler.load_state_dict(states["scaler"])
+    return state["step"], state["history"]
+
+
+def load_causal_lm_weights(model, folder: Path) -> None:
+    """Copy the weights that `save_checkpoint` wrote in `folder` into `model` (same architecture)."""
+    from transformers import AutoModelForCausalLM
+
+    from rlhf_edu.models import check_checkpoint
+
+    check_checkpoint(folder, fix="delete the checkpoint folder to start the run over")
+    saved = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    try:
+        model.load_state_dict(saved.state_dict())
+    except RuntimeError as err:
+        raise ValueError(f"the checkpoint in {folder} holds another model's weights: {err}") from None
 
 
 def load_or_train_sft(preset, setup=None, *, progress: bool = True):

@@ -77,3 +77,17 @@ def test_make_prompt_rejects_empty():
         make_prompt(" ")
     with pytest.raises(ValueError, match="eval split has"):
         eval_prompts(10_000)
+
+
+def test_non_utf8_bytes_a_byte_order_mark_and_a_folder(tmp_path):
+    """A file saved in another encoding names its line and byte; a UTF-8 byte-order mark (Windows
+    editors) is read through; a folder is not taken for a file."""
+    path = tmp_path / "latin1.jsonl"
+    path.write_bytes((json.dumps(GOOD) + "\n").encode() + '{"concept": "caf\xe9"}\n'.encode("latin-1"))
+    with pytest.raises(DataError, match=r"latin1.jsonl, line 2: not UTF-8 text \(byte 0xe9 at column 17\)"):
+        read_jsonl(path, SFT_SCHEMA)
+    bom = tmp_path / "bom.jsonl"
+    bom.write_bytes(b"\xef\xbb\xbf" + (json.dumps(GOOD) + "\n").encode())
+    assert read_jsonl(bom, SFT_SCHEMA) == [GOOD]
+    with pytest.raises(DataError, match="file not found \\(it is a folder\\)"):
+        read_jsonl(tmp_path, SFT_SCHEMA)
