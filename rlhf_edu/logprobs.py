@@ -115,17 +115,19 @@ def response_logits(
     attention_mask: torch.Tensor,
     context_length: int,
     return_hidden: bool = False,
+    inputs_embeds: torch.Tensor | None = None,
 ):
     """Logits that predict each response token: (B, P + R) -> (B, R, V).
 
     With return_hidden=True, also the last-layer hidden states at the same positions (B, R, H): the
     state that predicts response token t is also where a value head reads V_t (ppo_details 1.7).
+    `inputs_embeds` (B, P + R, H) replaces the embedding of `input_ids` (see `rlhf_edu.trunk`).
     """
     check_context_length(model, attention_mask)
     position_ids = position_ids_from_mask(attention_mask)  # (B, P+R)
     n_response = input_ids.shape[1] - context_length
     out = model(
-        input_ids=input_ids,
+        **({"input_ids": input_ids} if inputs_embeds is None else {"inputs_embeds": inputs_embeds}),
         attention_mask=attention_mask,
         position_ids=position_ids,
         logits_to_keep=n_response + 1,  # only the positions P-1 .. P+R-1 are needed
@@ -145,6 +147,7 @@ def per_token_logps(
     context_length: int,
     temperature: float = 1.0,
     return_hidden: bool = False,
+    inputs_embeds: torch.Tensor | None = None,
 ):
     """log pi(response_t | prompt, response_<t) for every response token, from logits / temperature.
 
@@ -152,8 +155,9 @@ def per_token_logps(
     Returns (B, R) fp32. Entries on padding are meaningless: multiply by `response_mask`.
     The same temperature must be used for sampling, old, new and reference log-probs (section 1.2).
     With return_hidden=True returns (logps (B, R), hidden states (B, R, H)) from the same pass.
+    `inputs_embeds`, when given, enters the model instead of the embedded `input_ids`.
     """
-    out = response_logits(model, input_ids, attention_mask, context_length, return_hidden)
+    out = response_logits(model, input_ids, attention_mask, context_length, return_hidden, inputs_embeds)
     logits, hidden = out if return_hidden else (out, None)  # (B, R, V), (B, R, H)
     labels = input_ids[:, context_length:]  # (B, R)
     logps = selective_log_softmax(logits.float() / temperature, labels)  # (B, R)

@@ -31,11 +31,11 @@ from __future__ import annotations
 
 import copy
 import random
-import shutil
 import time
 import warnings
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -59,6 +59,7 @@ from rlhf_edu.ppo import (
     missing_eos_penalty,
     per_token_rewards,
 )
+from rlhf_edu.trunk import FrozenTrunk
 
 
 @dataclass(frozen=True)
@@ -185,6 +186,12 @@ class Rollout:
     advantages: torch.Tensor  # whitened over the batch's response tokens
     returns: torch.Tensor
     response_mask: torch.Tensor  # samples.response_mask on the models' device
+    timings: dict[str, float] = field(default_factory=dict)
+    """Seconds spent sampling (`generate`), computing the frozen blocks (`trunk`), in the policy and
+    critic forward (`policy`), the reference (`reference`) and the reward model (`reward`)."""
+    trunk: torch.Tensor | None = None
+    """(B, P+R, H) the hidden state entering the policy's first trainable block (`rlhf_edu.trunk`),
+    None when the trainer runs full forwards."""
 
 
 def check_finite(name: str, tensor: torch.Tensor, step: int, stage: str = "PPO") -> None:
@@ -251,6 +258,8 @@ class PPOTrainer:
         from rlhf_edu.reward import freeze_lower_layers
 
         freeze_lower_layers(policy, config.trainable_layers)
+        self.trunk = FrozenTrunk(policy, config.trainable_layers, reference)
+        self.trunk_gap: float | None = None  # FrozenTrunk.check on the first rollout
         policy.train()
         hidden_size = policy.config.hidden_size
         if config.critic == "shared":
@@ -298,18 +307,22 @@ class PPOTrainer:
         with torch.no_grad():
             return [float(sum(p.double().sum() for p in m.parameters())) for m in (self.reference, self.reward_model)]
 
-    def forward(self, input_ids, attention_mask, context_length):
-        """New log-probs and values of the policy and critic: -> (logps (B, R), values (B, R))."""
+    def forward(self, input_ids, attention_mask, context_length, trunk=None):
+        """New log-probs and values of the policy and critic: -> (logps (B, R), values (B, R)).
+        With `trunk` (B, P+R, H), the policy runs only its trainable blocks on it."""
         T = self.config.sampling.temperature
+        policy_logps = per_token_logps if trunk is None else partial(self.trunk.logps, trunk=trunk)
         with self.autocast_ctx:
             if self.value_head is not None:
-                logps, hidden = per_token_logps(
-                    self.policy, input_ids, attention_mask, context_length, T, return_hidden=True
+                logps, hidden = policy_logps(
+                    self.policy, input_ids=input_ids, attention_mask=attention_mask,
+                    context_length=context_length, temperature=T, return_hidden=True,
                 )  # (B, R), (B, R, H)
                 with torch.autocast(device_type=hidden.device.type, enabled=False):
                     values = self.value_head(hidden.float()).squeeze(-1)  # (B, R)
             else:
-                logps = per_token_logps(self.policy, input_ids, attention_mask, context_length, T)  # (B, R)
+                logps = policy_logps(self.policy, input_ids=input_ids, attention_mask=attention_mask,
+                                     context_length=context_length, temperature=T)  # (B, R)
                 values = self.critic(input_ids, attention_mask, context_length)  # (B, R)
         return logps, values.float()
 
@@ -317,27 +330,57 @@ class PPOTrainer:
     def rollout(self, prompts: list[str], generator: torch.Generator) -> Rollout:
         """Steps 1 to 4: sample, score, per-token rewards, GAE. Returns a Rollout."""
         cfg, step = self.config, self.step_count
+        timings = defaultdict(float)
+        clock = time.perf_counter()
+
+        def lap(name: str) -> None:
+            nonlocal clock
+            now = time.perf_counter()
+            timings[name] += now - clock
+            clock = now
+
         # 1. Sample from the exact policy at temperature T (no top-k, no top-p).
         samples = sample(
             self.policy, self.tokenizer, prompts, cfg.sampling, generator=generator, autocast_ctx=self.autocast_ctx
         )
+        lap("generate")
         ids = samples.input_ids.to(self.device)  # (B, P+R)
         mask = samples.attention_mask.to(self.device)  # (B, P+R)
         response_mask = samples.response_mask.to(self.device)  # (B, R)
         P = samples.context_length
         # 2. Old log-probs and values recomputed with the training forward (so the first ratio is 1),
         #    reference log-probs at the same temperature, and the reward model's score.
-        old_logps, old_values, ref_logps, rm_scores = [], [], [], []
+        #    With frozen lower blocks, their output (the trunk) is computed once and shared.
+        if self.trunk.enabled and self.trunk_gap is None:
+            with self.autocast_ctx:
+                rows = slice(0, cfg.micro_batch_size)
+                self.trunk_gap = self.trunk.check(self.policy, ids[rows], mask[rows], P, cfg.sampling.temperature)
+            lap("trunk")
+        old_logps, old_values, ref_logps, rm_scores, trunks = [], [], [], [], []
         for start in range(0, len(prompts), cfg.micro_batch_size):
             rows = slice(start, start + cfg.micro_batch_size)
-            logps, values = self.forward(ids[rows], mask[rows], P)
+            trunk = None
+            if self.trunk.enabled:
+                with self.autocast_ctx:
+                    trunk = self.trunk.hidden(self.policy, ids[rows], mask[rows])  # (b, P+R, H)
+                trunks.append(trunk)
+                lap("trunk")
+            logps, values = self.forward(ids[rows], mask[rows], P, trunk)
             old_logps.append(logps)
             old_values.append(values)
+            lap("policy")
             with self.autocast_ctx:
-                ref_logps.append(
-                    per_token_logps(self.reference, ids[rows], mask[rows], P, cfg.sampling.temperature)
-                )
+                if trunk is not None and self.trunk.shared_with_reference:
+                    ref_logps.append(self.trunk.logps(
+                        self.reference, trunk, ids[rows], mask[rows], P, cfg.sampling.temperature
+                    ))
+                else:
+                    ref_logps.append(
+                        per_token_logps(self.reference, ids[rows], mask[rows], P, cfg.sampling.temperature)
+                    )
+                lap("reference")
                 rm_scores.append(self.reward_model(ids[rows], mask[rows]).float())
+                lap("reward")
         old_logps = torch.cat(old_logps) * response_mask  # (B, R)
         old_values = torch.cat(old_values) * response_mask  # (B, R)
         ref_logps = torch.cat(ref_logps) * response_mask  # (B, R)
@@ -362,7 +405,8 @@ class PPOTrainer:
         check_finite("the advantages", advantages, step)
         return Rollout(
             prompts, samples, old_logps, ref_logps, old_values, rm_scores, scores, rewards,
-            non_score_reward, advantages, returns, response_mask,
+            non_score_reward, advantages, returns, response_mask, timings=dict(timings),
+            trunk=torch.cat(trunks) if trunks else None,
         )
 
     def update(self, rollout: Rollout, generator: torch.Generator) -> dict[str, float]:
@@ -391,7 +435,8 @@ class PPOTrainer:
                     rows = minibatch[mc_start : mc_start + cfg.micro_batch_size]  # (b,)
                     input_ids, attention_mask, ctx, R = trim_padding(ids, mask, P, rows)
                     r_mask = rollout.response_mask[rows, :R]  # (b, R)
-                    logps, values = self.forward(input_ids, attention_mask, ctx)  # (b, R), (b, R)
+                    trunk = None if rollout.trunk is None else rollout.trunk[rows, P - ctx : P + R]
+                    logps, values = self.forward(input_ids, attention_mask, ctx, trunk)  # (b, R), (b, R)
                     pg_loss, pg_stats = clipped_policy_loss(
                         logps, rollout.old_logps[rows, :R], rollout.advantages[rows, :R], r_mask, cfg.clip_range
                     )
@@ -416,7 +461,8 @@ class PPOTrainer:
                         stats[key].append(value)
                 self.scaler.unscale_(self.optimizer)
                 grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
-                check_finite("the gradient norm", grad_norm, step)
+                if not self.scaler.is_enabled():  # with fp16's scaler, an overflow only skips the step
+                    check_finite("the gradient norm", grad_norm, step)
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
                 self.optimizer.zero_grad(set_to_none=True)
@@ -500,6 +546,11 @@ class PPOTrainer:
             )
         metrics["time/rollout_s"] = t_rollout
         metrics["time/step_s"] = time.perf_counter() - t0
+        metrics.update({f"time/{name}_s": seconds for name, seconds in rollout.timings.items()})
+        metrics["time/update_s"] = metrics["time/step_s"] - t_rollout
+        if self.trunk_gap is not None:
+            metrics["health/trunk_gap"] = self.trunk_gap
+        metrics["time/tokens_per_s"] = float(mask.sum()) / max(rollout.timings.get("generate", 0.0), 1e-9)
         self.step_count += 1
         if self.eval_prompts and (self.step_count % cfg.eval_every == 0 or self.step_count == cfg.steps):
             metrics.update(self.evaluate())
@@ -541,34 +592,24 @@ class PPOTrainer:
 
     def save_checkpoint(self, out_dir: str | Path) -> Path:
         """The policy (save_pretrained, safetensors), the critic (safetensors), and the optimizer,
-        scheduler, scaler and trainer state. Written to a temporary folder, then renamed, so an
-        interrupted save never leaves a half checkpoint."""
+        scheduler, scaler and trainer state. Written to a temporary folder and swapped in with two
+        renames (`sft.save_training_checkpoint`), so a run killed at any moment leaves one complete
+        checkpoint."""
         from safetensors.torch import save_file
 
-        from rlhf_edu.store import write_json
+        from rlhf_edu.sft import save_training_checkpoint
 
-        out_dir = Path(out_dir)
-        tmp = out_dir.with_name(out_dir.name + ".tmp")
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
-        self.policy.save_pretrained(tmp / "policy", safe_serialization=True)
-        self.tokenizer.save_pretrained(tmp / "policy")
-        critic = self.value_head if self.value_head is not None else self.critic
-        save_file({k: v.detach().cpu().contiguous() for k, v in critic.state_dict().items()}, str(tmp / CRITIC_FILE))
-        torch.save(
-            {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-             "scaler": self.scaler.state_dict()},
-            tmp / "optimizer.pt",
-        )
-        write_json(tmp / "trainer_state.json", {
+        def write_weights(folder: Path) -> None:
+            self.policy.save_pretrained(folder / "policy", safe_serialization=True)
+            self.tokenizer.save_pretrained(folder / "policy")
+            critic = self.value_head if self.value_head is not None else self.critic
+            save_file({k: v.detach().cpu().contiguous() for k, v in critic.state_dict().items()},
+                      str(folder / CRITIC_FILE))
+
+        return save_training_checkpoint(out_dir, write_weights, self.optimizer, self.scheduler, self.scaler, {
             "step": self.step_count, "kl_coef": self.kl_controller.kl_coef,
             "config": _config_dict(self.config), "fingerprint": self.fingerprint(), "history": self.history,
         })
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-        return out_dir
 
     def load_checkpoint(self, out_dir: str | Path) -> None:
         """Restore what `save_checkpoint` wrote into this trainer (built with the same config)."""
@@ -577,10 +618,12 @@ class PPOTrainer:
         from safetensors.torch import load_file
         from transformers import AutoModelForCausalLM
 
+        from rlhf_edu.sft import find_checkpoint
+
         out_dir = Path(out_dir)
-        state_path = out_dir / "trainer_state.json"
-        if not state_path.exists():
+        if find_checkpoint(out_dir) is None:
             raise FileNotFoundError(f"no PPO checkpoint in {out_dir} (missing trainer_state.json)")
+        state_path = out_dir / "trainer_state.json"
         state = json.loads(state_path.read_text())
         if state["config"] != _config_dict(self.config):
             raise ValueError(
