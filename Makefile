@@ -14,7 +14,7 @@ PRESET ?= cpu
 TORCH_SPEC ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup model browser-deps lab test test-unit test-widgets-ipywidgets7 test-notebooks course bench lint clean
+.PHONY: setup model browser-deps lab test test-unit test-widgets-ipywidgets7 test-notebooks course bench bench-env lint clean
 
 setup: $(STAMP) model browser-deps
 
@@ -74,8 +74,6 @@ BENCH_VENV  := .venv-bench
 BENCH_PY    := $(BENCH_VENV)/bin/python
 BENCH_STAMP := $(BENCH_VENV)/.installed
 
-# .PHONY for bench-env here, so the .PHONY line above stays as it is.
-.PHONY: bench-env
 bench-env: $(BENCH_STAMP)
 
 $(BENCH_STAMP): pyproject.toml Makefile
@@ -93,4 +91,4 @@ lint: setup
 	$(VENV)/bin/ruff check rlhf_edu tests bench
 
 clean:
-	rm -rf $(VENV) .nbval-artifacts $(IPYW7)
+	rm -rf $(VENV) $(BENCH_VENV) .nbval-artifacts $(IPYW7)

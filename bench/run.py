@@ -1,14 +1,25 @@
-"""Benchmarks on this machine, printed as a table and written to artifacts/bench.json.
+"""Benchmarks on this machine, printed as tables and written to artifacts/bench.json.
 
-So far: SmolLM2-135M generation, forward and SFT-step times in fp32 and under bf16 autocast, which is
-how the course decides the CPU dtype (models.choose_device_setup). Compare the columns as ratios
-measured in one run; absolute seconds move with the machine's load.
+1. SmolLM2-135M generation, forward and SFT-step times in fp32 and under bf16 autocast, which is how
+   the course decides the CPU dtype (models.choose_device_setup).
+2. PPO against TRL's PPOTrainer at the cpu preset's settings (bench/trl_ppo.py, run in the bench
+   environment `.venv-bench` that `make bench-env` builds): seconds per step of both, our step split
+   into generation, frozen trunk, policy and critic, reference, reward model and update, rollout
+   tokens per second, and the gold and reward-model score each reaches after the same steps.
+3. Peak memory (RSS) of each notebook at the cpu preset, from the course summary of the last
+   `make course PRESET=cpu` run; the GPU memory estimate (bench/gpu.py) for a 16 GB T4.
+Compare columns as ratios measured in one run; absolute seconds move with the machine's load.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
@@ -72,8 +83,54 @@ def main() -> None:
     previous = json.loads(path.read_text()) if path.exists() else {}
     previous["dtype_cpu"] = {"rows": rows, "chosen": chosen.reason}
     previous["gpu_memory"] = gpu_memory_table()
+    write_json(path, previous)  # what is measured so far survives a failure below
+    previous["peak_rss_gb"] = notebook_memory_table()
+    trl = trl_comparison()
+    if trl is not None:
+        previous["trl"] = trl
+        previous["ppo_speedup_vs_trl"] = trl["ppo_speedup_vs_trl"]
+        previous["seconds_per_step"] = trl["seconds_per_step"]
     write_json(path, previous)
     print(f"wrote {path}")
+
+
+BENCH_PYTHON = Path(__file__).resolve().parents[1] / ".venv-bench" / "bin" / "python"
+PARTS = ("generate", "trunk", "policy", "reference", "reward", "update")
+
+
+def trl_comparison(steps: int = 3, critics: str = "shared,reward_model,shared_full") -> dict | None:
+    """bench/trl_ppo.py in the bench environment (TRL is not a course dependency); prints its table
+    and our step's split. None, with a message, when the environment is missing."""
+    if not BENCH_PYTHON.exists():
+        print(f"PPO against TRL: skipped, {BENCH_PYTHON} is missing (make bench-env builds it)")
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "trl.json"
+        cmd = [str(BENCH_PYTHON), str(Path(__file__).with_name("trl_ppo.py")), "--steps", str(steps),
+               "--critics", critics, "--json", str(out)]
+        subprocess.run(cmd, check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        result = json.loads(out.read_text())
+    print("\nour PPO step, mean seconds per part (steps 2..N):")
+    print(f"{'run':24s}" + "".join(f"{p:>10s}" for p in PARTS) + f"{'step':>8s}{'tok/s':>8s}")
+    for name, prof in result["profile"].items():
+        print(f"{name:24s}" + "".join(f"{prof.get(f'time/{p}_s', 0.0):10.2f}" for p in PARTS)
+              + f"{prof['time/step_s']:8.2f}{prof['time/tokens_per_s']:8.0f}")
+    return result
+
+
+def notebook_memory_table() -> dict:
+    """Peak RSS (GB) of each notebook at the cpu preset, from artifacts/course_summary.json."""
+    path = artifacts_dir() / "course_summary.json"
+    summary = json.loads(path.read_text()) if path.exists() else {}
+    if summary.get("preset") != "cpu":
+        print(f"peak memory per notebook: no cpu course summary at {path} (make course PRESET=cpu)", file=sys.stderr)
+        return {}
+    peaks = {name: nb["metrics"]["peak_rss_gb"] for name, nb in summary["notebooks"].items()
+             if "peak_rss_gb" in nb.get("metrics", {})}
+    print("\npeak RSS per notebook at the cpu preset (GB, from the last cpu course run):")
+    for name, gb in peaks.items():
+        print(f"  {name:26s} {gb:5.2f}")
+    return peaks
 
 
 def gpu_memory_table() -> dict:

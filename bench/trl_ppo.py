@@ -38,7 +38,9 @@ import time
 import torch
 
 TRL_VERSION = "1.8.0"
-OURS = {"shared": "rlhf_edu", "reward_model": "rlhf_edu_rm_critic"}
+OURS = {"shared": "rlhf_edu", "reward_model": "rlhf_edu_rm_critic", "shared_full": "rlhf_edu_full_forwards"}
+"""Our runs: the default (shared value head, frozen trunk computed once per rollout), the separate
+critic of TRL's layout, and the default with full forwards (`rlhf_edu.trunk` switched off)."""
 
 UNMATCHED = [
     ("critic: ours by default a zero-initialized value head on the policy (one forward and backward "
@@ -106,13 +108,16 @@ def _count_optimizer_steps(optimizer: torch.optim.Optimizer) -> list[int]:
     return counter
 
 
-def train_ours(sft, reward_model, tokenizer, prompts: list[str], config, setup, steps: int) -> tuple:
+def train_ours(sft, reward_model, tokenizer, prompts: list[str], config, setup, steps: int,
+               trunk: bool = True) -> tuple:
     """`steps` PPO steps of rlhf_edu from a copy of `sft`: -> (policy, step seconds, trainer,
-    [optimizer steps, trainable parameters], per-step [score after the EOS penalty, KL])."""
+    [optimizer steps, trainable parameters], per-step [score after the EOS penalty, KL]).
+    trunk=False runs full forwards (no frozen-trunk reuse)."""
     from rlhf_edu.ppo_loop import PPOTrainer
 
     policy = copy.deepcopy(sft)
     trainer = PPOTrainer(policy, sft, reward_model, tokenizer, prompts, config, setup=setup)
+    trainer.trunk.enabled = trunk and trainer.trunk.enabled
     counter = _count_optimizer_steps(trainer.optimizer)
     for _ in range(steps):
         trainer.step()
@@ -234,6 +239,7 @@ def run(steps: int = 3, n_eval: int = 32, critics: tuple[str, ...] = ("shared", 
     opt_steps: dict[str, float] = {}
     trainable: dict[str, int] = {}
     curves: dict[str, list] = {}
+    profile: dict[str, dict[str, float]] = {}
     order = [c for c in critics if c == "shared"] + ["trl"] + [c for c in critics if c != "shared"]
     # our prompt batch of every step (a pure function of the prompts, the seed and the batch size)
     batches = [PPOTrainer.prompts_for_step(SimpleNamespace(train_prompts=train_prompts, config=p.ppo), i)
@@ -243,10 +249,14 @@ def run(steps: int = 3, n_eval: int = 32, critics: tuple[str, ...] = ("shared", 
             if name == "trl":
                 policy, times["trl"], n, curves["trl"] = train_trl(sft, reward_model, tok, batches, p.ppo, tmp, progress)
             else:
-                config = dataclasses.replace(p.ppo, steps=steps, critic=name)  # lr decays over `steps`
+                critic = "shared" if name == "shared_full" else name
+                config = dataclasses.replace(p.ppo, steps=steps, critic=critic)  # lr decays over `steps`
                 policy, times[OURS[name]], trainer, n, curves[OURS[name]] = train_ours(
-                    sft, reward_model, tok, train_prompts, config, setup, steps)
+                    sft, reward_model, tok, train_prompts, config, setup, steps, trunk=name != "shared_full")
                 assert [trainer.prompts_for_step(i) for i in range(steps)] == batches
+                later = trainer.history[1:] or trainer.history
+                profile[OURS[name]] = {k: statistics.fmean(h[k] for h in later)
+                                       for k in later[0] if k.startswith("time/")}
                 del trainer
             name = OURS.get(name, name)
             opt_steps[name], trainable[name] = n[0] / steps, n[1]
@@ -264,7 +274,8 @@ def run(steps: int = 3, n_eval: int = 32, critics: tuple[str, ...] = ("shared", 
         "timing": "mean seconds per PPO step over steps 2..N (rollout + update); step_seconds has every step",
         "step_seconds": times,
         "optimizer_steps_per_ppo_step": opt_steps, "trainable_params": trainable,
-        "train_score_kl": curves,  # per step: [mean score after the missing-EOS penalty, KL nats]
+        "train_score_kl": curves,
+        "profile": profile,  # ours: mean seconds per step in each part (time/*), steps 2..N  # per step: [mean score after the missing-EOS penalty, KL nats]
         "gold": mean["gold"], "rm_score": mean["rm"], "kl": mean["kl"], "response_tokens": mean["tokens"],
         "gold_vs_trl": {n: paired_difference(evals[n]["gold"], evals["trl"]["gold"])
                         for n in evals if n not in ("trl", "sft")},
