@@ -148,28 +148,29 @@ TRADEOFFS: dict[str, TradeoffConfig] = {
         refresh_reward=RewardConfig(lr=3e-5, batch_size=4, max_steps=2), refresh_steps=1,
         mix_weights=(0.0, 0.5, 1.0), mix_n=4,
     ),
-    # cpu, about 18 minutes in all on a first visit (estimates; an evaluation on the 32 eval
-    # prompts is 8 s of sampling plus 8 s of policy, reference and RM forwards = 16 s):
-    #   load models and fingerprints 10 s; the SFT policy evaluated 16 s; notebook 04's run, if
-    #   present, loaded and evaluated 19 s;                                                 45 s
-    #   sweep: 3 runs x (6 steps x 17 s + 2 evaluations x 16 s), one checkpoint 5 s:       407 s
-    #   best-of-n pool: 32 prompts x 16 samples = 512 x 0.25 s, scored by the RM 41 s:     169 s
+    # cpu: a first visit measured PLACEHOLDER. Estimates (an evaluation on the 28 eval prompts is about
+    # 7 s of sampling plus 7 s of policy, reference and RM forwards; a PPO step at batch 16 with 2
+    # epochs about 14 s with the frozen trunk of rlhf_edu.trunk, 17 s without):
+    #   load models and fingerprints 10 s; the SFT policy evaluated 14 s; notebook 04's run, if
+    #   present, loaded and evaluated 17 s;                                                 41 s
+    #   sweep: 3 runs x (6 steps x 14 s + 2 evaluations x 14 s), one checkpoint 5 s:       341 s
+    #   best-of-n pool: 28 prompts x 16 samples = 448 x 0.25 s, scored by the RM 36 s:     148 s
     #   weak proxy: 6 RM steps x 6 s, normalization 8 s, held-out accuracy of both RMs
-    #   on 32 pairs 10 s, scoring the pool 41 s:                                            95 s
-    #   over-optimization run: SFT with the weak proxy 16 s + 6 x 17 s + 3 x 16 s:         166 s
+    #   on 32 pairs 10 s, scoring the pool 36 s:                                            90 s
+    #   over-optimization run: SFT with the weak proxy 14 s + 6 x 14 s + 3 x 14 s:         140 s
     #   online refresh: load 3 s, 64 samples 16 s, stale accuracy 5 s, 6 RM steps 36 s,
-    #   normalization 5 s, 2 arms x (load 3 s + 3 x 17 s + 16 s):                          205 s
+    #   normalization 5 s, 2 arms x (load 3 s + 2 x 14 s + 14 s):                          152 s
     #   multi-objective, fits, plots, explorer:                                             10 s
     # A second visit loads every run from artifacts/tradeoffs/: about 15 s.
     "cpu": TradeoffConfig(
         kl_coefs=(0.01, 0.1, 0.5),
-        ppo=PPOConfig(steps=9, batch_size=16, mini_batch_size=8, micro_batch_size=8, ppo_epochs=2, lr=1e-4,
+        ppo=PPOConfig(steps=8, batch_size=16, mini_batch_size=8, micro_batch_size=8, ppo_epochs=2, lr=1e-4,
                       sampling=SamplingConfig(64, 0.7, 16), trainable_layers=8),
-        sweep_steps=6, eval_every=3, n_eval=32, pool_size=16, bon_ns=(1, 2, 4, 8, 16),
+        sweep_steps=6, eval_every=3, n_eval=28, pool_size=16, bon_ns=(1, 2, 4, 8, 16),
         weak_pairs=48, weak_reward=RewardConfig(lr=1e-4, batch_size=8, warmup_steps=1), heldout_pairs=32,
         overopt_kl_coef=0.0, overopt_steps=6, overopt_lr=2e-4, overopt_eval_every=2,
         refresh_kl_coef=0.1, refresh_pairs=32, refresh_old_pairs=16,
-        refresh_reward=RewardConfig(lr=5e-5, batch_size=8), refresh_steps=3,
+        refresh_reward=RewardConfig(lr=5e-5, batch_size=8), refresh_steps=2,
         mix_weights=(0.0, 0.25, 0.5, 0.75, 1.0), mix_n=16,
     ),
     # gpu (Colab T4): not timed on a T4. On the H200 of bench/gpu.py a PPO step at batch 64 with 4
@@ -387,7 +388,8 @@ def evaluate_saved_policy(ctx: RunContext, checkpoint_dir: str | Path, config: P
         print(f"not using {checkpoint_dir}: {err}")
         return None
     point = summarize(trainer.step_count, trainer.evaluate_rows(prompts=ctx.eval_prompts))
-    record = {"label": f"notebook 04 (kl_coef {config.kl_coef}, {trainer.step_count} steps)",
+    record = {"label": f"notebook 04 (kl_coef {config.kl_coef}, T {config.sampling.temperature:g}, "
+                       f"{trainer.step_count} steps)",
               "kl_coef": config.kl_coef, "config": asdict(config), "points": [point]}
     del trainer
     gc.collect()
