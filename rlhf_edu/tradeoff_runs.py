@@ -148,7 +148,9 @@ TRADEOFFS: dict[str, TradeoffConfig] = {
         refresh_reward=RewardConfig(lr=3e-5, batch_size=4, max_steps=2), refresh_steps=1,
         mix_weights=(0.0, 0.5, 1.0), mix_n=4,
     ),
-    # cpu: a first visit measured PLACEHOLDER. Estimates (an evaluation on the 28 eval prompts is about
+    # cpu: a first visit measured 1,005 s on the course's 2-core machine (SFT evaluated 22 s, sweep
+    # runs 121 / 125 / 129 s, pool 193 s, over-optimization run 137 s, refresh 162 s). The
+    # estimates it was planned with (an evaluation on the 28 eval prompts is about
     # 7 s of sampling plus 7 s of policy, reference and RM forwards; a PPO step at batch 16 with 2
     # epochs about 14 s with the frozen trunk of rlhf_edu.trunk, 17 s without):
     #   load models and fingerprints 10 s; the SFT policy evaluated 14 s; notebook 04's run, if
