@@ -2,7 +2,7 @@
 
 Method. One process, one thread budget, the same SFT policy, reference and reward model
 (artifacts/sft and artifacts/reward_model at the cpu preset), the same PPO settings (the cpu
-preset's: 16 prompts per rollout, minibatches of 8, 4 epochs, 64 new tokens at T = 0.7, lr 1e-4
+preset's: 16 prompts per rollout, minibatches of 8, 4 epochs, 64 new tokens at T = 1.0, lr 1e-4
 decayed linearly to 0 over the steps run, kl_coef 0.05, top 8 of 30 blocks trainable) and the
 same prompt batch at every step (TRL's shuffled dataloader is replaced by one that yields our
 `prompts_for_step` batches in order). Runs, in this order: ours with the course's default critic
@@ -50,7 +50,7 @@ UNMATCHED = [
     "optimizer: ours torch Adam; TRL the Trainer's AdamW (adamw_torch_fused), weight decay 0, eps 1e-5",
     ("old log-probs: ours recomputed by the training forward (one more forward per rollout, first "
      "ratio exactly 1); TRL's from generate's scores"),
-    ("sampling: ours a KV-cached loop, TRL model.generate (top_k 0, top_p 1, T = 0.7 + 1e-7): the "
+    ("sampling: ours a KV-cached loop, TRL model.generate (top_k 0, top_p 1, the same T + 1e-7): the "
      "same distribution, different random draws"),
     ("rollout forwards: ours sample 16 at a time, no-grad forwards 8 at a time; TRL both 16 at a "
      "time (local_rollout_forward_batch_size)"),
