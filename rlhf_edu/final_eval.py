@@ -121,7 +121,7 @@ BUDGETS: dict[str, FinalEvalBudget] = {
         dpo=DPOConfig(beta=0.1, lr=5e-5, batch_size=2, max_steps=2, trainable_layers=2),
         dpo_heldout=4,
         grpo=GRPOConfig(steps=2, prompts_per_step=2, group_size=2, mini_batch_size=4, micro_batch_size=4,
-                        lr=1e-4, sampling=SamplingConfig(16, 0.7, 4), trainable_layers=2),
+                        lr=1e-4, sampling=SamplingConfig(16, 1.0, 4), trainable_layers=2),
         judge_pairs=4, judge_reward=RewardConfig(lr=3e-5, batch_size=2, max_steps=1, trainable_layers=1),
         judge_heldout=4, judge_batch_size=4, bon_n=2, ab_items=3,
         notes="every code path with the real model; numbers mean nothing",
@@ -153,7 +153,7 @@ BUDGETS: dict[str, FinalEvalBudget] = {
         # 4 minibatches per batch: 32 optimizer steps in all, a third of PPO's 112 (14 steps x 4 epochs
         # x 2), hence twice its learning rate.
         grpo=GRPOConfig(steps=8, prompts_per_step=4, group_size=4, mini_batch_size=4, micro_batch_size=4,
-                        epochs=1, lr=2e-4, kl_coef=0.05, sampling=SamplingConfig(64, 0.7, 16),
+                        epochs=1, lr=2e-4, kl_coef=0.05, sampling=SamplingConfig(64, 1.0, 16),
                         trainable_layers=8),
         judge_pairs=48, judge_reward=RewardConfig(lr=1e-4, batch_size=8, max_steps=10, warmup_steps=1,
                                                   trainable_layers=4),
@@ -168,7 +168,7 @@ BUDGETS: dict[str, FinalEvalBudget] = {
         dpo=DPOConfig(beta=0.1, lr=2e-5, batch_size=16, max_steps=96, warmup_steps=8),
         dpo_heldout=256,
         grpo=GRPOConfig(steps=24, prompts_per_step=8, group_size=8, mini_batch_size=16, micro_batch_size=16,
-                        epochs=1, lr=5e-5, kl_coef=0.05, sampling=SamplingConfig(64, 0.7, 64)),
+                        epochs=1, lr=5e-5, kl_coef=0.05, sampling=SamplingConfig(64, 1.0, 64)),
         judge_pairs=256, judge_reward=RewardConfig(lr=2e-5, batch_size=16, max_steps=16, warmup_steps=2),
         judge_heldout=256, judge_batch_size=32, bon_n=16, ab_items=16,
         notes="a Colab T4: every notebook in 10 minutes or less",

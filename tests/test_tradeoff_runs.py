@@ -84,7 +84,7 @@ def test_every_preset_has_consistent_budgets():
         assert (overopt.kl_coef, overopt.lr, overopt.steps) == (tc.overopt_kl_coef, tc.overopt_lr, tc.overopt_steps)
     smoke, cpu = tr.tradeoff_config("smoke"), tr.tradeoff_config("cpu")
     assert smoke.ppo.steps <= 3 and smoke.n_eval <= 4 and max(smoke.bon_ns) <= 4
-    assert (cpu.n_eval, cpu.pool_size, cpu.ppo.batch_size, cpu.ppo.ppo_epochs, cpu.weak_pairs) == (32, 16, 16, 2, 48)
+    assert (cpu.n_eval, cpu.pool_size, cpu.ppo.batch_size, cpu.ppo.ppo_epochs, cpu.weak_pairs) == (28, 16, 16, 2, 48)
     # the over-optimization run is evaluated at least 3 times after step 0, so a peak can come before its end
     for tc in (cpu, tr.tradeoff_config("gpu")):
         assert tc.overopt_steps // tc.overopt_eval_every >= 3 and tc.sweep_steps // tc.eval_every >= 2
