@@ -158,7 +158,7 @@ BUDGETS: dict[str, FinalEvalBudget] = {
         judge_pairs=48, judge_reward=RewardConfig(lr=1e-4, batch_size=8, max_steps=10, warmup_steps=1,
                                                   trainable_layers=4),
         judge_heldout=48, judge_batch_size=16, bon_n=4, ab_items=12,
-        notes="06 measured 7.5 minutes, 07 about 3 (5 without 06's cached eval rows) on 2 cores",
+        notes="06 measured 7.5 minutes, 07 6.1 (11 s with 06's cached eval rows) on 2 cores",
     ),
     # gpu (Colab T4, fp16 autocast): not timed on a T4; roughly 10-20x the 2-core laptop, so
     # DPO 96 steps x 16 pairs ~2 min, GRPO 24 steps x 64 samples ~4 min, eval 128 prompts per
