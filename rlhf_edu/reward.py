@@ -35,6 +35,7 @@ import math
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -45,10 +46,9 @@ from rlhf_edu.generation import check_prompts
 from rlhf_edu.logprobs import check_context_length, last_token_index, position_ids_from_mask
 from rlhf_edu.sft import (
     build_sft_batch,
-    find_checkpoint,
     jsonable,
     linear_schedule,
-    load_training_checkpoint,
+    resume_training,
     rows_fingerprint,
     save_training_checkpoint,
 )
@@ -436,16 +436,9 @@ def train_reward_model(
     )
     scaler = torch.amp.GradScaler(setup.device, enabled=setup.grad_scaler)
     optimizer.zero_grad(set_to_none=True)  # an interrupted earlier call may have left gradients
-    start, history = 0, []
-    if checkpoint_dir is not None:
-        run = {"stage": "reward model", "config": jsonable(config), "data": rows_fingerprint(train_rows)}
-        found = find_checkpoint(checkpoint_dir)
-        if found is not None:
-            start, history = load_training_checkpoint(found, run, optimizer, scheduler, scaler)
-            load_reward_weights(reward_model, found)
-    if live_plot is not None:  # a resumed run shows its past too
-        for record in history:
-            live_plot.update(record["step"], record)
+    run = {"stage": "reward model", "config": jsonable(config), "data": rows_fingerprint(train_rows)}
+    start, history = resume_training(checkpoint_dir, run, optimizer, scheduler, scaler,
+                                     partial(load_reward_weights, reward_model), live_plot)
     batches = itertools.islice(pair_batch_indices(len(train_rows), config.batch_size, config.seed), start, None)
     for step in tqdm(range(start, max_steps), desc="reward model", initial=start, total=max_steps,
                      disable=not progress):

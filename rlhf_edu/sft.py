@@ -26,6 +26,7 @@ import random
 import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -197,16 +198,9 @@ def train_sft(
     )
     scaler = torch.amp.GradScaler(setup.device, enabled=setup.grad_scaler)
     optimizer.zero_grad(set_to_none=True)  # an interrupted earlier call may have left gradients
-    start, history = 0, []
-    if checkpoint_dir is not None:
-        run = {"stage": "SFT", "config": jsonable(config), "data": rows_fingerprint(rows)}
-        found = find_checkpoint(checkpoint_dir)
-        if found is not None:
-            start, history = load_training_checkpoint(found, run, optimizer, scheduler, scaler)
-            load_causal_lm_weights(model, found)
-    if live_plot is not None:  # a resumed run shows its past too
-        for record in history:
-            live_plot.update(record["step"], record)
+    run = {"stage": "SFT", "config": jsonable(config), "data": rows_fingerprint(rows)}
+    start, history = resume_training(checkpoint_dir, run, optimizer, scheduler, scaler,
+                                     partial(load_causal_lm_weights, model), live_plot)
     batches = itertools.islice(sft_batch_indices(len(train_rows), config.batch_size, config.seed), start, None)
     for step in tqdm(range(start, config.max_steps), desc="SFT", initial=start, total=config.max_steps,
                      disable=not progress):
@@ -367,6 +361,22 @@ def load_training_checkpoint(folder: Path, run: dict, optimizer, scheduler, scal
     scheduler.load_state_dict(states["scheduler"])
     scaler.load_state_dict(states["scaler"])
     return state["step"], state["history"]
+
+
+def resume_training(checkpoint_dir, run: dict, optimizer, scheduler, scaler, load_weights, live_plot=None):
+    """(start step, history) of a training loop: (0, []) without `checkpoint_dir` or before its first
+    checkpoint; otherwise the checkpoint's, after checking it belongs to `run`, restoring the
+    optimizer, scheduler and scaler and calling `load_weights(folder)`. A resumed run's past is
+    replayed into `live_plot`."""
+    found = None if checkpoint_dir is None else find_checkpoint(checkpoint_dir)
+    if found is None:
+        return 0, []
+    start, history = load_training_checkpoint(found, run, optimizer, scheduler, scaler)
+    load_weights(found)
+    if live_plot is not None:
+        for record in history:
+            live_plot.update(record["step"], record)
+    return start, history
 
 
 def load_causal_lm_weights(model, folder: Path) -> None:

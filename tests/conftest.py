@@ -21,3 +21,25 @@ def real():
     from rlhf_edu.models import load_model
 
     return load_model()
+
+
+@pytest.fixture
+def sigkill_when():
+    """kill(proc, ready, message): wait (up to 2 minutes) until `ready()` holds, then kill the child
+    process with SIGKILL, reap it, and check that SIGKILL is what ended it."""
+    import os
+    import signal
+    import time
+
+    def kill(proc, ready, message: str, timeout: float = 120.0) -> None:
+        try:
+            deadline = time.monotonic() + timeout
+            while not ready() and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert ready(), message
+            os.kill(proc.pid, signal.SIGKILL)
+        finally:
+            proc.wait(timeout=30)
+        assert proc.returncode == -signal.SIGKILL
+
+    return kill

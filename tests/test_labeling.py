@@ -2,8 +2,6 @@
 
 import json
 import math
-import os
-import signal
 import subprocess
 import sys
 import textwrap
@@ -161,7 +159,7 @@ def test_bad_pairs_are_a_clear_error(tmp_path):
         PreferenceLabeler([], tmp_path / "l.jsonl")
 
 
-def test_every_clicked_label_survives_sigkill(tmp_path):
+def test_every_clicked_label_survives_sigkill(tmp_path, sigkill_when):
     """A kernel killed between clicks loses nothing that was clicked."""
     path = tmp_path / "l.jsonl"
     ready = tmp_path / "ready"
@@ -176,18 +174,7 @@ def test_every_clicked_label_survives_sigkill(tmp_path):
         time.sleep(60)
     """)
     proc = subprocess.Popen([sys.executable, "-c", script])
-    try:
-        for _ in range(600):
-            if ready.exists() or proc.poll() is not None:
-                break
-            import time
-
-            time.sleep(0.05)
-        assert ready.exists(), "child did not get to the clicks"
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait(timeout=30)
-    assert proc.returncode == -signal.SIGKILL
+    sigkill_when(proc, ready.exists, "child did not get to the clicks")
     assert len(LabelStore(path).decisions()) == 7
 
 

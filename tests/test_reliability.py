@@ -7,15 +7,14 @@ import copy
 import json
 import os
 import random
-import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
 import torch
+from test_ppo_loop import CountReward
 
 import rlhf_edu.sft as sft_module
 from rlhf_edu.dpo import DPOConfig, train_dpo
@@ -107,18 +106,6 @@ def rm_run(seed: int = 0, reward_model=None, **kwargs):
     rm, tok = new_reward_model() if reward_model is None else (reward_model, tiny_tok())
     config = RewardConfig(lr=3e-3, batch_size=5, max_steps=7, eval_every=3, seed=seed)
     return rm, train_reward_model(rm, tok, PAIRS, PAIRS[:4], config, setup=CPU, progress=False, **kwargs)
-
-
-class CountReward(torch.nn.Module):
-    """A programmatic reward model: how often one token id appears among the real tokens."""
-
-    def __init__(self, token_id: int, value: float | None = None):
-        super().__init__()
-        self.token_id, self.value = token_id, value
-
-    def forward(self, input_ids, attention_mask):
-        counts = ((input_ids == self.token_id) & (attention_mask == 1)).float().sum(dim=1)  # (B,)
-        return counts if self.value is None else torch.full_like(counts, self.value)
 
 
 def ppo_trainer(seed: int = 0, steps: int = 3, policy_seed: int = 0) -> PPOTrainer:
@@ -259,7 +246,7 @@ train_sft(model, tok, {rows!r}, SFTConfig(**{config!r}), setup=choose_device_set
 """
 
 
-def test_sigkill_mid_sft_run_then_resume_gives_a_valid_model(tmp_path, monkeypatch):
+def test_sigkill_mid_sft_run_then_resume_gives_a_valid_model(tmp_path, monkeypatch, sigkill_when):
     """A kernel running SFT is killed with SIGKILL after its second checkpoint; resuming here runs
     only the missing steps and finishes the run: the checkpoint loads as a model, its weights are
     finite, and they equal an uninterrupted run's."""
@@ -267,21 +254,13 @@ def test_sigkill_mid_sft_run_then_resume_gives_a_valid_model(tmp_path, monkeypat
     script = KILLED_SFT.format(rows=SFT_ROWS, config=SFT_CONFIG, ckpt=str(ckpt))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([sys.executable, "-c", script], env=env)
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and proc.poll() is None:
-            state = ckpt / "trainer_state.json"
-            try:
-                if json.loads(state.read_text())["step"] >= 2:
-                    break
-            except (FileNotFoundError, json.JSONDecodeError):
-                pass
-            time.sleep(0.02)
-        assert proc.poll() is None, "the training process ended before it was killed"
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait(timeout=30)
-    assert proc.returncode == -signal.SIGKILL
+    def two_checkpoints() -> bool:
+        try:
+            return json.loads((ckpt / "trainer_state.json").read_text())["step"] >= 2
+        except (FileNotFoundError, json.JSONDecodeError):
+            return False
+
+    sigkill_when(proc, two_checkpoints, "the training process ended before it was killed")
     done = json.loads((ckpt / "trainer_state.json").read_text())["step"]
     assert 2 <= done < SFT_CONFIG["max_steps"]
 
@@ -488,7 +467,7 @@ def test_missing_artifacts_name_the_folder_the_file_and_the_notebook(tmp_path):
 # --------------------------------------------------------------------------- killed kernel mid-judging
 
 
-def test_every_ab_judgement_survives_sigkill(tmp_path):
+def test_every_ab_judgement_survives_sigkill(tmp_path, sigkill_when):
     """The A/B evaluator of notebook 07 shares the labeler's store: a kernel killed between clicks
     loses none, and the restarted evaluator resumes at the next item with the same results."""
     path, ready = tmp_path / "ab.jsonl", tmp_path / "ready"
@@ -504,15 +483,7 @@ def test_every_ab_judgement_survives_sigkill(tmp_path):
         time.sleep(60)
     """)
     proc = subprocess.Popen([sys.executable, "-c", script], env={**os.environ, "PYTHONPATH": str(ROOT)})
-    try:
-        deadline = time.monotonic() + 120
-        while not ready.exists() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert ready.exists(), "the child did not get to the clicks"
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait(timeout=30)
-    assert proc.returncode == -signal.SIGKILL
+    sigkill_when(proc, ready.exists, "the child did not get to the clicks")
 
     from rlhf_edu.ab_eval import ABEvaluator
 
