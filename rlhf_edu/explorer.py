@@ -19,9 +19,9 @@ import html
 import math
 
 import ipywidgets as W
-from matplotlib.figure import Figure
 
-from rlhf_edu.plots import html_table, in_notebook
+from rlhf_edu.plots import Figure, html_table, in_notebook
+
 
 REQUIRED = ("label", "kl", "gold", "proxy", "samples")
 
@@ -163,11 +163,7 @@ class FrontierExplorer:
 
     def png(self) -> bytes:
         """The figure as PNG bytes, drawn with Agg whatever matplotlib backend the kernel uses."""
-        import io
-
-        buffer = io.BytesIO()
-        self.fig.savefig(buffer, format="png", dpi=90)
-        return buffer.getvalue()
+        return self.fig.png()
 
     def _render(self) -> None:
         """Re-render the figure into the Output widget: a new PNG per change, as with inline

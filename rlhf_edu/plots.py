@@ -1,13 +1,47 @@
-"""Live training plots: one matplotlib figure redrawn in place through an IPython display handle.
+"""Plots: figures that render as images in every front end, and live training plots.
 
-No widget library is involved (`display(fig, display_id=True)` then `handle.update(fig)`), so the
-plot updates the same way in JupyterLab, Notebook 7, VS Code and Colab. Outside a notebook the plot
-only records values.
+A bare `matplotlib.figure.Figure` passed to `display()` has only a text representation
+("<Figure size 600x280 with 1 Axes>") unless pyplot's inline backend happens to be active in the
+kernel. The course's `Figure` draws itself to PNG (`_repr_png_`, with Agg), so `display(fig)` shows
+the plot in JupyterLab, Notebook 7, VS Code, Colab and executed copies alike, whatever the backend.
+Every figure of the library and the notebooks is made from it.
+
+Live plots need no widget library either (`display(fig, display_id=True)` then
+`handle.update(fig)`), so they update the same way everywhere. Outside a notebook the plot only
+records values.
 """
 
 from __future__ import annotations
 
-from matplotlib.figure import Figure
+import io
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure as _MatplotlibFigure
+
+
+class Figure(_MatplotlibFigure):
+    """A matplotlib figure that IPython displays as a PNG image in every front end.
+
+    >>> fig = Figure(figsize=(4, 3)); ax = fig.subplots(); _ = ax.plot([0, 1]); display(fig)
+    """
+
+    dpi_png = 90
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        FigureCanvasAgg(self)  # drawable without pyplot or any interactive backend
+
+    def png(self) -> bytes:
+        """The figure as PNG bytes."""
+        buffer = io.BytesIO()
+        self.savefig(buffer, format="png", dpi=self.dpi_png)
+        return buffer.getvalue()
+
+    def _repr_png_(self) -> bytes:
+        return self.png()
+
+    def __repr__(self) -> str:  # the text shown beside the image: short, no "<Figure size ...>"
+        return f"[figure: {len(self.axes)} axes]"
 
 
 def in_notebook() -> bool:
