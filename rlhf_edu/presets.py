@@ -60,12 +60,17 @@ class Preset:
     """Of those, how many come back at the end of the queue (self-consistency)."""
     seed: int = 0
     """The one seed every notebook starts from."""
+    cell_timeout: int = 1800
+    """Seconds one notebook cell may run in `make course` and `make test` before it counts as hung.
+    Sized to a few times the longest cell of the preset, so a slow machine passes and a hang still
+    ends the run (a lost reply is caught sooner, see `rlhf_edu.kernel_watch`)."""
 
 
 PRESETS: dict[str, Preset] = {
     "smoke": Preset(
         name="smoke",
         description="CI and nbval: every code path with the real model, tiny budgets",
+        cell_timeout=600,  # whole smoke notebooks take 9 to 86 s
         n_eval=4,
         eval_sampling=SamplingConfig(max_new_tokens=16, temperature=0.7, batch_size=4),
         sft=SFTConfig(max_steps=2, batch_size=4, eval_every=2, n_heldout=4, lr=3e-5),
@@ -79,6 +84,7 @@ PRESETS: dict[str, Preset] = {
     "cpu": Preset(
         name="cpu",
         description="a 2-core laptop: every notebook in 10 minutes or less",
+        cell_timeout=1800,  # 03's reward model, 04's PPO, 05's sweep: 4 to 6 minutes a cell
         n_eval=128,
         eval_sampling=SamplingConfig(max_new_tokens=64, temperature=0.7, batch_size=16),
         sft=SFTConfig(max_steps=48, batch_size=8, eval_every=16, n_heldout=32, lr=3e-5),
@@ -90,6 +96,7 @@ PRESETS: dict[str, Preset] = {
     "gpu": Preset(
         name="gpu",
         description="a Colab T4 (16 GB): larger batches and more steps",
+        cell_timeout=1800,  # not yet measured on a T4; the notebooks aim at 10 minutes each
         n_eval=128,
         eval_sampling=SamplingConfig(max_new_tokens=64, temperature=0.7, batch_size=64),
         sft=SFTConfig(max_steps=160, batch_size=16, eval_every=20, n_heldout=32, lr=3e-5),
