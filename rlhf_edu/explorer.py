@@ -22,7 +22,6 @@ import ipywidgets as W
 
 from rlhf_edu.plots import Figure, html_table, in_notebook
 
-
 REQUIRED = ("label", "kl", "gold", "proxy", "samples")
 
 
