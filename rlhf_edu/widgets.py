@@ -6,7 +6,10 @@ Design (reference/notebook_tooling.md section 2.4): the prompt on top, two equal
 Undo; an optional rationale box; progress "n / N"; keyboard labeling through a Text box (type a, b, t
 or s) because keys pressed on a focused Button leak to JupyterLab's shortcuts. Every action goes to an
 append-only JSONL store first (labels.LabelStore) and the widget is redrawn from it, so a restarted
-kernel resumes where the file says.
+kernel resumes where the file says. Only the store's events for the pairs of this queue count
+(labels.match_queue); labels made for another queue stay in the file and a note above the panes
+says so. An answer that did not end within the token budget (its "eos" flag is False) shows a
+cut-off marker, since the rubric and the annotator judge it as cut off too.
 
 Notebook: 02_label_preferences.ipynb
 """
@@ -20,9 +23,23 @@ from pathlib import Path
 
 import ipywidgets as W
 
-from rlhf_edu.labels import LabelStore, screen_to_index
+from rlhf_edu.labels import (
+    LabelStore,
+    match_queue,
+    pair_digest,
+    replay,
+    screen_to_index,
+    stale_labels_notice,
+)
 
 HOTKEYS = {"a": "A", "b": "B", "t": "tie", "s": "skip"}
+CUT_OFF = "… [cut off: no end of answer within the token budget]"
+
+
+def _side_html(side: str, text: str, eos: bool) -> str:
+    """One pane's HTML: the side's letter, the answer, and the cut-off marker when it has no EOS."""
+    marker = "" if eos else f'<br><i class="pref-cutoff" style="color:#a33">{html.escape(CUT_OFF)}</i>'
+    return f"<b>{side}</b><br>{html.escape(text)}{marker}"
 
 
 def _pane(title: str, css: str) -> W.HTML:
@@ -49,18 +66,28 @@ class PreferenceLabeler:
         self.pairs, self.annotator, self.seed, self.min_interval = pairs, annotator, seed, min_interval
         self.store = LabelStore(store_path)
         self._last_action = 0.0
+        decisions, other = match_queue(self.store.events(), pairs)
+        self.notice = stale_labels_notice(self.store.path, len(replay(other)), len(decisions))
         self._build()
         self.refresh()
 
     # ------------------------------------------------------------------ state from the store
     @property
     def decisions(self) -> list[dict]:
-        return self.store.decisions()
+        """Labels and skips that stand for this queue, in the order they were made; `item` is the
+        pair's position in this queue."""
+        return match_queue(self.store.events(), self.pairs)[0]
+
+    @staticmethod
+    def _next(decisions: list[dict], n: int) -> int:
+        decided = {d["item"] for d in decisions}
+        return next((i for i in range(n) if i not in decided), n)
 
     @property
     def position(self) -> int:
-        """Index of the next pair to label (= labels and skips that stand)."""
-        return len(self.decisions)
+        """Index of the next pair to label: the first without a label or skip that stands (when
+        labeling in order, the number of labels and skips)."""
+        return self._next(self.decisions, len(self.pairs))
 
     @property
     def done(self) -> bool:
@@ -74,6 +101,11 @@ class PreferenceLabeler:
         """(text shown as A, text shown as B) for queue position `item`."""
         r0, r1 = self.pairs[item]["responses"]
         return (r1, r0) if self.swapped(item) else (r0, r1)
+
+    def shown_eos(self, item: int) -> tuple[bool, bool]:
+        """(A ended by itself, B ended by itself): the pair's "eos" flags (default True) in screen order."""
+        e0, e1 = self.pairs[item].get("eos", [True, True])
+        return (bool(e1), bool(e0)) if self.swapped(item) else (bool(e0), bool(e1))
 
     # ------------------------------------------------------------------ actions
     def _debounced(self) -> bool:
@@ -95,6 +127,7 @@ class PreferenceLabeler:
             "event": "skip" if choice == "skip" else "label",
             "item": item,
             "pair_id": self.pairs[item]["pair_id"],
+            "pair_digest": pair_digest(self.pairs[item]),
             "choice": None if choice == "skip" else choice,
             "swapped": swapped,
             "chosen_index": None if choice in ("skip", "tie") else screen_to_index(choice, swapped),
@@ -107,11 +140,17 @@ class PreferenceLabeler:
         return stored
 
     def undo(self) -> dict | None:
-        """Take back the latest label or skip."""
-        if self.position == 0 or self._debounced():
+        """Take back the latest label or skip. The rationale box is cleared: what was typed there
+        belongs to the pair on screen, not to the one that comes back."""
+        decisions = self.decisions
+        if not decisions or self._debounced():
             return None
-        last = self.decisions[-1]
-        stored = self.store.append({"event": "undo", "item": last["item"], "pair_id": last["pair_id"], "annotator": self.annotator})
+        last = decisions[-1]
+        stored = self.store.append({
+            "event": "undo", "item": last["item"], "pair_id": last["pair_id"],
+            "pair_digest": pair_digest(self.pairs[last["item"]]), "annotator": self.annotator,
+        })
+        self.rationale.value = ""
         self.refresh()
         return stored
 
@@ -121,10 +160,10 @@ class PreferenceLabeler:
         flags (in its own order) follow the sides on screen, so a cut-off response is judged as one."""
         count = 0
         while not self.done and (n is None or count < n):
-            pair = self.pairs[self.position]
-            a, b = self.shown(self.position)
-            eos = pair.get("eos", [True, True])
-            eos_a, eos_b = (eos[1], eos[0]) if self.swapped(self.position) else (eos[0], eos[1])
+            item = self.position
+            a, b = self.shown(item)
+            eos_a, eos_b = self.shown_eos(item)
+            pair = self.pairs[item]
             self._last_action = 0.0
             self.label(annotator.label(pair["prompt"], a, b, eos_a, eos_b), rationale="")
             count += 1
@@ -132,6 +171,9 @@ class PreferenceLabeler:
 
     # ------------------------------------------------------------------ view
     def _build(self) -> None:
+        note = f'<div style="background:#fff4d6;padding:4px 6px">{html.escape(self.notice)}</div>'
+        self.notice_html = W.HTML(note if self.notice else "")
+        self.notice_html.add_class("pref-notice")
         self.prompt_html = W.HTML()
         self.pane_a, self.pane_b = _pane("A", "pref-pane-A"), _pane("B", "pref-pane-B")
         self.buttons = {}
@@ -151,6 +193,7 @@ class PreferenceLabeler:
         self.progress_text = W.HTML()
         self.progress_text.add_class("pref-progress")
         self.widget = W.VBox([
+            self.notice_html,
             self.prompt_html,
             W.HBox([self.pane_a, self.pane_b]),
             W.HBox(list(self.buttons.values())),
@@ -168,19 +211,21 @@ class PreferenceLabeler:
             self.label(choice)
 
     def refresh(self) -> None:
-        n = self.position
+        decisions = self.decisions
+        n, item = len(decisions), self._next(decisions, len(self.pairs))
+        done = item >= len(self.pairs)
         self.progress.value = min(n, len(self.pairs))
         self.progress_text.value = f"{n} / {len(self.pairs)}"
-        if self.done:
+        if done:
             self.prompt_html.value = "<b>All pairs labeled.</b> Undo to change the last one."
             self.pane_a.value = self.pane_b.value = ""
         else:
-            a, b = self.shown(n)
-            self.prompt_html.value = f"<b>Prompt:</b> {html.escape(self.pairs[n]['prompt'])}"
-            self.pane_a.value = f"<b>A</b><br>{html.escape(a)}"
-            self.pane_b.value = f"<b>B</b><br>{html.escape(b)}"
+            self.prompt_html.value = f"<b>Prompt:</b> {html.escape(self.pairs[item]['prompt'])}"
+            panes = (self.pane_a, self.pane_b)
+            for pane, side, text, eos in zip(panes, "AB", self.shown(item), self.shown_eos(item)):
+                pane.value = _side_html(side, text, eos)
         for key, button in self.buttons.items():
-            button.disabled = (self.done and key != "undo") or (key == "undo" and n == 0)
+            button.disabled = (done and key != "undo") or (key == "undo" and n == 0)
 
     def _ipython_display_(self):
         from IPython.display import display

@@ -1,7 +1,10 @@
 """Simulated annotator, label store and the PreferenceLabeler widget, headless (button.click())."""
 
+import html
+import itertools
 import json
 import math
+import random
 import subprocess
 import sys
 import textwrap
@@ -223,3 +226,154 @@ def test_noise_ceiling_counts_rubric_agreement_without_ties():
     rows = [{"prompt": P, "chosen": GOOD, "rejected": BAD}, {"prompt": P, "chosen": BAD, "rejected": GOOD},
             {"prompt": P, "chosen": GOOD, "rejected": GOOD}]
     assert noise_ceiling(rows, SimulatedAnnotator()) == (0.5, 2)
+
+
+# ---------------------------------------------------------------- review fixes
+
+from rlhf_edu.labels import feedback_text, pair_digest
+from rlhf_edu.widgets import CUT_OFF
+
+
+def other_pairs(n):
+    """The same ids as pairs(n), other texts: what another preset or SFT model samples."""
+    return [{"pair_id": f"p{i}", "prompt": f"Explain wind, take {i}.", "responses": [GOOD, BAD + "?" + str(i)]} for i in range(n)]
+
+
+def test_labels_for_another_queue_are_kept_and_left_out(tmp_path):
+    """make course PRESET=smoke, then PRESET=cpu in one checkout: a queue of 4 + 1 repeat labeled,
+    then a queue of 12 + 3 repeats with the same ids for other texts."""
+    path = tmp_path / "you.jsonl"
+    smoke = with_repeats(pairs(4), 1, seed=0)
+    PreferenceLabeler(smoke, path, min_interval=0).run_autopilot(SimulatedAnnotator())
+    smoke_file = path.read_text()
+
+    cpu = with_repeats(other_pairs(12), 3, seed=0)
+    lab = PreferenceLabeler(cpu, path, min_interval=0)  # no KeyError, no traceback
+    assert lab.position == 0 and lab.decisions == [] and lab.progress_text.value == "0 / 15"
+    assert "5 earlier label(s) for pairs that are not in this queue" in lab.notice
+    assert "stay in the file" in lab.notice and lab.notice in html.unescape(lab.notice_html.value)
+    fb = label_feedback(lab.decisions, cpu, SimulatedAnnotator())
+    assert fb["n_labeled"] == 0 and labels_to_rows(lab.decisions, cpu) == []
+    # the stale decisions read straight from the file do not crash the helpers either
+    assert label_feedback(LabelStore(path).decisions(), cpu, SimulatedAnnotator())["n_labeled"] == 0
+    assert labels_to_rows(LabelStore(path).decisions(), cpu) == []
+
+    lab.run_autopilot(SimulatedAnnotator(), n=2)
+    lab.buttons["undo"].click()  # takes back a label of this queue, not one of the old file
+    assert lab.position == 1 and [d["pair_id"] for d in lab.decisions] == ["p0"]
+    assert path.read_text().startswith(smoke_file)  # nothing deleted or rewritten
+
+    back = PreferenceLabeler(smoke, path, min_interval=0)  # back to the first queue: all there
+    assert back.done and len(back.decisions) == 5
+    assert "1 label(s) match this queue" not in back.notice and "5 label(s) match this queue" in back.notice
+    assert label_feedback(back.decisions, smoke, SimulatedAnnotator())["n_labeled"] == 5
+
+
+def test_a_queue_sharing_some_pairs_reuses_their_labels(tmp_path):
+    path = tmp_path / "you.jsonl"
+    first = PreferenceLabeler(pairs(3), path, min_interval=0)
+    first.label("A")
+    first.label("B")
+    grown = pairs(3)[:1] + other_pairs(3)[1:2] + pairs(3)[1:]  # p0 same, then a changed pair, then p1, p2
+    grown[1] = {**grown[1], "pair_id": "new"}
+    lab = PreferenceLabeler(grown, path, min_interval=0)
+    assert [(d["pair_id"], d["item"]) for d in lab.decisions] == [("p0", 0), ("p1", 2)]
+    assert lab.position == 1 and lab.notice == ""
+    lab.label("tie")
+    assert lab.position == 3 and lab.done is False
+
+
+def test_label_files_without_digests_resume_only_on_their_own_queue(tmp_path):
+    """Files written before events had a pair_digest: used when their ids sit at their items."""
+    path = tmp_path / "you.jsonl"
+    store = LabelStore(path)
+    for i, pair_id in enumerate(["p0", "p1", "p1#again"]):
+        store.append({"event": "label", "item": i, "pair_id": pair_id, "choice": "A", "swapped": False,
+                      "chosen_index": 0, "rationale": "", "annotator": "you"})
+    assert PreferenceLabeler(pairs(2), path, min_interval=0).decisions == []  # p1#again is not at item 2
+    own = [*pairs(2), {**pairs(2)[1], "pair_id": "p1#again", "repeat_of": "p1"}]
+    assert PreferenceLabeler(own, path, min_interval=0).done
+
+
+def test_torn_line_does_not_swallow_the_next_label(tmp_path):
+    """p0 written, p1 torn (the machine died mid-line), then p2: replay gives p0 and p2."""
+    store = LabelStore(tmp_path / "labels.jsonl")
+    store.append({"event": "label", "item": 0, "pair_id": "p0", "choice": "A"})
+    with open(store.path, "a") as f:
+        f.write('{"event": "label", "item": 1, "pair_id": "p1", "cho')  # no newline
+    store.append({"event": "label", "item": 1, "pair_id": "p2", "choice": "B"})
+    with pytest.warns(UserWarning, match="line 2"):
+        assert [d["pair_id"] for d in store.decisions()] == ["p0", "p2"]
+    assert store.path.read_text().endswith("\n")
+
+
+def test_undo_clears_the_rationale(tmp_path):
+    path = tmp_path / "l.jsonl"
+    lab = PreferenceLabeler(pairs(), path, min_interval=0)
+    lab.rationale.value = "shorter"
+    lab.buttons["A"].click()
+    lab.rationale.value = "typed for p1"  # then the learner changes their mind about p0
+    lab.buttons["undo"].click()
+    assert lab.rationale.value == ""
+    lab.buttons["B"].click()
+    assert [(d["pair_id"], d["rationale"]) for d in lab.decisions] == [("p0", "")]
+
+
+def test_a_repeat_never_follows_its_original():
+    for n, k in [(4, 1), (2, 1), (5, 2), (12, 3), (6, 6)]:
+        for seed in range(200):
+            queue = with_repeats(pairs(n), k, seed=seed)
+            ids = [q.get("repeat_of", q["pair_id"]) for q in queue]
+            assert all(a != b for a, b in itertools.pairwise(ids)), (n, k, seed, ids)
+            assert len(queue) == n + k and len(set(ids[n:])) == k
+            assert queue == with_repeats(pairs(n), k, seed=seed)  # seeded, deterministic
+    # seed 0 (the smoke queue: 4 pairs, 1 repeat) draws the last pair: another one comes back instead
+    assert random.Random(0).sample(pairs(4), 1)[0]["pair_id"] == "p3"
+    assert with_repeats(pairs(4), 1, seed=0)[-1]["pair_id"] != "p3#again"
+
+
+def test_cut_off_side_shows_a_marker(tmp_path):
+    queue = [{"pair_id": f"p{i}", "prompt": P, "responses": [GOOD, BAD + str(i)], "eos": [True, False]} for i in range(6)]
+    lab = PreferenceLabeler(queue, tmp_path / "l.jsonl", min_interval=0)
+    seen_swapped = set()
+    while not lab.done:
+        item = lab.position
+        swapped = lab.swapped(item)
+        seen_swapped.add(swapped)
+        cut, whole = (lab.pane_a, lab.pane_b) if swapped else (lab.pane_b, lab.pane_a)  # response 1 has no EOS
+        assert html.escape(CUT_OFF) in cut.value and "cut off" not in whole.value
+        assert lab.shown_eos(item) == ((False, True) if swapped else (True, False))
+        lab.label("skip")
+    assert seen_swapped == {True, False}
+    assert "cut off" not in PreferenceLabeler(pairs(2), tmp_path / "m.jsonl").pane_a.value  # no eos flags: whole
+
+
+def test_feedback_with_no_labels_says_so_and_stores_no_nan(tmp_path):
+    queue = with_repeats(pairs(4), 1)
+    lab = PreferenceLabeler(queue, tmp_path / "l.jsonl", min_interval=0)
+    fb = label_feedback(lab.decisions, queue, SimulatedAnnotator())
+    assert fb["n_labeled"] == 0 and fb["agreement"] is None and fb["self_consistency"] is None
+    assert fb["share_A"] is None and fb["agreement_ci"] == (None, None)
+    json.dumps(fb, allow_nan=False)  # stored as null, never NaN
+    text = feedback_text(fb)
+    assert "Nothing labeled yet: 0 of 5 pairs" in text and "annotator's labels only" in text
+    assert "nan" not in text.lower()
+
+
+def test_feedback_with_labels_but_no_repeats(tmp_path):
+    queue = with_repeats(pairs(4), 1)
+    lab = PreferenceLabeler(queue, tmp_path / "l.jsonl", min_interval=0)
+    lab.label("A")
+    lab.label("tie")
+    fb = label_feedback(lab.decisions, queue, SimulatedAnnotator())
+    assert fb["n_labeled"] == 2 and fb["n_repeats"] == 0 and fb["self_consistency"] is None
+    json.dumps(fb, allow_nan=False)
+    text = feedback_text(fb)
+    assert "no repeated pair labeled yet" in text and "nan" not in text.lower()
+    assert "labels: 2 of 5 pairs (1 ties)" in text and "picked the left pane (A): 100%" in text
+
+
+def test_pair_digest_depends_on_the_texts():
+    a, b = pairs(1)[0], other_pairs(1)[0]
+    assert a["pair_id"] == b["pair_id"] and pair_digest(a) != pair_digest(b)
+    assert pair_digest(a) == pair_digest(dict(a))
