@@ -4,7 +4,12 @@ Executes every notebook in `notebooks/` in order with nbclient, in a fresh kerne
 `RLHF_EDU_PRESET` set; writes the executed copies to `artifacts/executed/` and
 `artifacts/course_summary.json`:
 
-    {"preset": "cpu", "machine": "...", "notebooks": {"01_sft": {"seconds": 412.0, "metrics": {...}}}}
+    {"preset": "cpu", "machine": "...",
+     "notebooks": {"01_sft": {"seconds": 412.0, "images": 2, "metrics": {...}}}}
+
+A notebook fails when a cell raises, when a cell runs past the preset's `cell_timeout`, when its
+kernel loses a reply (idle, no `execute_reply`: see `rlhf_edu.kernel_watch`; the notebook is rerun
+once in a fresh kernel first), and when its source draws figures but it produced no image.
 """
 
 from __future__ import annotations
@@ -13,13 +18,19 @@ import argparse
 import json
 import os
 import platform
+import re
 import sys
 import time
 from pathlib import Path
 
+from rlhf_edu.kernel_watch import LOST_REPLY_GRACE, LostReplyError, WatchedClient, describe_cell
+from rlhf_edu.presets import PRESETS
 from rlhf_edu.store import ARTIFACTS_ENV, artifacts_dir, load_metrics, write_json
 
 NOTEBOOKS_DIR = Path(__file__).resolve().parents[1] / "notebooks"
+# What draws a figure in the course: the library's Figure, LivePlot, token heatmap and frontier
+# explorer, and pyplot.
+DRAWS_A_FIGURE = re.compile(r"\b(Figure|LivePlot|token_heatmap|FrontierExplorer)\(|\bplt\.")
 
 
 def machine_description() -> str:
@@ -37,30 +48,93 @@ def machine_description() -> str:
     return f"{cpu}, {os.cpu_count()} cores, {gpu}, torch {torch.__version__}"
 
 
-def run_notebook(path: Path, out_dir: Path, timeout: int) -> float:
+def figure_cells(nb) -> list[int]:
+    """Indices of the code cells whose source draws a figure (comment lines aside)."""
+    return [
+        i
+        for i, cell in enumerate(nb.cells)
+        if cell.cell_type == "code"
+        and any(
+            DRAWS_A_FIGURE.search(line)
+            for line in cell.source.splitlines()
+            if not line.lstrip().startswith("#")
+        )
+    ]
+
+
+def count_images(nb) -> int:
+    """`image/png` outputs of an executed notebook: the cells' own, and those shown inside Output
+    widgets (the frontier explorer's), which nbclient keeps in the notebook's widget state."""
+    outputs = [out for cell in nb.cells for out in cell.get("outputs", [])]
+    state = nb.metadata.get("widgets", {}).get("application/vnd.jupyter.widget-state+json", {})
+    for model in state.get("state", {}).values():
+        outputs += model.get("state", {}).get("outputs", [])
+    return sum("image/png" in out.get("data", {}) for out in outputs)
+
+
+def run_notebook(
+    path: Path,
+    out_dir: Path,
+    timeout: int,
+    lost_reply_grace: float = LOST_REPLY_GRACE,
+    reruns: int = 1,
+) -> tuple[float, int]:
+    """Execute one notebook in a fresh kernel; (seconds, images). A lost reply reruns the notebook
+    up to `reruns` times, then raises `LostReplyError` naming the notebook and cell."""
     import nbformat
-    from nbclient import NotebookClient
+
+    attempt = 0
+    while True:
+        nb = nbformat.read(path, as_version=4)
+        client = WatchedClient(
+            nb,
+            timeout=timeout,
+            kernel_name="python3",
+            lost_reply_grace=lost_reply_grace,
+            notebook_name=path.name,
+            resources={"metadata": {"path": str(path.parent)}},
+        )
+        start = time.perf_counter()
+        try:
+            client.execute()
+        except LostReplyError as err:
+            if attempt == reruns:
+                raise
+            attempt += 1
+            print(f"[course] {err}\n[course] rerunning {path.name} in a fresh kernel", flush=True)
+            continue
+        finally:
+            seconds = time.perf_counter() - start
+            out_dir.mkdir(parents=True, exist_ok=True)
+            nbformat.write(nb, out_dir / path.name)
+        return seconds, count_images(nb)
+
+
+def missing_images_message(path: Path) -> str | None:
+    """Why a notebook that draws figures but produced no image fails, or None."""
+    import nbformat
 
     nb = nbformat.read(path, as_version=4)
-    client = NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}})
-    start = time.perf_counter()
-    try:
-        client.execute()
-    finally:
-        seconds = time.perf_counter() - start
-        out_dir.mkdir(parents=True, exist_ok=True)
-        nbformat.write(nb, out_dir / path.name)
-    return seconds
+    cells = figure_cells(nb)
+    if not cells:
+        return None
+    where = describe_cell(path.name, cells[0], nb.cells[cells[0]].source)
+    return (
+        f"{where} and {len(cells) - 1} more cells draw figures, but the executed notebook has no "
+        "image/png output (a figure shown as text only? display an rlhf_edu.plots.Figure)"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default=os.environ.get("RLHF_EDU_PRESET", "cpu"), choices=["smoke", "cpu", "gpu"])
     parser.add_argument("--only", nargs="*", default=None, help="notebook number prefixes, e.g. 00 01")
-    parser.add_argument("--timeout", type=int, default=3600, help="seconds per cell")
+    parser.add_argument("--timeout", type=int, default=None, help="seconds per cell (default: the preset's cell_timeout)")
+    parser.add_argument("--lost-reply-grace", type=float, default=LOST_REPLY_GRACE, help="seconds from a cell's idle status to its reply before the reply counts as lost")
     parser.add_argument("--notebooks-dir", type=Path, default=NOTEBOOKS_DIR)
     args = parser.parse_args(argv)
     os.environ["RLHF_EDU_PRESET"] = args.preset
+    timeout = args.timeout or PRESETS[args.preset].cell_timeout
     os.environ["RLHF_EDU_AUTOPILOT"] = "1"  # no one is there to click: the labeling widgets use their autopilot
     artifacts = artifacts_dir()
     os.environ[ARTIFACTS_ENV] = str(artifacts)  # the kernels inherit it
@@ -80,13 +154,20 @@ def main(argv: list[str] | None = None) -> int:
         metrics_file = artifacts / "metrics" / f"{name}.json"
         metrics_file.unlink(missing_ok=True)
         try:
-            seconds = run_notebook(nb, artifacts / "executed", args.timeout)
+            seconds, images = run_notebook(nb, artifacts / "executed", timeout, args.lost_reply_grace)
+            missing = None if images else missing_images_message(nb)
+            if missing:
+                raise RuntimeError(missing)
         except Exception as err:  # noqa: BLE001 - report which notebook failed, then stop
             print(f"[course] {name} FAILED: {type(err).__name__}: {str(err)[-2000:]}", file=sys.stderr)
-            summary["notebooks"][name] = {"error": f"{type(err).__name__}"}
+            summary["notebooks"][name] = {"error": f"{type(err).__name__}: {str(err)[-500:]}"}
             write_json(summary_path, summary)
             return 1
-        summary["notebooks"][name] = {"seconds": round(seconds, 1), "metrics": load_metrics(name) or {}}
+        summary["notebooks"][name] = {
+            "seconds": round(seconds, 1),
+            "images": images,
+            "metrics": load_metrics(name) or {},
+        }
         print(f"[course] {name} done in {seconds:.1f} s", flush=True)
         write_json(summary_path, summary)
     print(f"[course] wrote {summary_path}")

@@ -1,6 +1,11 @@
 """The headless course runner and the artifacts it writes, on a two-cell notebook."""
 
 import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import nbformat
 
@@ -25,6 +30,7 @@ def test_course_runner_writes_summary(tmp_path, monkeypatch):
     entry = summary["notebooks"]["00_demo"]
     assert entry["metrics"]["answer"] == 42 and entry["metrics"]["preset"] == "smoke"
     assert entry["seconds"] > 0 and entry["metrics"]["peak_rss_gb"] > 0
+    assert entry["images"] == 0  # draws nothing, so no image is fine
     assert (tmp_path / "artifacts" / "executed" / "00_demo.ipynb").exists()
 
 
@@ -69,3 +75,119 @@ def test_partial_run_keeps_other_notebooks(tmp_path, monkeypatch):
     assert course.main(["--preset", "smoke", "--notebooks-dir", str(nb_dir), "--only", "01"]) == 0
     summary = json.loads((tmp_path / "artifacts" / "course_summary.json").read_text())
     assert set(summary["notebooks"]) == {"00_a", "01_b"}
+
+
+def write_notebook(nb_dir: Path, name: str, sources: list[str]) -> Path:
+    nb_dir.mkdir(exist_ok=True)
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(source) for source in sources]
+    path = nb_dir / f"{name}.ipynb"
+    nbformat.write(nb, path)
+    return path
+
+
+def test_course_runner_counts_images(tmp_path, monkeypatch):
+    draw = "from rlhf_edu.plots import Figure\nfig = Figure(figsize=(2, 2))\nfig.subplots().plot([0, 1])\ndisplay(fig)"
+    write_notebook(tmp_path / "notebooks", "00_plot", [draw])
+    monkeypatch.setenv("RLHF_EDU_ARTIFACTS", str(tmp_path / "artifacts"))
+    assert course.main(["--preset", "smoke", "--notebooks-dir", str(tmp_path / "notebooks")]) == 0
+    summary = json.loads((tmp_path / "artifacts" / "course_summary.json").read_text())
+    assert summary["notebooks"]["00_plot"]["images"] == 1
+
+
+def test_course_runner_fails_a_figure_shown_as_text(tmp_path, monkeypatch, capsys):
+    # A bare matplotlib Figure has no PNG representation: display() shows "<Figure size ...>".
+    bare = "from matplotlib.figure import Figure\nfig = Figure()\nfig.subplots().plot([0, 1])\ndisplay(fig)"
+    write_notebook(tmp_path / "notebooks", "00_text", ["x = 1", bare])
+    monkeypatch.setenv("RLHF_EDU_ARTIFACTS", str(tmp_path / "artifacts"))
+    assert course.main(["--preset", "smoke", "--notebooks-dir", str(tmp_path / "notebooks")]) == 1
+    err = capsys.readouterr().err
+    assert 'notebook 00_text.ipynb, cell 1 ("from matplotlib.figure import Figure")' in err
+    assert "no image/png output" in err
+    summary = json.loads((tmp_path / "artifacts" / "course_summary.json").read_text())
+    assert "no image/png output" in summary["notebooks"]["00_text"]["error"]
+
+
+def test_plotting_cells_render_png_under_a_real_kernel():
+    """The library's Figure, a LivePlot and a figure inside an Output widget all reach the executed
+    notebook as image/png (a bare matplotlib Figure showed only as text)."""
+    from nbclient import NotebookClient
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [
+        nbformat.v4.new_code_cell(
+            "from rlhf_edu.plots import Figure, LivePlot\n"
+            "fig = Figure()\nfig.subplots().plot([0, 1])\ndisplay(fig)"
+        ),
+        nbformat.v4.new_code_cell(
+            "plot = LivePlot({'loss': ['loss']})\n"
+            "plot.update(1, {'loss': 1.0})\nplot.update(2, {'loss': 0.5})"
+        ),
+        nbformat.v4.new_code_cell(
+            "import ipywidgets as W\nout = W.Output()\nwith out:\n    display(fig)\ndisplay(out)"
+        ),
+    ]
+    NotebookClient(nb, timeout=300, kernel_name="python3").execute()
+    for cell in nb.cells[:2]:
+        assert any("image/png" in out.get("data", {}) for out in cell.outputs), cell.outputs
+    assert course.count_images(nb) == 3  # the Output widget's image is in the widget state
+
+
+def test_notebooks_use_the_course_figure():
+    """No notebook makes a bare matplotlib Figure: rlhf_edu.plots.Figure renders as PNG anywhere."""
+    offenders = []
+    for path in sorted(course.NOTEBOOKS_DIR.glob("*.ipynb")):
+        for i, cell in enumerate(nbformat.read(path, as_version=4).cells):
+            if cell.cell_type == "code" and "matplotlib.figure" in cell.source:
+                offenders.append(f"{path.name}, cell {i}")
+    assert not offenders, f"import Figure from rlhf_edu.plots instead: {offenders}"
+
+
+# A cell that makes the running ipykernel drop its own execute_reply: the kernel runs the cell,
+# publishes its outputs and its idle status, but never answers on the shell channel.
+DROP_THIS_REPLY = """\
+kernel = get_ipython().kernel
+send = kernel.session.send
+
+
+def drop_execute_reply(stream, msg_type, content=None, *args, **kwargs):
+    if msg_type == "execute_reply":
+        kernel.session.send = send  # only this one
+        return {"msg_type": msg_type, "content": content}
+    return send(stream, msg_type, content, *args, **kwargs)
+
+
+kernel.session.send = drop_execute_reply
+"""
+
+
+def test_lost_reply_fails_the_notebook_within_two_minutes(tmp_path, monkeypatch, capsys):
+    write_notebook(tmp_path / "notebooks", "00_lost", ["x = 1", DROP_THIS_REPLY, "print(x)"])
+    monkeypatch.setenv("RLHF_EDU_ARTIFACTS", str(tmp_path / "artifacts"))
+    start = time.monotonic()
+    args = ["--preset", "smoke", "--notebooks-dir", str(tmp_path / "notebooks"), "--lost-reply-grace", "5"]
+    code = course.main(args)
+    seconds = time.monotonic() - start
+    assert code == 1 and seconds < 120, seconds
+    out, err = capsys.readouterr()
+    assert "rerunning 00_lost.ipynb in a fresh kernel" in out  # once, then it fails
+    assert 'notebook 00_lost.ipynb, cell 1 ("kernel = get_ipython().kernel")' in err
+    assert "the kernel went idle without replying (lost reply)" in err
+    summary = json.loads((tmp_path / "artifacts" / "course_summary.json").read_text())
+    assert summary["notebooks"]["00_lost"]["error"].startswith("LostReplyError")
+
+
+def test_nbval_lost_reply_fails_the_cell(tmp_path):
+    """`make test`'s nbval run, with rlhf_edu.nbval_watch loaded, fails the cell and skips the rest."""
+    write_notebook(tmp_path, "00_lost", ["x = 1", DROP_THIS_REPLY, "print(x)"])
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+    command += ["-p", "rlhf_edu.nbval_watch", "--nbval-lax", "--nbval-current-env"]
+    command += ["--lost-reply-grace", "5", "00_lost.ipynb"]
+    env = {**os.environ, "RLHF_EDU_PRESET": "smoke"}
+    start = time.monotonic()
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, check=False)
+    seconds = time.monotonic() - start
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert 'notebook 00_lost.ipynb, cell 1 ("kernel = get_ipython().kernel")' in result.stdout
+    assert "lost reply" in result.stdout and "1 failed, 1 passed, 1 skipped" in result.stdout
+    assert seconds < 120, seconds
