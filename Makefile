@@ -60,10 +60,12 @@ test-unit: setup
 	$(PY) -m pytest -q tests
 
 # Every notebook under nbval with the smoke preset, in order, sharing one scratch artifacts dir.
+# rlhf_edu.nbval_watch fails a cell whose kernel went idle without replying (a lost reply) within
+# a minute instead of waiting out the cell timeout, which it takes from the preset (cell_timeout).
 test-notebooks: setup
 	rm -rf .nbval-artifacts
 	RLHF_EDU_PRESET=smoke RLHF_EDU_AUTOPILOT=1 RLHF_EDU_ARTIFACTS=$(CURDIR)/.nbval-artifacts \
-		$(PY) -m pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env notebooks/
+		$(PY) -m pytest -q -p no:cacheprovider -p rlhf_edu.nbval_watch --nbval-lax --nbval-current-env notebooks/
 
 course: setup
 	$(PY) -m rlhf_edu.course --preset $(PRESET)
