@@ -164,24 +164,34 @@ def per_token_logps(
     return (logps, hidden) if return_hidden else logps
 
 
+def zero_where_masked(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """x where mask is 1 and exactly 0 where it is 0: (B, T), (B, T) -> (B, T).
+
+    Not `x * mask`: padding may hold inf or NaN (a sentinel, an overflow), and inf * 0 is NaN, which
+    would reach every statistic below (reference/ppo_details.md section 6.4 item 18).
+    """
+    return torch.where(mask.bool(), x, torch.zeros((), dtype=x.dtype, device=x.device))  # (B, T)
+
+
 def masked_sum(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
-    """Sum of x where mask is 1."""
-    return (x * mask).sum() if dim is None else (x * mask).sum(dim=dim)
+    """Sum of x where mask is 1; whatever padding holds (even inf or NaN) is left out."""
+    kept = zero_where_masked(x, mask)  # (B, T)
+    return kept.sum() if dim is None else kept.sum(dim=dim)
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
     """Mean of x over positions where mask is 1 (all of them, or along `dim`)."""
     mask = mask.to(x.dtype)
     if dim is None:
-        return (x * mask).sum() / mask.sum().clamp(min=1.0)
-    return (x * mask).sum(dim=dim) / mask.sum(dim=dim).clamp(min=1.0)
+        return masked_sum(x, mask) / mask.sum().clamp(min=1.0)
+    return masked_sum(x, mask, dim) / mask.sum(dim=dim).clamp(min=1.0)
 
 
 def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> torch.Tensor:
     """Variance of x over masked positions (Bessel-corrected by default, as in TRL/N-details)."""
     mask = mask.to(x.dtype)
     mean = masked_mean(x, mask)
-    centered_sq = ((x - mean) ** 2) * mask
+    centered_sq = zero_where_masked((x - mean) ** 2, mask)  # (B, T)
     n = mask.sum()
     if unbiased:
         if n < 2:
@@ -191,15 +201,17 @@ def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> to
 
 
 def masked_whiten(
-    x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8
+    x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8, unbiased: bool = True
 ) -> torch.Tensor:
     """(x - mean) / std over masked positions; with shift_mean=False the mean is added back.
 
-    Statistics use only unmasked entries (section 1.8); masked entries come back as 0.
+    Statistics use only unmasked entries (section 1.8); masked entries come back as 0. The variance
+    is the unbiased one by default (TRL's `masked_whiten`); unbiased=False is OpenAI's
+    `tf.nn.moments` (the N-implementation-details blog shows the two differ on small batches).
     """
     mean = masked_mean(x, mask)
-    var = masked_var(x, mask)
-    whitened = (x - mean) * torch.rsqrt(var + eps)
+    var = masked_var(x, mask, unbiased)
+    whitened = (x - mean) * torch.rsqrt(var + eps)  # (B, T)
     if not shift_mean:
-        whitened = whitened + mean
-    return whitened * mask.to(x.dtype)
+        whitened = whitened + mean  # (B, T)
+    return zero_where_masked(whitened, mask)  # (B, T)

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from rlhf_edu.generation import SamplingConfig, encode_prompts, sample
 from rlhf_edu.logprobs import (
     masked_mean,
+    masked_sum,
     masked_var,
     masked_whiten,
     per_token_logps,
@@ -58,6 +59,46 @@ def test_masked_mean_var_whiten_match_naive():
     # Reference value: [1, 2, 3] whitens to [-1, 0, 1] (unbiased std is 1).
     torch.testing.assert_close(masked_whiten(torch.tensor([1.0, 2.0, 3.0]), torch.ones(3)), torch.tensor([-1.0, 0.0, 1.0]))
     torch.testing.assert_close(masked_mean(torch.tensor([[1.0, 2.0], [3.0, 9.0]]), torch.tensor([[1, 1], [1, 0]]), dim=1), torch.tensor([1.5, 3.0]))
+
+
+def test_masked_sum_reference_value_through_padding():
+    x = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
+    torch.testing.assert_close(masked_sum(x, mask, dim=1), torch.tensor([3.0, 4.0]))
+    torch.testing.assert_close(masked_sum(x, mask), torch.tensor(7.0))
+
+
+def test_whitening_reference_values_and_invariants():  # 6.4 item 18
+    torch.manual_seed(0)
+    x, mask = 3.0 + 2.0 * torch.randn(4, 6, dtype=torch.float64), (torch.rand(4, 6) > 0.3).long()
+    white = masked_whiten(x, mask)  # the library's choice: the unbiased variance
+    torch.testing.assert_close(masked_mean(white, mask), torch.tensor(0.0, dtype=torch.float64), atol=1e-12, rtol=0)
+    torch.testing.assert_close(masked_var(white, mask), torch.tensor(1.0, dtype=torch.float64), atol=1e-7, rtol=0)
+    kept = masked_whiten(x, mask, shift_mean=False)  # scaled, the mean kept
+    torch.testing.assert_close(masked_mean(kept, mask), masked_mean(x, mask), atol=1e-12, rtol=0)
+    torch.testing.assert_close(masked_var(kept, mask), torch.tensor(1.0, dtype=torch.float64), atol=1e-7, rtol=0)
+    # The TF-vs-torch example (biased variance, shift_mean=False), from the N-implementation-details blog.
+    tf = torch.tensor([[1.2, 1.3, 1.4], [1.5, 1.6, 1.7], [1.8, 1.9, 2.0]], dtype=torch.float64)
+    expected = [[0.0508, 0.4381, 0.8254], [1.2127, 1.6000, 1.9873], [2.3746, 2.7619, 3.1492]]
+    out = masked_whiten(tf, torch.ones(3, 3), shift_mean=False, unbiased=False)
+    torch.testing.assert_close(out, torch.tensor(expected, dtype=torch.float64), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("garbage", [float("inf"), float("-inf"), float("nan"), 1e30])
+def test_masked_statistics_ignore_non_finite_padding(garbage):  # 6.4 item 18, SkyRL PR #1782
+    """inf or NaN on padding must not reach the statistics: x * mask would turn them into NaN."""
+    torch.manual_seed(0)
+    x, mask = torch.randn(4, 6), (torch.rand(4, 6) > 0.3).long()
+    clean, dirty = x.masked_fill(mask == 0, 0.0), x.masked_fill(mask == 0, garbage)
+    for dim in (None, 1):
+        assert torch.equal(masked_sum(dirty, mask, dim), masked_sum(clean, mask, dim))
+        assert torch.equal(masked_mean(dirty, mask, dim), masked_mean(clean, mask, dim))
+    for unbiased in (True, False):
+        assert torch.equal(masked_var(dirty, mask, unbiased), masked_var(clean, mask, unbiased))
+    for shift_mean in (True, False):
+        white = masked_whiten(dirty, mask, shift_mean=shift_mean)
+        assert torch.isfinite(white).all()
+        assert torch.equal(white, masked_whiten(clean, mask, shift_mean=shift_mean))
 
 
 def test_first_response_logp_by_hand(tiny):  # 6.1 item 3: off-by-one
