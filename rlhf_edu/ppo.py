@@ -4,8 +4,9 @@ Algorithm: Proximal Policy Optimization (Schulman et al. 2017, arXiv 1707.06347,
 RLHF as in Ziegler et al. 2019 ("Fine-Tuning Language Models from Human Preferences", arXiv
 1909.08593) and Stiennon et al. 2020 (arXiv 2009.01325): the reward-model score minus a per-token KL
 penalty to the reference policy, advantages by GAE (Schulman et al. 2016, arXiv 1506.02438, eq. 16),
-and an adaptive KL coefficient (Ziegler et al. 2019, section 2.2). Every choice follows
-reference/ppo_details.md sections 1.5 to 1.9; tests/test_ppo_math.py asserts its section 6 numbers.
+and an adaptive KL coefficient (Ziegler et al. 2019, section 2.2). Each choice is explained in
+docs/implementation_details.md; tests/test_ppo_math.py asserts the values of its
+#test-values section.
 
 Everything here is a small pure function of (B, R) response tensors in the layout of
 `rlhf_edu.logprobs` (`response_mask` 1 up to and including the first EOS, 0 after). The rollout and
@@ -13,14 +14,16 @@ update loop that calls them is `rlhf_edu.ppo_loop`.
 
 Deliberate deviations and choices:
 - The score sits on the last real response token (the EOS, or the last token when there is no EOS),
-  not on the first pad slot after it as in TRL PPOv2 / N+ (ppo_details 1.5 item 17, TRL #1893).
+  not on the first pad slot after it as in TRL PPOv2 / N+ (TRL #1893;
+  docs/implementation_details.md#kl-penalty).
 - Hitting the length limit is treated as terminal: the value bootstrap after the last token is 0
-  (ppo_details 1.3 item 10). The missing-EOS penalty is the practical fix.
+  (docs/implementation_details.md#truncation-and-missing-eos). The missing-EOS penalty is the
+  practical fix.
 - `missing_eos_penalty` takes one positive `penalty` for both modes: "replace" sets the score to
   -penalty (OAI/N+ `penalty_reward_value = -penalty`), "subtract" lowers it by penalty (TRL).
 - approx-KL is the OAI/TRL 0.5 * mean(log_ratio^2), not CleanRL's mean((r - 1) - log r).
 - `explained_variance` uses biased variances (CleanRL's np.var); the ratio is unchanged.
-- No entropy bonus, no dual clip, no ratio threshold (ppo_details 1.9 items 27 and 29).
+- No entropy bonus, no dual clip, no ratio threshold (docs/implementation_details.md#policy-loss).
 
 Legend: B batch, R response tokens.
 """
@@ -29,10 +32,10 @@ from __future__ import annotations
 
 import torch
 
-from rlhf_edu.logprobs import last_token_index, masked_mean, masked_var
+from rlhf_edu.logprobs import last_token_index, masked_mean, masked_var, zero_where_masked
 
 # -------------------------------------------------------------------------------------------------
-# 4. KL estimators and KL-penalized per-token rewards (ppo_details 1.5)
+# 4. KL estimators and KL-penalized per-token rewards (docs/implementation_details.md#kl-penalty)
 # -------------------------------------------------------------------------------------------------
 
 
@@ -40,8 +43,9 @@ def kl_estimates(logps: torch.Tensor, ref_logps: torch.Tensor) -> torch.Tensor:
     """k1 = log pi(y_t) - log pi_ref(y_t) at each sampled token (Schulman, "Approximating KL").
 
     logps, ref_logps (B, R) -> k1 (B, R). Unbiased for KL(pi || ref) under samples from pi, but can
-    be negative per token. This is the estimate that goes into the PPO reward (ppo_details 1.5
-    item 17) and into the reported `objective/kl` (item 20). Padding entries are not masked here.
+    be negative per token. This is the estimate that goes into the PPO reward (see
+    docs/implementation_details.md#kl-penalty) and into the reported `objective/kl`. Padding
+    entries are not masked here.
 
     Notebook: 04_ppo.ipynb
     """
@@ -62,8 +66,8 @@ def k3_estimate(logps: torch.Tensor, ref_logps: torch.Tensor) -> torch.Tensor:
     """k3 = exp(ref - logp) - (ref - logp) - 1: unbiased for KL(pi || ref) and >= 0 pointwise.
 
     logps, ref_logps (B, R) -> (B, R). Written with log_ratio = logp - ref_logp it is
-    exp(-log_ratio) - 1 + log_ratio (ppo_details 1.5 item 18). As a *loss* (GRPO) its expected
-    gradient is that of the forward KL(ref || pi), not the reverse one.
+    exp(-log_ratio) - 1 + log_ratio (docs/implementation_details.md#kl-estimators). As a *loss*
+    (GRPO) its expected gradient is that of the forward KL(ref || pi), not the reverse one.
 
     Notebook: 04_ppo.ipynb
     """
@@ -82,25 +86,24 @@ def per_token_rewards(
 
         r_t = -beta * (log pi(y_t) - log pi_ref(y_t)) + [t == T_eos] * score
 
-    (Ziegler et al. 2019 eq. 2, spread over tokens as in OAI `compute_rewards`; ppo_details 1.5
-    item 17.) scores (B,), logps, ref_logps, response_mask (B, R) -> (rewards (B, R),
-    non_score_reward (B, R)), both 0 on padding.
+    (Ziegler et al. 2019 eq. 2, spread over tokens as in OAI `compute_rewards`;
+    docs/implementation_details.md#kl-penalty.) scores (B,), logps, ref_logps, response_mask
+    (B, R) -> (rewards (B, R), non_score_reward (B, R)), both 0 on padding.
 
     Notebook: 04_ppo.ipynb
     """
-    mask = response_mask.to(logps.dtype)  # (B, R)
-    non_score_reward = -kl_coef * kl_estimates(logps, ref_logps) * mask  # (B, R)
+    non_score_reward = zero_where_masked(-kl_coef * kl_estimates(logps, ref_logps), response_mask)  # (B, R)
     last = last_token_index(response_mask)  # (B,)
     score_at_eos = torch.zeros_like(non_score_reward)  # (B, R)
     score_at_eos.scatter_(1, last.unsqueeze(1), scores.to(logps.dtype).unsqueeze(1))  # (B, R)
-    rewards = non_score_reward + score_at_eos * mask  # (B, R)
+    rewards = non_score_reward + score_at_eos  # (B, R); the last token is never padding
     return rewards, non_score_reward
 
 
 def missing_eos_penalty(
     scores: torch.Tensor, has_eos: torch.Tensor, penalty: float, mode: str = "replace"
 ) -> torch.Tensor:
-    """Penalise responses that never produced EOS (the "EOS trick", ppo_details 1.3 item 9).
+    """Penalise responses that never produced EOS (the "EOS trick").
 
     scores (B,), has_eos (B,) bool -> (B,). `penalty` is a positive magnitude:
     - mode "replace" (OAI, N+): score := -penalty, i.e. penalty_reward_value = -penalty;
@@ -119,7 +122,7 @@ def missing_eos_penalty(
 
 
 # -------------------------------------------------------------------------------------------------
-# 5. Advantages and returns by GAE (ppo_details 1.7)
+# 5. Advantages and returns by GAE (docs/implementation_details.md#gae)
 # -------------------------------------------------------------------------------------------------
 
 
@@ -138,13 +141,13 @@ def compute_gae(
 
     rewards, values, response_mask (B, R) -> (advantages (B, R), returns (B, R)). Rewards and values
     are zeroed after the last response token, so V after it is 0: the episode is terminal at EOS and
-    at the length limit (ppo_details 1.3 item 10). Both outputs are 0 on padding.
+    at the length limit (docs/implementation_details.md#truncation-and-missing-eos). Both outputs
+    are 0 on padding.
 
     Notebook: 04_ppo.ipynb
     """
-    mask = response_mask.to(values.dtype)  # (B, R)
-    rewards = rewards * mask  # (B, R)
-    values = values * mask  # (B, R)
+    rewards = zero_where_masked(rewards, response_mask)  # (B, R), even inf or NaN on padding -> 0
+    values = zero_where_masked(values, response_mask)  # (B, R)
     n_tokens = rewards.shape[1]
     next_advantage = torch.zeros_like(values[:, 0])  # (B,) A_{t+1}, 0 after the last token
     next_value = torch.zeros_like(values[:, 0])  # (B,) V_{t+1}, the bootstrap is 0
@@ -154,8 +157,8 @@ def compute_gae(
         next_advantage = delta + gamma * lam * next_advantage  # (B,)
         advantages_reversed.append(next_advantage)
         next_value = values[:, t]  # (B,)
-    advantages = torch.stack(advantages_reversed[::-1], dim=1) * mask  # (B, R)
-    returns = (advantages + values) * mask  # (B, R)
+    advantages = zero_where_masked(torch.stack(advantages_reversed[::-1], dim=1), response_mask)  # (B, R)
+    returns = zero_where_masked(advantages + values, response_mask)  # (B, R)
     return advantages, returns
 
 
@@ -189,7 +192,7 @@ def compute_gae_naive(
 
 
 # -------------------------------------------------------------------------------------------------
-# 6. PPO losses (ppo_details 1.9)
+# 6. PPO losses (docs/implementation_details.md#policy-loss and #value-loss)
 # -------------------------------------------------------------------------------------------------
 
 
@@ -205,9 +208,10 @@ def clipped_policy_loss(
         ratio_t = exp(logp_t - old_logp_t)
         loss = mean_t max(-A_t * ratio_t, -A_t * clip(ratio_t, 1 - eps, 1 + eps))
 
-    logps, old_logps, advantages, response_mask (B, R) -> (scalar loss, stats). Stats (ppo_details
-    1.9 item 27): `policy/clipfrac`, the share of tokens where the clipped branch is the max;
-    `policy/approxkl` = 0.5 * mean((logp - old_logp)^2) (OAI/TRL).
+    logps, old_logps, advantages, response_mask (B, R) -> (scalar loss, stats). Stats:
+    `policy/clipfrac`, the share of tokens where the clipped branch is the max;
+    `policy/approxkl` = 0.5 * mean((logp - old_logp)^2) (OAI/TRL;
+    docs/implementation_details.md#policy-loss).
 
     Notebook: 04_ppo.ipynb
     """
@@ -229,7 +233,7 @@ def clipped_value_loss(
     response_mask: torch.Tensor,
     clip_range_value: float = 0.2,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Clipped value loss (OAI lm-human-preferences, TRL, N+; ppo_details 1.9 item 28).
+    """Clipped value loss (OAI lm-human-preferences, TRL, N+).
 
         V_clip = clip(V, V_old - c, V_old + c)
         loss = 0.5 * mean_t max((V_t - R_t)^2, (V_clip_t - R_t)^2)
@@ -267,7 +271,7 @@ def explained_variance(
 
 
 # -------------------------------------------------------------------------------------------------
-# 7. KL coefficient controllers (ppo_details 1.6)
+# 7. KL coefficient controllers (docs/implementation_details.md#adaptive-kl)
 # -------------------------------------------------------------------------------------------------
 
 
@@ -276,7 +280,7 @@ class AdaptiveKLController:
 
         e = clip(KL / target - 1, -0.2, 0.2),   beta <- beta * (1 + e * n_steps / horizon)
 
-    `current_kl` is in nats per sequence (`objective/kl`, ppo_details 1.5 item 20); `n_steps` is the
+    `current_kl` is in nats per sequence (`objective/kl`); `n_steps` is the
     number of episodes in the batch. Call `update` once per PPO iteration, after training.
 
     Notebook: 04_ppo.ipynb
@@ -295,7 +299,7 @@ class AdaptiveKLController:
 
 
 class FixedKLController:
-    """A constant KL coefficient (N+, TRL PPOv2; ppo_details 1.6); `update` changes nothing.
+    """A constant KL coefficient (N+, TRL PPOv2); `update` changes nothing.
 
     Notebook: 04_ppo.ipynb
     """

@@ -1,7 +1,8 @@
-"""The pure PPO math of rlhf_edu.ppo against reference/ppo_details.md section 6 (6.2, 6.3, 6.4).
+"""The pure PPO math of rlhf_edu.ppo against docs/implementation_details.md#test-values.
 
-Exact reference numbers are asserted where section 6 gives them; everything else is checked
-against a naive version, an identity, or an invariance (padding contents must never matter).
+Exact reference numbers are asserted where that page gives them (its KL, GAE and PPO tests);
+everything else is checked against a naive version, an identity, or an invariance (padding
+contents must never matter).
 """
 
 import pytest
@@ -46,7 +47,7 @@ def random_masked_batch(n_rows=20, n_tokens=40, seed=0):
 # --- 6.2 KL and estimators ---------------------------------------------------------------------
 
 
-def test_kl_is_zero_when_policy_is_reference():  # 6.2 item 6
+def test_kl_is_zero_when_policy_is_reference():
     logps = torch.randn(3, 5, dtype=F64).log_softmax(-1)  # (B, R)
     mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]])  # (B, R)
     scores = torch.tensor([0.3, -1.2, 2.0], dtype=F64)
@@ -57,7 +58,7 @@ def test_kl_is_zero_when_policy_is_reference():  # 6.2 item 6
     expected = torch.zeros_like(logps)
     expected[0, 2], expected[1, 4], expected[2, 0] = scores
     assert torch.equal(rewards, expected)
-    reported_kl = (kl_estimates(logps, logps) * mask).sum(1).mean()  # objective/kl, 1.5 item 20
+    reported_kl = (kl_estimates(logps, logps) * mask).sum(1).mean()  # objective/kl
     assert reported_kl == 0
 
 
@@ -68,7 +69,7 @@ def enumerate_categorical(seed=0, vocab=8):
     return logits, ref_logits
 
 
-def test_estimator_identities_by_exact_enumeration():  # 6.2 item 7
+def test_estimator_identities_by_exact_enumeration():
     logits, ref_logits = enumerate_categorical()
     logp, ref_logp = logits.log_softmax(-1), ref_logits.log_softmax(-1)  # (V,)
     p = logp.exp()  # (V,)
@@ -80,7 +81,7 @@ def test_estimator_identities_by_exact_enumeration():  # 6.2 item 7
     assert (kl_estimates(logp, ref_logp) < 0).any()  # k1 is negative on some tokens
 
 
-def test_estimator_gradients_by_exact_enumeration():  # 6.2 item 8
+def test_estimator_gradients_by_exact_enumeration():
     logits, ref_logits = enumerate_categorical(seed=1)
     ref_logp = ref_logits.log_softmax(-1)  # (V,)
 
@@ -115,25 +116,25 @@ def test_estimator_gradients_by_exact_enumeration():  # 6.2 item 8
         ([0.2, 0.3, 0.5], [0.2, 0.3, 0.5], 0.0),
     ],
 )
-def test_full_vocab_kl_examples(p, q, expected):  # 6.2 item 9: E_pi[k1] over the vocabulary
+def test_full_vocab_kl_examples(p, q, expected):  # E_pi[k1] over the vocabulary
     p, q = torch.tensor(p, dtype=F64), torch.tensor(q, dtype=F64)
     close((p * kl_estimates(p.log(), q.log())).sum(), expected, atol=1e-4)
 
 
-def test_old_trl_kl_penalty_vectors():  # 6.2 item 10
+def test_old_trl_kl_penalty_vectors():
     logps = torch.tensor([[0.5, 0.2, 0.1], [0.6, 0.2, 0.1]], dtype=F64)
     ref = torch.tensor([[0.4, 0.3, 0.0], [0.7, 0.1, 0.3]], dtype=F64)
     close(kl_estimates(logps, ref), [[0.1, -0.1, 0.1], [-0.1, 0.1, -0.2]], atol=1e-12)
     close(kl_estimates(logps, ref).abs(), [[0.1, 0.1, 0.1], [0.1, 0.1, 0.2]], atol=1e-12)
     close(k2_estimate(logps, ref), [[0.005, 0.005, 0.005], [0.005, 0.005, 0.02]], atol=1e-12)
     lr = logps - ref
-    close(k3_estimate(logps, ref), torch.exp(-lr) - 1 + lr, atol=1e-15)  # 1.5 item 18 form
+    close(k3_estimate(logps, ref), torch.exp(-lr) - 1 + lr, atol=1e-15)  # Schulman's k3 form
 
 
-# --- reward placement and the missing-EOS penalty (6.1 item 4) ----------------------------------
+# --- reward placement and the missing-EOS penalty -----------------------------------------------
 
 
-def test_score_sits_on_eos_or_last_token():  # 6.1 item 4
+def test_score_sits_on_eos_or_last_token():
     eos, pad = 9, 0
     ids = torch.tensor([[3, 4, eos, 5, 6], [3, 4, 5, 6, 7]])  # (B, R): with and without EOS
     _, mask, has_eos = truncate_after_eos(ids, eos, pad)
@@ -162,7 +163,25 @@ def test_rewards_ignore_padding_contents():
         assert torch.equal(a, b)
 
 
-def test_missing_eos_penalty_modes():  # 1.3 item 9, 6.1 item 4
+@pytest.mark.parametrize("garbage", [float("inf"), float("-inf"), float("nan")])
+def test_rewards_and_gae_ignore_non_finite_padding(garbage):  # 6.3 item 13, 6.4 item 18
+    """inf or NaN after the EOS (x * mask would make it NaN) leaves rewards, advantages and returns
+    exactly as with clean padding, and 0 on the padding."""
+    rewards, values, mask = random_masked_batch(6, 7, seed=8)
+    scores = torch.randn(6, dtype=F64)
+    pad = mask == 0  # (B, R)
+    dirty_logps, dirty_values = rewards.masked_fill(pad, garbage), values.masked_fill(pad, garbage)  # (B, R)
+    clean = per_token_rewards(scores, rewards, values, mask, kl_coef=0.1)
+    dirty = per_token_rewards(scores, dirty_logps, dirty_values, mask, kl_coef=0.1)
+    for a, b in zip(clean, dirty):
+        assert torch.equal(a, b) and (b[pad] == 0).all()
+    adv, ret = compute_gae(rewards.masked_fill(pad, garbage), dirty_values, mask)
+    adv_clean, ret_clean = compute_gae(rewards, values, mask)
+    assert torch.equal(adv, adv_clean) and torch.equal(ret, ret_clean)
+    assert (adv[pad] == 0).all() and (ret[pad] == 0).all()
+
+
+def test_missing_eos_penalty_modes():
     scores = torch.tensor([0.7, 0.7, -2.0])
     has_eos = torch.tensor([True, False, False])
     close(missing_eos_penalty(scores, has_eos, 1.0, "replace"), [0.7, -1.0, -1.0])
@@ -182,7 +201,7 @@ def test_missing_eos_penalty_modes():  # 1.3 item 9, 6.1 item 4
         (0.0, [0.1, 0.1, 0.3], [0.6, 0.7, 1.0]),
     ],
 )
-def test_gae_hand_example(lam, advantages, returns):  # 6.3 item 11
+def test_gae_hand_example(lam, advantages, returns):
     rewards = torch.tensor([[0.0, 0.0, 1.0]], dtype=F64)  # (1, 3)
     values = torch.tensor([[0.5, 0.6, 0.7]], dtype=F64)  # (1, 3)
     mask = torch.ones(1, 3)
@@ -192,7 +211,7 @@ def test_gae_hand_example(lam, advantages, returns):  # 6.3 item 11
         close(ret, [returns], atol=1e-12)
 
 
-def test_gae_with_per_token_kl():  # 6.3 item 12
+def test_gae_with_per_token_kl():
     kl = torch.tensor([[0.2, -0.1, 0.3]], dtype=F64)  # (1, 3), as logp - ref with ref = 0
     mask = torch.ones(1, 3)
     rewards, _ = per_token_rewards(
@@ -206,7 +225,7 @@ def test_gae_with_per_token_kl():  # 6.3 item 12
 
 
 @pytest.mark.parametrize(("gamma", "lam"), [(1.0, 0.95), (0.99, 0.9), (1.0, 1.0)])
-def test_gae_loop_equals_naive_and_closed_form(gamma, lam):  # 6.3 item 13, random 20 x 40 float64
+def test_gae_loop_equals_naive_and_closed_form(gamma, lam):  # random 20 x 40 float64
     rewards, values, mask = random_masked_batch(seed=int(100 * lam))
     adv, ret = compute_gae(rewards, values, mask, gamma, lam)
     adv_naive, ret_naive = compute_gae_naive(rewards, values, mask, gamma, lam)
@@ -224,7 +243,7 @@ def test_gae_loop_equals_naive_and_closed_form(gamma, lam):  # 6.3 item 13, rand
     close(adv, deltas @ discount.T, atol=1e-10)
 
 
-def test_gae_ignores_garbage_after_eos():  # 6.3 item 13
+def test_gae_ignores_garbage_after_eos():
     rewards, values, mask = random_masked_batch(seed=3)
     adv, ret = compute_gae(rewards, values, mask)
     noisy = torch.randn_like(rewards) * 100  # (B, R)
@@ -234,7 +253,7 @@ def test_gae_ignores_garbage_after_eos():  # 6.3 item 13
     assert (adv[pad] == 0).all() and (ret[pad] == 0).all()
 
 
-def test_returns_come_from_unwhitened_advantages():  # 6.3 item 13
+def test_returns_come_from_unwhitened_advantages():
     rewards, values, mask = random_masked_batch(seed=4)
     adv, ret = compute_gae(rewards, values, mask)
     close(ret, (adv + values) * mask, atol=1e-12)
@@ -243,7 +262,7 @@ def test_returns_come_from_unwhitened_advantages():  # 6.3 item 13
 # --- 6.4 PPO losses and the KL controller --------------------------------------------------------
 
 
-def test_first_step_is_a_no_op():  # 6.4 item 14: ratio 1
+def test_first_step_is_a_no_op():  # ratio 1
     _, logps, mask = random_masked_batch(4, 6, seed=5)
     advantages = torch.randn(4, 6, dtype=F64)  # (B, R)
     loss, stats = clipped_policy_loss(logps, logps.clone(), advantages, mask, 0.2)
@@ -251,7 +270,7 @@ def test_first_step_is_a_no_op():  # 6.4 item 14: ratio 1
     close(loss, -masked_mean(advantages, mask), atol=1e-15)
 
 
-def test_approxkl_is_half_mean_squared_log_ratio():  # 1.9 item 27 (OAI/TRL form)
+def test_approxkl_is_half_mean_squared_log_ratio():  # the OAI/TRL form
     logps = torch.tensor([[0.2, -0.4, 9.0]], dtype=F64)  # (1, 3); the last token is padding
     mask = torch.tensor([[1, 1, 0]])  # (1, 3)
     _, stats = clipped_policy_loss(
@@ -270,7 +289,7 @@ def test_approxkl_is_half_mean_squared_log_ratio():  # 1.9 item 27 (OAI/TRL form
         (1.0, 0.5, -0.5, True),
     ],
 )
-def test_clipped_surrogate_scalar_cases(advantage, ratio, loss, grad_flows):  # 6.4 item 16
+def test_clipped_surrogate_scalar_cases(advantage, ratio, loss, grad_flows):
     logps = torch.tensor(
         [[torch.log(torch.tensor(ratio, dtype=F64))]], requires_grad=True
     )  # (1, 1)
@@ -285,7 +304,7 @@ def test_clipped_surrogate_scalar_cases(advantage, ratio, loss, grad_flows):  # 
     assert stats["policy/clipfrac"] == (0.0 if grad_flows else 1.0)
 
 
-def test_value_clip():  # 6.4 item 17
+def test_value_clip():
     returns = torch.tensor([[1.0, 1.0]], dtype=F64)  # (1, 2)
     old = torch.zeros(1, 2, dtype=F64)  # (1, 2)
     inside = torch.tensor([[0.1, -0.15]], dtype=F64, requires_grad=True)  # |v - v_old| <= 0.2
@@ -305,7 +324,7 @@ def test_value_clip():  # 6.4 item 17
     close(away.grad, [[-1.5]], atol=1e-12)
 
 
-def test_losses_equal_on_physically_removed_padding():  # 6.4 item 21
+def test_losses_equal_on_physically_removed_padding():
     _, logps, mask = random_masked_batch(5, 8, seed=6)
     old_logps = logps + 0.3 * torch.randn_like(logps)  # (B, R)
     advantages, values = torch.randn_like(logps), torch.randn_like(logps)  # (B, R)
@@ -336,7 +355,7 @@ def test_losses_equal_on_physically_removed_padding():  # 6.4 item 21
     ("kl", "expected"),
     [(12.0, 0.151536), (6.0, 0.15), (0.0, 0.148464), (6.6, 0.150768), (1000.0, 0.151536)],
 )
-def test_adaptive_kl_controller(kl, expected):  # 6.4 item 19, 1.6 item 21 (error clipped at 20 %)
+def test_adaptive_kl_controller(kl, expected):  # error clipped at 20 %
     ctl = AdaptiveKLController(init_kl_coef=0.15, target=6.0, horizon=10_000)
     assert ctl.update(kl, n_steps=512) == pytest.approx(expected, abs=1e-12)
     assert ctl.kl_coef == pytest.approx(expected, abs=1e-12)
