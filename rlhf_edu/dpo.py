@@ -10,15 +10,16 @@ Bradley-Terry loss of the reward model (reward.py, eq. 2) is applied to it:
     cDPO: loss = -(1 - eps) log sigmoid(beta * z) - eps log sigmoid(-beta * z)             (3)
     IPO:  loss = (z - 1 / (2 beta))^2                                                       (4)
 
-(1)-(3) follow reference/ppo_details.md section 2.1 (the original DPO repo's `preference_loss`,
-N+, OpenRLHF); (4) is eq. 17 of Azar et al. 2023 (arXiv 2310.12036), which regresses the log-ratio
-gap onto 1 / (2 beta) instead of pushing it to infinity. tests/test_dpo.py asserts the section 6.6
-numbers: log 2 at initialization with gradients -beta/2 and +beta/2, and 25.0 for IPO at beta 0.1.
+(1)-(3) follow the original DPO repo's `preference_loss`, N+ and OpenRLHF
+(docs/implementation_details.md#dpo); (4) is eq. 17 of Azar et al. 2023 (arXiv 2310.12036), which
+regresses the log-ratio gap onto 1 / (2 beta) instead of pushing it to infinity. tests/test_dpo.py
+asserts the values of docs/implementation_details.md#dpo-tests: log 2 at initialization with
+gradients -beta/2 and +beta/2, and 25.0 for IPO at beta 0.1.
 
 log pi(y) is a sequence log-prob: the SUM of per-token log-probs over the response tokens and the
-EOS (`response_mask`), never over the prompt or padding, and never a mean (section 2.1: averaging
+EOS (`response_mask`), never over the prompt or padding, and never a mean (averaging
 degenerates, TRL #789). The reference log-probs are computed once, before training
-(`precompute_reference_logps`, section 7), in the same dtype as the policy (DPO repo #34).
+(`precompute_reference_logps`), in the same dtype as the policy (DPO repo #34).
 
 Deliberate choices and deviations:
 - IPO uses the unnormalized sequence log-ratios, as the original DPO repo and OpenRLHF do; current
@@ -27,8 +28,8 @@ Deliberate choices and deviations:
   not defined for IPO, which raises.
 - `rewards/accuracies` counts a tie (margin exactly 0, as at initialization) as half a win, like
   `reward.reward_accuracy`; TRL counts it as a loss.
-- No NLL (RPO) term: the chosen log-prob is free to fall while the margin grows (section 2.1,
-  "expected dynamics"), and `logps/chosen` in the history shows it.
+- No NLL (RPO) term: the chosen log-prob is free to fall while the margin grows
+  (docs/implementation_details.md#dpo), and `logps/chosen` in the history shows it.
 
 Notebook: 06_dpo_grpo.ipynb. Legend: B pairs, P prompt tokens, R response tokens.
 """
@@ -56,7 +57,7 @@ def sequence_logps(per_token_logps: torch.Tensor, response_mask: torch.Tensor) -
     """log pi(y | x) of whole responses: per_token_logps (B, R), response_mask (B, R) -> (B,).
 
     A sum over response tokens (and the EOS); prompt and padding contribute nothing, whatever
-    they hold (section 6.6 item 27).
+    they hold (docs/implementation_details.md#dpo-tests).
 
     Notebook: 06_dpo_grpo.ipynb
     """
@@ -110,7 +111,7 @@ def dpo_loss(
 
 @dataclass(frozen=True)
 class DPOConfig:
-    """DPO settings (reference/ppo_details.md sections 2.1 and 3)."""
+    """DPO settings (docs/implementation_details.md#dpo)."""
 
     beta: float = 0.1
     """Strength of the implicit KL constraint to the reference (TRL default 0.1; N+ TL;DR 0.05).
@@ -193,7 +194,7 @@ def precompute_reference_logps(
 
     Row i of the result belongs to rows[i]; `train_dpo` must get the same rows in the same order.
     Computed without gradients, dropout off, under the same autocast as training, so that at step 0
-    the policy's log-probs equal these (to rounding) and the loss is log 2 (section 2.1, DPO repo #34).
+    the policy's log-probs equal these (to rounding) and the loss is log 2 (DPO repo #34).
 
     Notebook: 06_dpo_grpo.ipynb
     """

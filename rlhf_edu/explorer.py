@@ -6,8 +6,8 @@ a marker moves to it on the plot of gold and proxy against d = sqrt(KL) (the axi
 where the proxy keeps rising while the gold falls can be read in the text itself.
 
 Core ipywidgets only (IntSlider, HTML, Output, VBox), the same in ipywidgets 7.7 and 8; the figure
-is a plain matplotlib Figure rendered inline into an Output widget and re-rendered on each change
-(reference/notebook_tooling.md section 3.1), so no ipympl is needed. `select(i)`, `marker_xy` and
+is a plain matplotlib Figure rendered inline into an Output widget and re-rendered on each change,
+so no ipympl is needed. `select(i)`, `marker_xy` and
 `table_html` let a test drive it without a browser.
 
 Notebook: 05_reward_kl_tradeoffs.ipynb

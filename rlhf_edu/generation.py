@@ -3,7 +3,7 @@
 Why not `model.generate`? Any logits processor (top-k, top-p, min_new_tokens, repetition penalty,
 or a hub model's `generation_config.json`, which since transformers 5 can take precedence over
 arguments) changes the distribution we sample from, and the KL estimates of later notebooks become
-biased, typically negative (reference/ppo_details.md section 1.2, items 4 and 5). This loop applies
+biased, typically negative (docs/implementation_details.md#exact-sampling). This loop applies
 only `logits / temperature`, and records the log-prob of every sampled token from that same
 distribution, so `per_token_logps(..., temperature)` over the full sequence gives the same numbers.
 

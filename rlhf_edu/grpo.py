@@ -1,6 +1,6 @@
 """GRPO, Dr GRPO and RLOO: policy gradients with a group baseline instead of a critic.
 
-Algorithms (reference/ppo_details.md sections 2.2 and 2.3):
+Algorithms (docs/implementation_details.md#grpo-dr-grpo-and-rloo):
 - GRPO (Shao et al. 2024, DeepSeekMath, arXiv 2402.03300): sample K responses per prompt, and
   give every token of response i the advantage A_i = (r_i - mean(r)) / (std(r) + 1e-4) over its
   group; the PPO clipped surrogate per token, averaged per response, then over responses.
@@ -19,20 +19,21 @@ The steps, numbered as in the notebook and the code below:
     4. the per-token clipped loss (plus the k2/k3 term if chosen), aggregated;
     5. epochs x minibatches x micro-batches, gradient clipping, Adam, linear learning-rate decay.
 
-The KL to the reference (section 2.3, "KL", and 1.5 item 18). The original GRPO adds beta * k3 per
+The KL to the reference. The original GRPO adds beta * k3 per
 token to the loss; k3's expected gradient is that of the FORWARD KL(ref || pi), not the reverse
 KL(pi || ref) that RLHF means. The default here, `kl_penalty="k1_reward"`, subtracts kl_coef times
-the summed k1 = log pi - log pi_ref from each response's score before the advantages (TRL's RLOO,
-section 2.2): the score-function gradient of that is the gradient of the sequence-level reverse
+the summed k1 = log pi - log pi_ref from each response's score before the advantages (TRL's RLOO):
+the score-function gradient of that is the gradient of the sequence-level reverse
 KL, unbiased. The options "k2_loss" (0.5 * k1^2 per token in the loss: on samples of pi, the
 gradient of the reverse KL of each token's distribution at the visited prefixes, the same gradient
 as TRL's bias-corrected k3) and "k3_loss" (the original GRPO) let a notebook show the difference;
-tests/test_grpo.py checks all three gradients by exact enumeration on one token.
+tests/test_grpo.py checks all three gradients by exact enumeration on one token
+(docs/implementation_details.md#kl-in-grpo).
 
 Deliberate choices and deviations:
 - Old log-probs are recomputed with the training forward (as `ppo_loop.PPOTrainer.rollout`), so
   the first minibatch's ratio is 1; with `epochs=1` and one minibatch GRPO is exactly REINFORCE
-  with a group baseline (section 2.3).
+  with a group baseline.
 - The missing-EOS penalty of PPO (`ppo.missing_eos_penalty`) is applied to the score first; DAPO's
   masking of truncated responses is not implemented.
 - RLOO uses the per-token clipped surrogate summed over tokens, not TRL's sequence-level ratio.
@@ -113,8 +114,8 @@ def kl_shaped_scores(
     """Scores minus the sequence KL estimate: score - kl_coef * sum_t (log pi - log pi_ref).
 
     scores (B,), logps, ref_logps, response_mask (B, R) -> (B,). The default KL of this module
-    (k1 in the reward, ppo_details 1.5 items 18-19, 2.2): through the advantages its policy-gradient
-    is the gradient of -kl_coef * KL(pi || ref). No gradient flows through it.
+    (k1 in the reward, docs/implementation_details.md#kl-in-grpo): through the advantages its
+    policy-gradient is the gradient of -kl_coef * KL(pi || ref). No gradient flows through it.
 
     Notebook: 06_dpo_grpo.ipynb
     """
@@ -128,7 +129,7 @@ def kl_loss_per_token(logps: torch.Tensor, ref_logps: torch.Tensor, kl_penalty: 
     "k2_loss": 0.5 * (log pi - log pi_ref)^2, whose expected gradient on samples of pi is that of
     the reverse KL(pi || ref) of the token's distribution (TRL's bias-corrected k3 has the same).
     "k3_loss": exp(ref - logp) - (ref - logp) - 1 (original GRPO), whose expected gradient is that
-    of the forward KL(ref || pi) (ppo_details 1.5 item 18, TRL #4967).
+    of the forward KL(ref || pi) (docs/implementation_details.md#kl-estimators, TRL #4967).
 
     Notebook: 06_dpo_grpo.ipynb
     """
@@ -165,7 +166,7 @@ def clipped_surrogate(
 def aggregate_loss(
     per_token_loss: torch.Tensor, response_mask: torch.Tensor, aggregation: str, max_tokens: int | None = None
 ) -> torch.Tensor:
-    """Per-token losses (B, R) -> a scalar, three ways (section 2.3, TRL `loss_type`):
+    """Per-token losses (B, R) -> a scalar, three ways (TRL `loss_type`):
 
     - "sequence_mean" (GRPO): mean over responses of each response's token mean. A token of a long
       response weighs 1 / |o_i|: long wrong answers are penalized less (a length bias).

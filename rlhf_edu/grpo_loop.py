@@ -41,7 +41,7 @@ from rlhf_edu.sft import linear_schedule
 
 @dataclass(frozen=True)
 class GRPOConfig:
-    """GRPO / Dr GRPO / RLOO settings (reference/ppo_details.md sections 2.2, 2.3 and 3)."""
+    """GRPO / Dr GRPO / RLOO settings (docs/implementation_details.md#grpo-dr-grpo-and-rloo)."""
 
     steps: int = 16
     """Iterations; each samples `group_size` responses for each of `prompts_per_step` prompts."""
@@ -316,7 +316,7 @@ class GRPOTrainer:
         keep_rollout=True). Keys as PPOTrainer's where they mean the same (`objective/score`,
         `objective/kl`, `policy/entropy`, `policy/clipfrac`, `policy/approxkl`, `response/length`,
         ...), plus `loss` (mean over optimizer steps) and `objective/frac_zero_std`, the share of
-        groups whose scores are all equal (no signal, section 2.3)."""
+        groups whose scores are all equal (no signal)."""
         cfg, step = self.config, self.step_count
         t0 = time.perf_counter()
         generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)

@@ -1,7 +1,7 @@
 """Per-token log-probabilities, masks and masked statistics: the plumbing every stage shares.
 
-One layout everywhere (reference/ppo_details.md section 1.1): a batch is a left-padded prompt block of
-width P followed by a right-padded response block of width R,
+One layout everywhere (docs/implementation_details.md#batch-layout): a batch is a left-padded prompt
+block of width P followed by a right-padded response block of width R,
 
     input_ids      (B, P + R)   [pad pad p1 p2 p3 | r1 r2 EOS pad pad]
     attention_mask (B, P + R)   [ 0   0  1  1  1 |  1  1  1   0   0 ]
@@ -20,7 +20,8 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     """Positions that skip left padding: an exclusive cumulative sum of the mask.
 
     attention_mask (B, T) -> position_ids (B, T); the first real token of each row gets 0.
-    Without this, GPT-2's absolute position embeddings see left padding as content (section 1.1).
+    Without this, GPT-2's absolute position embeddings see left padding as content
+    (docs/implementation_details.md#padding-and-position-ids).
     """
     mask = attention_mask.long()
     return mask.cumsum(dim=1) - mask  # (B, T)
@@ -73,7 +74,8 @@ def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
 
     On an attention mask in the course layout this is the response's EOS (where the reward model
     reads its score); on a response_mask it is the last response token (where PPO places the
-    score). Built from the mask, never from token ids (reference/ppo_details.md section 1.4).
+    score). Built from the mask, never from token ids
+    (docs/implementation_details.md#pad-is-not-eos).
 
     Notebooks: 03_reward_model.ipynb, 04_ppo.ipynb
     """
@@ -88,7 +90,7 @@ def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
 def truncate_after_eos(
     response_ids: torch.Tensor, eos_token_id: int, pad_token_id: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Replace everything after the first EOS with pad (section 1.3, item 8).
+    """Replace everything after the first EOS with pad.
 
     Returns (response_ids (B, R), response_mask (B, R), has_eos (B,) bool). For [a, b, EOS, x, y]
     that is [a, b, EOS, PAD, PAD] with mask [1, 1, 1, 0, 0].
@@ -120,7 +122,8 @@ def response_logits(
     """Logits that predict each response token: (B, P + R) -> (B, R, V).
 
     With return_hidden=True, also the last-layer hidden states at the same positions (B, R, H): the
-    state that predicts response token t is also where a value head reads V_t (ppo_details 1.7).
+    state that predicts response token t is also where a value head reads V_t
+    (docs/implementation_details.md#values-and-the-critic).
     `inputs_embeds` (B, P + R, H) replaces the embedding of `input_ids` (see `rlhf_edu.trunk`).
     """
     check_context_length(model, attention_mask)
@@ -153,7 +156,8 @@ def per_token_logps(
 
     input_ids, attention_mask (B, P + R) in the layout above; context_length = P.
     Returns (B, R) fp32. Entries on padding are meaningless: multiply by `response_mask`.
-    The same temperature must be used for sampling, old, new and reference log-probs (section 1.2).
+    The same temperature must be used for sampling, old, new and reference log-probs
+    (docs/implementation_details.md#temperature).
     With return_hidden=True returns (logps (B, R), hidden states (B, R, H)) from the same pass.
     `inputs_embeds`, when given, enters the model instead of the embedded `input_ids`.
     """
@@ -168,7 +172,7 @@ def zero_where_masked(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """x where mask is 1 and exactly 0 where it is 0: (B, T), (B, T) -> (B, T).
 
     Not `x * mask`: padding may hold inf or NaN (a sentinel, an overflow), and inf * 0 is NaN, which
-    would reach every statistic below (reference/ppo_details.md section 6.4 item 18).
+    would reach every statistic below (docs/implementation_details.md#whitening).
     """
     return torch.where(mask.bool(), x, torch.zeros((), dtype=x.dtype, device=x.device))  # (B, T)
 
@@ -205,8 +209,9 @@ def masked_whiten(
 ) -> torch.Tensor:
     """(x - mean) / std over masked positions; with shift_mean=False the mean is added back.
 
-    Statistics use only unmasked entries (section 1.8); masked entries come back as 0. The variance
-    is the unbiased one by default (TRL's `masked_whiten`); unbiased=False is OpenAI's
+    Statistics use only unmasked entries; masked entries come back as 0
+    (docs/implementation_details.md#whitening). The variance is the unbiased one by default
+    (TRL's `masked_whiten`); unbiased=False is OpenAI's
     `tf.nn.moments` (the N-implementation-details blog shows the two differ on small batches).
     """
     mean = masked_mean(x, mask)

@@ -6,7 +6,7 @@ LlamaForCausalLM (about 15 s); `prepare_offline_model` does that once and saves 
 checkpoint in a cache directory (`RLHF_EDU_CACHE`, default `~/.cache/rlhf_edu`), so later loads take
 about a second. Every notebook gets the same weights on a laptop, in CI and on Colab.
 
-Deliberate choices (reference/ppo_details.md section 1.1):
+Deliberate choices (docs/implementation_details.md#pad-is-not-eos):
 - SmolLM2 ships pad == EOS == `<|im_end|>`. A mask built from token ids would then hide the real EOS
   and the model would never learn to stop, so `setup_tokenizer` makes the pad token distinct
   (`<|endoftext|>` for SmolLM2; a new `<|pad|>` token where a model has nothing else, e.g. GPT-2), and
@@ -257,7 +257,7 @@ def setup_tokenizer(tokenizer: PreTrainedTokenizerFast, model: PreTrainedModel |
 
 
 def disable_dropout(model: torch.nn.Module) -> None:
-    """Set every dropout probability to 0 (reference/ppo_details.md section 1.10)."""
+    """Set every dropout probability to 0 (docs/implementation_details.md#dropout)."""
     for module in model.modules():
         if isinstance(module, torch.nn.Dropout):
             module.p = 0.0
@@ -345,7 +345,7 @@ class DeviceSetup:
 def choose_device_setup(
     device: str, *, cuda_capability: tuple[int, int] | None = None, cpu_bf16: bool = False
 ) -> DeviceSetup:
-    """The dtype rules of DESIGN.md as a pure function (unit-tested for a T4, an A100 and CPUs).
+    """The README's dtype rules as a pure function (unit-tested for a T4, an A100 and CPUs).
 
     - CUDA with bf16 (compute capability 8.0 or newer: A100, L4, H100): bf16 autocast.
     - CUDA without bf16 (a T4 is 7.5): fp16 autocast with a gradient scaler.

@@ -1,6 +1,6 @@
 """The PPO loop: rollout, score, KL-penalized rewards, GAE, clipped update (notebook 04_ppo.ipynb).
 
-The numbered steps follow reference/ppo_details.md section 1.10 and notebook 04's headings:
+The numbered steps follow docs/implementation_details.md#ppo-loop and notebook 04's headings:
 
     1. sample responses from the policy at temperature T (our KV-cached sampler: no top-k/top-p);
     2. old log-probs and values (recomputed with the training forward), reference log-probs at the
@@ -64,7 +64,7 @@ from rlhf_edu.trunk import FrozenTrunk
 
 @dataclass(frozen=True)
 class PPOConfig:
-    """PPO settings (defaults follow reference/ppo_details.md sections 1.12 and 3)."""
+    """PPO settings (defaults explained in docs/implementation_details.md#defaults)."""
 
     steps: int = 24
     """PPO iterations; each samples one rollout batch and trains on it."""
@@ -83,7 +83,7 @@ class PPOConfig:
     max_grad_norm: float = 1.0
     """Gradient clipping by global norm (OpenRLHF; OAI and N+ do not clip)."""
     sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(64, 0.7, 16))
-    """Rollout sampling: the temperature divides the logits of every log-prob (ppo_details 1.2)."""
+    """Rollout sampling: the temperature divides the logits of every log-prob."""
     kl_coef: float = 0.05
     """beta of the per-token KL penalty (N+: fixed 0.05; OAI: 0.15 adaptive)."""
     kl_target: float | None = None
@@ -150,7 +150,8 @@ class ValueModel(torch.nn.Module):
     position instead of only the last (Stiennon et al. 2020; N+ `critic = from_pretrained(rm)`).
 
     values(input_ids, attention_mask, P) -> (B, R) fp32, V_t read at the hidden state that predicts
-    response token t (the same positions as the policy's logits, ppo_details 1.7 item 22).
+    response token t (the same positions as the policy's logits,
+    docs/implementation_details.md#values-and-the-critic).
     Notebook: 04_ppo.ipynb
     """
 
@@ -414,8 +415,8 @@ class PPOTrainer:
 
         Each micro-batch's token-mean loss is weighted by its share of the minibatch's tokens, so
         accumulating micro-batches gives the same gradient as one pass over the minibatch
-        (ppo_details 1.10 item 30). Returns the means of the loss statistics, plus the health check
-        on the first minibatch.
+        (docs/implementation_details.md#ppo-loop). Returns the means of the loss statistics, plus
+        the health check on the first minibatch.
         """
         cfg, step = self.config, self.step_count
         samples = rollout.samples

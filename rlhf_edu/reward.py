@@ -8,14 +8,14 @@ last-layer hidden state of the last real token into one number, and the Bradley-
     loss = - mean log sigmoid(r(x, y_c) - r(x, y_r) - margin)                               (2)
 
 Notebook 03 builds each piece and checks it against this module. Details follow
-reference/ppo_details.md section 1.4:
+docs/implementation_details.md#reward-model:
 - The score is read at the last real token, found from the attention mask (the rightmost 1), never
   from token ids (pad may equal EOS). `build_sft_batch` appends EOS to every response that ended
   by itself, so that token is the EOS; a response cut off at the token budget is scored as it was
-  sampled, without EOS (item 16: score the post-processed response, as PPO will).
-- Head weight ~ N(0, std = 1 / sqrt(H + 1)), bias 0, as in OpenAI's code (item 12).
+  sampled, without EOS (score the post-processed response, as PPO will).
+- Head weight ~ N(0, std = 1 / sqrt(H + 1)), bias 0, as in OpenAI's code.
 - `gain` and `bias` buffers make the score `gain * head(h) + bias`; `set_normalization` gives the
-  scores of reference samples mean 0 and std 1 (item 15, OpenAI / N-details).
+  scores of reference samples mean 0 and std 1 (OpenAI / N-details).
 
 Deliberate deviations:
 - Ouyang et al. put all K-choose-2 comparisons of one prompt in the same batch; we train on
@@ -128,7 +128,7 @@ def init_head(hidden_size: int) -> torch.nn.Linear:
     """Linear(H, 1) with weight ~ N(0, std = 1 / sqrt(H + 1)) and bias 0.
 
     The initial scores then have about unit variance (OpenAI lm-human-preferences `model.py`;
-    reference/ppo_details.md section 1.4, item 12, on the variance-vs-std typo in the paper).
+    docs/implementation_details.md#reward-model on the variance-vs-std typo in the paper).
 
     Notebook: 03_reward_model.ipynb
     """
@@ -196,7 +196,8 @@ class RewardModel(torch.nn.Module):
         """Set gain and bias so that these raw scores (N,) come out with mean 0 and std 1.
 
         `raw_scores` are head outputs before gain and bias (`score_texts(..., raw=True)`), e.g. of
-        responses sampled from the SFT policy (reference/ppo_details.md section 1.4, item 15).
+        responses sampled from the SFT policy
+        (docs/implementation_details.md#reward-normalization).
 
         Notebook: 03_reward_model.ipynb
         """
@@ -304,7 +305,7 @@ def evaluate_reward_model(
 
 @dataclass(frozen=True)
 class RewardConfig:
-    """Reward-model training settings (reference/ppo_details.md section 1.4, item 14)."""
+    """Reward-model training settings (docs/implementation_details.md#reward-model)."""
 
     lr: float = 2e-5
     """Peak AdamW learning rate (OpenAI books: 5e-5; N+ TL;DR: 3e-6)."""

@@ -52,7 +52,7 @@ def bon_kl_discrete(probs, scores, n: int) -> float:
     Sort the outcomes by score, ascending; F_i is the cumulative probability up to outcome i.
     Best-of-n keeps the maximum of n independent draws, so it lands on outcome i with probability
 
-        P_bon(i) = F_i^n - F_{i-1}^n                       (max of n draws; reference section 6.7)
+        P_bon(i) = F_i^n - F_{i-1}^n                       (max of n draws)
 
     and KL = sum_i P_bon(i) log(P_bon(i) / p_i). Outcomes with equal scores are merged into one
     outcome first: best-of-n cannot tell them apart, and when it breaks the tie at random among
@@ -118,7 +118,7 @@ def bon_weights(N: int, n: int) -> np.ndarray:
     i-th smallest sample (i = 1..N) is the subset's maximum when it is in the subset and the other
     n - 1 come from the i - 1 below it:
 
-        w_i = C(i - 1, n - 1) / C(N, n)                      (reference section 4.4)
+        w_i = C(i - 1, n - 1) / C(N, n)
 
     so E[value of best-of-n] = sum_i w_i value_(i). n = 1 gives the mean, n = N the top sample.
     Returns (N,), summing to 1. Notebook: 05_reward_kl_tradeoffs.ipynb

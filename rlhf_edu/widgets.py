@@ -1,7 +1,7 @@
 """The preference labeler: core ipywidgets only (works in JupyterLab, Notebook 7, VS Code, Colab;
 ipywidgets 7.7 and 8).
 
-Design (reference/notebook_tooling.md section 2.4): the prompt on top, two equal panes labelled only
+Design: the prompt on top, two equal panes labelled only
 "A" and "B", sides swapped per pair by a seeded coin and the swap recorded; buttons A / B / Tie / Skip /
 Undo; an optional rationale box; progress "n / N"; keyboard labeling through a Text box (type a, b, t
 or s) because keys pressed on a focused Button leak to JupyterLab's shortcuts. Every action goes to an

@@ -14,7 +14,7 @@ What `write` does to each notebook (twice gives the same files):
      ipywidgets, matplotlib and the kernel's own packages (IPython, ipykernel, pyzmq, tornado), and
      installs the course's dependencies from its pyproject.toml under it, less those the runtime
      already has. Colab's CUDA build of torch and its ipywidgets 7 stay as they are, and nothing the
-     running kernel has imported gets replaced (reference/notebook_tooling.md 3.3 and 4.5). The
+     running kernel has imported gets replaced. The
      course's `ipykernel>=6.25` (for headless runs) would otherwise upgrade Colab's kernel, which
      google-colab pins: the runtime then crashes on restart;
    - installs the course itself (editable, `--no-deps`) and the offline model package

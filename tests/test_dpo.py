@@ -1,5 +1,6 @@
-"""DPO / cDPO / IPO of rlhf_edu.dpo: reference/ppo_details.md section 6.6 (values at initialization,
-loss identities, masking, precomputed reference log-probs), naive loops, and tiny-model runs."""
+"""DPO / cDPO / IPO of rlhf_edu.dpo: the values of docs/implementation_details.md#dpo-tests
+(initialization, loss identities, masking, precomputed reference log-probs), naive loops, and
+tiny-model runs."""
 
 import copy
 import math
@@ -55,7 +56,7 @@ def naive_dpo_losses(pc, pr, rc, rr, beta, loss_type="sigmoid", eps=0.0):
     return total / len(chosen), chosen, rejected
 
 
-# --------------------------------------------------------------------------- 6.6 item 25: initialization
+# --------------------------------------------------------------------------- initialization
 
 
 @pytest.mark.parametrize("beta", [0.1, 0.5])
@@ -96,7 +97,7 @@ def test_gradients_are_averaged_over_pairs():
     torch.testing.assert_close(pr.grad, torch.full((4,), +0.05 / 4, dtype=F64))
 
 
-# --------------------------------------------------------------------------- 6.6 item 26: identities
+# --------------------------------------------------------------------------- identities
 
 
 def test_loss_identities():
@@ -173,7 +174,7 @@ def test_bad_config_is_named(overrides, message):
         DPOConfig(**overrides)
 
 
-# --------------------------------------------------------------------------- 6.6 item 27: masking
+# --------------------------------------------------------------------------- masking
 
 
 def test_sequence_logps_sum_response_tokens_only():

@@ -1,6 +1,8 @@
-"""GRPO / Dr GRPO / RLOO of rlhf_edu.grpo: reference/ppo_details.md section 6.7 (advantages, the loss
-at step 0, the length bias), the KL gradients of section 1.5 item 18 by exact enumeration, naive
-loops, and tiny-model runs (ratio 1, lr = 0, gradient accumulation, a programmatic reward rises)."""
+"""GRPO / Dr GRPO / RLOO of rlhf_edu.grpo: the values of
+docs/implementation_details.md#grpo-rloo-and-best-of-n-tests (advantages, the loss at step 0, the
+length bias), the KL gradients of docs/implementation_details.md#kl-in-grpo by exact enumeration,
+naive loops, and tiny-model runs (ratio 1, lr = 0, gradient accumulation, a programmatic reward
+rises)."""
 
 import copy
 
@@ -46,7 +48,7 @@ def random_groups(G=5, K=6, seed=0):
     return torch.randn(G, K, generator=torch.Generator().manual_seed(seed), dtype=F64)
 
 
-# --------------------------------------------------------------------------- 6.7 items 28 and 30
+# --------------------------------------------------------------------------- advantages
 
 
 def test_grpo_advantages_reference_values():
@@ -97,7 +99,7 @@ def test_one_response_per_group_is_an_error(fn):
         fn(torch.ones(4))
 
 
-# --------------------------------------------------------------------------- 6.4 item 16: the clip
+# --------------------------------------------------------------------------- the clip
 
 
 @pytest.mark.parametrize(
@@ -124,7 +126,7 @@ def masked_batch(B=8, R=7, seed=0):
     return logps, advantages, mask, lengths.to(F64)
 
 
-# --------------------------------------------------------------------------- 6.7 item 29: loss at step 0
+# --------------------------------------------------------------------------- loss at step 0
 
 
 def test_loss_at_step_zero_for_each_aggregation():
@@ -182,7 +184,7 @@ def test_aggregations_match_a_naive_loop_and_ignore_padding():
         aggregate_loss(per_token, mask, "dapo")
 
 
-# --------------------------------------------------------------------------- the KL term (1.5 item 18)
+# --------------------------------------------------------------------------- the KL term
 
 
 def test_kl_in_the_reward_and_k2_loss_follow_the_reverse_kl_but_k3_loss_the_forward_kl():

@@ -1,4 +1,4 @@
-"""Plumbing invariants of reference/ppo_details.md section 6.1, and the masked statistics."""
+"""Plumbing invariants (docs/implementation_details.md#plumbing-tests) and the masked statistics."""
 
 import pytest
 import torch
@@ -25,7 +25,7 @@ def test_position_ids_skip_left_padding():
     assert position_ids_from_mask(mask).tolist() == [[0, 0, 0, 1, 2], [0, 1, 2, 3, 4]]
 
 
-def test_truncation_after_first_eos():  # 6.1 item 4
+def test_truncation_after_first_eos():
     a, b, x, y = 10, 11, 12, 13
     ids = torch.tensor([[a, b, EOS, x, y], [a, b, x, y, a]])
     truncated, mask, has_eos = truncate_after_eos(ids, EOS, PAD)
@@ -101,7 +101,7 @@ def test_masked_statistics_ignore_non_finite_padding(garbage):  # 6.4 item 18, S
         assert torch.equal(white, masked_whiten(clean, mask, shift_mean=shift_mean))
 
 
-def test_first_response_logp_by_hand(tiny):  # 6.1 item 3: off-by-one
+def test_first_response_logp_by_hand(tiny):  # off-by-one
     model, tok = tiny
     T = 0.7
     prompt_ids, prompt_mask = encode_prompts(tok, ["hello", "a longer prompt"])
@@ -117,7 +117,7 @@ def test_first_response_logp_by_hand(tiny):  # 6.1 item 3: off-by-one
         torch.testing.assert_close(logps[b, 0], by_hand, atol=1e-5, rtol=1e-5)
 
 
-def test_sampling_logps_equal_full_forward(tiny):  # 6.1 item 1, with left padding
+def test_sampling_logps_equal_full_forward(tiny):  # with left padding
     model, tok = tiny
     cfg = SamplingConfig(max_new_tokens=10, temperature=0.7, batch_size=3)
     s = sample(model, tok, ["hi", "tell me about rain", "x y"], cfg, generator=torch.Generator().manual_seed(1))
@@ -144,7 +144,7 @@ def _logps_alone_and_batched(model, tok, use_position_ids=True):
     return alone, batched
 
 
-def test_padding_invariance_with_position_ids(tiny):  # 6.1 item 2
+def test_padding_invariance_with_position_ids(tiny):
     model, tok = tiny
     alone, batched = _logps_alone_and_batched(model, tok)
     torch.testing.assert_close(alone, batched, atol=1e-5, rtol=0)

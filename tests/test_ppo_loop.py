@@ -1,4 +1,4 @@
-"""The PPO loop of rlhf_edu.ppo on tiny random models: reference/ppo_details.md section 6.4
+"""The PPO loop of rlhf_edu.ppo on tiny random models: docs/implementation_details.md#ppo-tests
 (first step a no-op, lr = 0, gradient accumulation, toy learning test) plus resume and failures."""
 
 import copy
@@ -48,7 +48,7 @@ def params(model):
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
 def test_first_minibatch_is_a_no_op(arch):
-    """6.4 item 14: old log-probs recomputed by the training forward give ratio 1, approx-KL 0."""
+    """Old log-probs recomputed by the training forward give ratio 1, approx-KL 0."""
     trainer = make_trainer(small_config(steps=2), arch=arch)
     for _ in range(2):
         m = trainer.step()
@@ -65,7 +65,7 @@ def test_ratio_health_check_warns():
 
 
 def test_lr_zero_changes_nothing():
-    """6.4 item 15: with lr = 0 the ratio stays 1 in every epoch, KL to the reference stays 0, and
+    """With lr = 0 the ratio stays 1 in every epoch, KL to the reference stays 0, and
     the parameters do not move."""
     trainer = make_trainer(small_config(lr=0.0, ppo_epochs=3))
     before = params(trainer.policy)
@@ -79,7 +79,7 @@ def test_lr_zero_changes_nothing():
 
 @pytest.mark.filterwarnings("ignore:Detected call of:UserWarning")
 def test_gradient_accumulation_matches_one_minibatch():
-    """6.4 item 20: micro-batches of 2 accumulated over a minibatch of 4 give the same update as one
+    """Micro-batches of 2 accumulated over a minibatch of 4 give the same update as one
     pass over the 4 (with a plain SGD step, so the comparison sees the gradient itself)."""
     results = []
     for micro in (4, 2):
@@ -96,7 +96,7 @@ def test_gradient_accumulation_matches_one_minibatch():
 
 
 def test_ppo_raises_a_programmatic_reward():
-    """6.4 item 22: the count of one token rises within a few seconds; with a huge KL coefficient
+    """The count of one token rises within a few seconds; with a huge KL coefficient
     the policy stays at the reference."""
     trainer = make_trainer(small_config(steps=25, batch_size=16, mini_batch_size=8, ppo_epochs=4))
     history = trainer.train(progress=False)

@@ -29,6 +29,7 @@ def test_generates_and_stops_at_eos(real):
         assert s.response_ids[b, n - 1] == tok.eos_token_id
         assert (s.response_ids[b, n:] == tok.pad_token_id).all()
     assert all(isinstance(t, str) and t for t in s.texts)
-    # 6.1 item 1 on the real model (fp32; KV-cache vs full-sequence kernels differ slightly).
+    # The sampler's log-probs equal the training forward's on the real model (fp32; KV-cache
+    # vs full-sequence kernels differ slightly).
     logps = per_token_logps(model, s.input_ids, s.attention_mask, s.context_length, 0.7)
     torch.testing.assert_close(logps * s.response_mask, s.logps, atol=1e-4, rtol=0)

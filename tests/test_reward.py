@@ -41,7 +41,7 @@ def swapped(rows: list[dict]) -> list[dict]:
     return [{**r, "chosen": r["rejected"], "rejected": r["chosen"]} for r in rows]
 
 
-# --------------------------------------------------------------------------- the loss (section 6.5)
+# --------------------------------------------------------------------------- the loss
 
 
 @pytest.mark.parametrize(

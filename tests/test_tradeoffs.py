@@ -28,7 +28,7 @@ from rlhf_edu.tradeoffs import (
 
 
 def test_bon_kl_bound_reference_table():
-    # reference ppo_details.md section 4.4 table
+    # the table of docs/implementation_details.md#grpo-rloo-and-best-of-n-tests
     table = {1: 0.0, 2: 0.1931, 4: 0.6363, 8: 1.2044, 16: 1.8351, 64: 3.1745, 256: 4.5491}
     for n, value in table.items():
         assert bon_kl_bound(n) == pytest.approx(value, abs=1e-4)
