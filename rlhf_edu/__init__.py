@@ -32,3 +32,30 @@ then uses the library version. Modules, in course order:
 """
 
 __version__ = "0.1.0"
+
+HOUSEKEEPING_BARS = ("Loading weights", "Writing model shards")
+"""transformers' progress bars for reading and writing a checkpoint on disk (a second or two here)."""
+
+
+def _hide_housekeeping(factory, args, kwargs):
+    """transformers' tqdm hook: the bars named in HOUSEKEEPING_BARS are created disabled."""
+    if kwargs.get("desc") in HOUSEKEEPING_BARS:
+        kwargs = {**kwargs, "disable": True}
+    return factory(*args, **kwargs)
+
+
+def quiet_progress_bars() -> None:
+    """Hide the progress bars of housekeeping, which add a line to a notebook's output for every
+    file read or written and say nothing about learning: transformers' "Loading weights" and
+    "Writing model shards", and datasets' own bars ("Generating train split" for every JSON Lines
+    file; all datasets work in this course is on small local files). Training loops keep their
+    bars, and so do model downloads from the hub. Call it once, in a notebook's setup cell.
+
+    Notebook: 02_label_preferences.ipynb
+    """
+    import datasets
+    from transformers.utils import logging as hf_logging
+
+    datasets.disable_progress_bars()
+    if hasattr(hf_logging, "set_tqdm_hook"):  # recent transformers 5.x; older ones keep these bars
+        hf_logging.set_tqdm_hook(_hide_housekeeping)

@@ -11,6 +11,7 @@ so a notebook can print the preset and a learner can change one field with `data
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 
@@ -122,6 +123,27 @@ def default_preset_name(cuda_available: bool | None = None) -> str:
 
         cuda_available = torch.cuda.is_available()
     return "gpu" if cuda_available else "cpu"
+
+
+def config_table(config, title: str | None = None, indent: str = "") -> str:
+    """A config dataclass (or a dict of settings) as one `field  value` line per field, nested
+    configs indented below their field: easier to read than the one-line repr.
+
+    >>> print(config_table({"temperature": 0.02, "seed": 0}, "annotator"))
+    annotator
+      temperature  0.02
+      seed         0
+    """
+    items = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)
+    title = title or type(config).__name__
+    width = max((len(k) for k in items), default=0)
+    lines = [indent + title]
+    for key, value in items.items():
+        if isinstance(value, dict):
+            lines.append(config_table(value, key, indent + "  "))
+        else:
+            lines.append(f"{indent}  {key:<{width}}  {value}")
+    return "\n".join(lines)
 
 
 def get_preset(name: str | None = None) -> Preset:

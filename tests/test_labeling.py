@@ -377,3 +377,48 @@ def test_pair_digest_depends_on_the_texts():
     a, b = pairs(1)[0], other_pairs(1)[0]
     assert a["pair_id"] == b["pair_id"] and pair_digest(a) != pair_digest(b)
     assert pair_digest(a) == pair_digest(dict(a))
+
+
+# ---------------------------------------------------------------- notebook 02's output
+
+def test_quiet_progress_bars_hides_loading_and_saving_only(tmp_path, capfd):
+    """No "Loading weights" / "Writing model shards" / "Generating train split" bars; others stay."""
+    import datasets
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    import rlhf_edu
+    from rlhf_edu.data import load_concepts
+    from rlhf_edu.models import tiny_model_and_tokenizer
+
+    if not hasattr(hf_logging, "set_tqdm_hook") or not hf_logging.is_progress_bar_enabled():
+        pytest.skip("this transformers has no tqdm hook, or its bars are off already")
+    model, _ = tiny_model_and_tokenizer()
+    try:
+        rlhf_edu.quiet_progress_bars()
+        rlhf_edu.quiet_progress_bars()  # twice is the same as once
+        capfd.readouterr()
+        model.save_pretrained(tmp_path / "m")
+        AutoModelForCausalLM.from_pretrained(tmp_path / "m")
+        load_concepts("train")
+        err = capfd.readouterr().err
+        for bar in ("Loading weights", "Writing model shards", "Generating train split"):
+            assert bar not in err
+        other = hf_logging.tqdm(range(2), desc="Downloading")  # any other bar of transformers stays
+        assert not other.disable
+        other.close()
+        assert datasets.is_progress_bar_enabled() is False
+    finally:
+        hf_logging.set_tqdm_hook(None)
+        datasets.enable_progress_bars()
+
+
+def test_config_table_prints_one_field_per_line():
+    from rlhf_edu.annotator import AnnotatorConfig
+    from rlhf_edu.presets import config_table, get_preset
+
+    text = config_table(AnnotatorConfig(temperature=0.05))
+    assert text.splitlines()[0] == "AnnotatorConfig" and "  temperature    0.05" in text.splitlines()
+    assert config_table({"seed": 0, "tie_threshold": 0.005}, "annotator") == "annotator\n  seed           0\n  tie_threshold  0.005"
+    nested = config_table(get_preset("smoke"))
+    assert "\n  eval_sampling\n    max_new_tokens" in nested and "(" not in nested.splitlines()[1]
