@@ -106,21 +106,26 @@ def match_queue(events: list[dict], pairs: list[dict]) -> tuple[list[dict], list
 
     An event belongs to the queue when its pair_id and pair_digest name a pair in it; the decisions
     are replayed from those events only (so an undo takes back a label of this queue) and carry
-    `item`, the pair's position in this queue. Events written before pairs had a digest count when
-    every label they leave standing has its pair_id at its item; otherwise they are left out too.
+    `item`, the pair's position in this queue, one decision per pair (the first, should two stand).
+    Events written before pairs had a digest count when every label they leave standing has its
+    pair_id at its item; otherwise they are left out too.
     """
     index = {(p["pair_id"], pair_digest(p)): i for i, p in enumerate(pairs)}
     legacy = [e for e in events if "pair_digest" not in e]
-    legacy_fits = all(0 <= d.get("item", -1) < len(pairs) and pairs[d["item"]]["pair_id"] == d.get("pair_id")
-                      for d in replay(legacy))
+    legacy_fits = all(isinstance(d.get("item"), int) and 0 <= d["item"] < len(pairs)
+                      and pairs[d["item"]]["pair_id"] == d.get("pair_id") for d in replay(legacy))
     mine, other = [], []
     for e in events:
         if "pair_digest" in e:
             (mine if (e.get("pair_id"), e["pair_digest"]) in index else other).append(e)
         else:
             (mine if legacy_fits else other).append(e)
-    decisions = [{**d, "item": index.get((d["pair_id"], d.get("pair_digest")), d.get("item"))}
-                 for d in replay(mine)]
+    decisions, seen = [], set()
+    for d in replay(mine):
+        item = index.get((d.get("pair_id"), d.get("pair_digest")), d.get("item"))
+        if item not in seen:
+            seen.add(item)
+            decisions.append({**d, "item": item})
     return decisions, other
 
 
@@ -130,7 +135,7 @@ def _of_queue(decisions: list[dict], pairs: list[dict]) -> tuple[list[dict], dic
     by_id = {p["pair_id"]: p for p in pairs}
     digests = {pid: pair_digest(p) for pid, p in by_id.items()}
     kept = [d for d in decisions
-            if d["pair_id"] in by_id and d.get("pair_digest", digests[d["pair_id"]]) == digests[d["pair_id"]]]
+            if d.get("pair_id") in by_id and d.get("pair_digest", digests[d["pair_id"]]) == digests[d["pair_id"]]]
     return kept, by_id
 
 

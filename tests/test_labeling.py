@@ -422,3 +422,19 @@ def test_config_table_prints_one_field_per_line():
     assert config_table({"seed": 0, "tie_threshold": 0.005}, "annotator") == "annotator\n  seed           0\n  tie_threshold  0.005"
     nested = config_table(get_preset("smoke"))
     assert "\n  eval_sampling\n    max_new_tokens" in nested and "(" not in nested.splitlines()[1]
+
+
+def test_odd_lines_in_the_label_file_never_raise(tmp_path):
+    """Hand-edited or foreign lines: left out, never a traceback; two standing labels of one pair count once."""
+    path = tmp_path / "you.jsonl"
+    lab = PreferenceLabeler(pairs(3), path, min_interval=0)
+    lab.label("A")
+    first = json.loads(path.read_text())
+    store = LabelStore(path)
+    store.append({"event": "label", "item": "zero"})  # no pair_id, an item that is not a number
+    store.append({**first, "choice": "B", "chosen_index": 1 - first["chosen_index"], "time": None})  # a second tab
+    again = PreferenceLabeler(pairs(3), path, min_interval=0)
+    assert [(d["pair_id"], d["choice"]) for d in again.decisions] == [("p0", "A")] and again.position == 1
+    fb = label_feedback(again.decisions, again.pairs, SimulatedAnnotator())
+    assert fb["n_labeled"] == 1 and fb["n_repeats"] == 0
+    assert len(labels_to_rows(again.decisions, again.pairs)) == 1
