@@ -256,14 +256,25 @@ def setup_tokenizer(tokenizer: PreTrainedTokenizerFast, model: PreTrainedModel |
         )
 
 
+def _is_dropout_rate(name: str, value) -> bool:
+    """A float attribute that holds a dropout probability (`attention_dropout`, `attn_pdrop`, ...)."""
+    return ("dropout" in name or "pdrop" in name) and isinstance(value, float)
+
+
 def disable_dropout(model: torch.nn.Module) -> None:
     """Set every dropout probability to 0 (docs/implementation_details.md#dropout)."""
     for module in model.modules():
         if isinstance(module, torch.nn.Dropout):
             module.p = 0.0
-    config = getattr(model, "config", None)
-    for key in ("attention_dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop", "hidden_dropout"):
-        if config is not None and hasattr(config, key):
+        # Llama, Qwen2 and GPT-NeoX copy config.attention_dropout into a float on each attention
+        # module when the model is built and hand it to the attention kernel in train mode: no
+        # nn.Dropout to find, so zero every such float too.
+        for key, value in list(vars(module).items()):
+            if _is_dropout_rate(key, value):
+                setattr(module, key, 0.0)
+    config = getattr(model, "config", None)  # and the config, for anything built from it later
+    for key, value in list(vars(config).items()) if config is not None else []:
+        if _is_dropout_rate(key, value):
             setattr(config, key, 0.0)
 
 

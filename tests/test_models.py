@@ -87,3 +87,34 @@ def test_unknown_hub_id_offline_names_the_default(monkeypatch, tmp_path):
 def test_tiny_model_rejects_unknown_arch():
     with pytest.raises(ValueError, match="arch"):
         tiny_model("mamba")
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt_neox", "gpt2"])
+def test_disable_dropout_also_zeroes_attention_dropout(arch):
+    """Llama, Qwen2 and GPT-NeoX copy `config.attention_dropout` into a float on each attention
+    module when the model is built (no nn.Dropout to find): with 0.1, two forwards in train mode
+    differed by about 0.1 nats before disable_dropout zeroed those floats too."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from rlhf_edu.models import disable_dropout
+
+    sizes = {"vocab_size": 99, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+             "num_attention_heads": 4}
+    if arch == "gpt2":
+        sizes = {"vocab_size": 99, "n_embd": 32, "n_layer": 2, "n_head": 2, "bos_token_id": 1, "eos_token_id": 2,
+                 "resid_pdrop": 0.1, "embd_pdrop": 0.1, "attn_pdrop": 0.1}
+    else:
+        sizes["attention_dropout"] = 0.1
+        sizes["hidden_dropout"] = 0.1  # GPT-NeoX's other dropout (an nn.Dropout)
+    if arch in ("llama", "qwen2"):
+        sizes["num_key_value_heads"] = 2
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(arch, **sizes), dtype=torch.float32)
+    disable_dropout(model)
+    model.train()
+    ids = torch.randint(0, 99, (2, 7), generator=torch.Generator().manual_seed(0))  # (B, T)
+    first, second = model(ids).logits, model(ids).logits  # (B, T, V) each
+    assert torch.equal(first, second)
+    left = [(name, key) for name, module in model.named_modules() for key, value in vars(module).items()
+            if ("dropout" in key or "pdrop" in key) and isinstance(value, float) and value != 0.0]
+    assert left == []
