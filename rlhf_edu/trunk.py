@@ -71,12 +71,13 @@ class FrozenTrunk:
         self.shared_with_reference = self.enabled and reference is not None and self._same_trunk(policy, reference)
 
     def _same_trunk(self, policy: torch.nn.Module, reference: torch.nn.Module) -> bool:
-        """Whether `reference` has the policy's embeddings and lower blocks, weight for weight."""
+        """Whether `reference` has the policy's embeddings and lower blocks, weight for weight, their
+        norms included. The top blocks and the final norm run on each model's own weights after
+        the trunk, so only they may differ."""
         def lower(model):
             owner, name = _blocks_owner(model)
-            blocks = getattr(owner, name)
-            kept = {id(p) for block in list(blocks)[self.n_frozen:] for p in block.parameters()}
-            return [(n, p) for n, p in owner.named_parameters() if id(p) not in kept and "norm" not in n]
+            frozen = torch.nn.ModuleList(list(getattr(owner, name))[: self.n_frozen])
+            return list(owner.get_input_embeddings().named_parameters()) + list(frozen.named_parameters())
 
         mine, theirs = lower(policy), lower(reference)
         return len(mine) == len(theirs) and all(

@@ -56,7 +56,20 @@ def test_reference_shares_the_trunk_only_with_equal_lower_blocks():
     assert not FrozenTrunk(model, 1, other).shared_with_reference
     with torch.no_grad():
         same.model.layers[1].mlp.up_proj.weight.add_(1.0)  # a trainable block may differ
+        same.model.layers[1].input_layernorm.weight.mul_(3.0)  # so may its norms
+        same.model.norm.weight.mul_(3.0)  # and the final norm, which sits above the trunk
     assert FrozenTrunk(model, 1, same).shared_with_reference
+
+
+@pytest.mark.parametrize("norm", ["input_layernorm", "post_attention_layernorm"])
+def test_reference_with_another_norm_in_a_frozen_block_does_not_share_the_trunk(norm):
+    """The frozen blocks' norms are part of the trunk: a reference whose layers.0 norm differs
+    computes another trunk, so it must not be handed the policy's."""
+    model, _ = tiny_model_and_tokenizer("llama", seed=0)
+    reference = copy.deepcopy(model)
+    with torch.no_grad():
+        getattr(reference.model.layers[0], norm).weight.mul_(3.0)
+    assert not FrozenTrunk(model, 1, reference).shared_with_reference
 
 
 @pytest.mark.parametrize("critic", ["shared", "reward_model"])
