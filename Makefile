@@ -14,7 +14,7 @@ PRESET ?= cpu
 TORCH_SPEC ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup model browser-deps lab test test-unit test-widgets-ipywidgets7 test-notebooks course bench bench-env lint clean
+.PHONY: setup model browser-deps lab test test-unit test-widgets-ipywidgets7 test-notebooks test-other-dtype course bench bench-env lint clean
 
 setup: $(STAMP) model browser-deps
 
@@ -47,6 +47,7 @@ test: setup
 	$(PY) -m pytest -q tests
 	$(MAKE) test-widgets-ipywidgets7
 	$(MAKE) test-notebooks
+	$(MAKE) test-other-dtype
 
 # Colab still ships ipywidgets 7: the widget tests run again against 7.7 (its Python side only,
 # in a separate folder put first on the path; the .venv keeps ipywidgets 8).
@@ -66,6 +67,20 @@ test-notebooks: setup
 	rm -rf .nbval-artifacts
 	RLHF_EDU_PRESET=smoke RLHF_EDU_AUTOPILOT=1 RLHF_EDU_ARTIFACTS=$(CURDIR)/.nbval-artifacts \
 		$(PY) -m pytest -q -p no:cacheprovider -p rlhf_edu.nbval_watch --nbval-lax --nbval-current-env notebooks/
+
+# Learners' CPUs differ: some have native bf16 (the course then computes in bf16), some don't (fp32).
+# Whichever this machine picks, run the dtype-sensitive tests and notebook 04 again in the other one
+# (RLHF_EDU_DTYPE; bf16 without native instructions is emulated: slower, the same rounding).
+NATIVE_BF16 := $(shell grep -qwE 'avx512_bf16|amx_bf16' /proc/cpuinfo 2>/dev/null && echo 1)
+OTHER_DTYPE ?= $(if $(NATIVE_BF16),fp32,bf16)
+DTYPE_TESTS := tests/test_models.py tests/test_ppo_loop.py tests/test_grpo.py tests/test_trunk.py tests/test_dpo.py
+
+test-other-dtype: setup
+	RLHF_EDU_DTYPE=$(OTHER_DTYPE) $(PY) -m pytest -q -p no:cacheprovider $(DTYPE_TESTS)
+	test -d .nbval-artifacts || $(MAKE) test-notebooks
+	rm -rf .nbval-artifacts/ppo  # train again in this dtype rather than resume the first run
+	RLHF_EDU_DTYPE=$(OTHER_DTYPE) RLHF_EDU_PRESET=smoke RLHF_EDU_AUTOPILOT=1 RLHF_EDU_ARTIFACTS=$(CURDIR)/.nbval-artifacts \
+		$(PY) -m pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env notebooks/04_ppo.ipynb
 
 course: setup
 	$(PY) -m rlhf_edu.course --preset $(PRESET)

@@ -176,7 +176,7 @@ class GRPOTrainer:
 
     def __init__(self, policy, reference, reward_fn, tokenizer, train_prompts: list[str],
                  config: GRPOConfig = GRPOConfig(), *, setup=None):
-        from rlhf_edu.models import autocast, device_setup, disable_dropout
+        from rlhf_edu.models import autocast, device_setup, disable_dropout, logps_autocast
         from rlhf_edu.reward import freeze_lower_layers
 
         if not train_prompts:
@@ -186,6 +186,7 @@ class GRPOTrainer:
         self.train_prompts = list(train_prompts)
         self.setup = setup or device_setup()
         self.autocast_ctx = autocast(self.setup)
+        self.logps_ctx = logps_autocast(self.setup)  # fp32 under bf16: the ratio and KL need it
         self.device = next(policy.parameters()).device
         for model in (policy, reference):
             disable_dropout(model)
@@ -204,7 +205,7 @@ class GRPOTrainer:
     def forward(self, model, input_ids, attention_mask, context_length) -> torch.Tensor:
         """Per-token log-probs at the sampling temperature: (B, P+R) -> (B, R) fp32."""
         T = self.config.sampling.temperature
-        with self.autocast_ctx:
+        with self.logps_ctx:
             return per_token_logps(model, input_ids, attention_mask, context_length, T)
 
     @torch.no_grad()

@@ -339,6 +339,10 @@ def tiny_model_and_tokenizer(arch: str = "llama", seed: int = 0):
 # --------------------------------------------------------------------------- device and dtype
 
 
+DTYPE_ENV = "RLHF_EDU_DTYPE"
+DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 @dataclass(frozen=True)
 class DeviceSetup:
     """Where the course computes and in which dtype."""
@@ -352,9 +356,45 @@ class DeviceSetup:
     reason: str
     """Why, in one line a notebook prints."""
 
+    @property
+    def dtype_name(self) -> str:
+        """`fp32`, `bf16` or `fp16`: the compute dtype in the words of `RLHF_EDU_DTYPE`."""
+        return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.autocast_dtype]
+
+    @property
+    def logp_tolerance(self) -> float:
+        """Nats by which two computations of the same tokens' log-probs may differ when only the
+        batch's shape differs (a KV-cached sampling loop against one full forward, other padding,
+        other micro-batches). fp32 keeps 24 significant bits and such differences stay below 1e-4;
+        autocast rounds every matrix product's output to 8 bits (bf16, a relative step of 0.4%)
+        or 11 bits (fp16), and through 30 blocks the same token's log-prob then moves by up to
+        about 0.15 nats in bf16 (measured on SmolLM2-135M; fp16 is 8 times finer)."""
+        return {None: 1e-3, torch.bfloat16: 0.5, torch.float16: 0.1}[self.autocast_dtype]
+
+    @property
+    def fp32_logps(self) -> bool:
+        """True under bf16: PPO and GRPO then compute the log-probs that enter the ratio and the
+        KL (policy old and new, reference) in fp32. In bf16 the same tokens' log-probs move by up to
+        about 0.15 nats with the batch's shape (`logp_tolerance`), and the old and new log-probs of a
+        minibatch come from different batches: |ratio - 1| on the first minibatch, where it must be
+        0, reached 0.12, the size of PPO's clip range (0.2), so the clip would act on noise.
+        Sampling and the reward model stay in bf16. fp16 (T4) keeps 11 bits, 8 times finer, and
+        keeps autocast for speed."""
+
+        return self.autocast_dtype == torch.bfloat16
+
+    @property
+    def ratio_tolerance(self) -> float:
+        """Largest |ratio - 1| expected on the first minibatch of a PPO or GRPO update, where old and
+        new log-probs are the same model on the same tokens in other batch shapes: 1e-4 when those
+        log-probs are computed in fp32 (fp32, and bf16 by `fp32_logps`); 0.05 under fp16 autocast,
+        a bound from its 11-bit mantissa (a tenth of bf16's measured 0.12, with a margin)."""
+        return 0.05 if self.autocast_dtype == torch.float16 else 1e-4
+
 
 def choose_device_setup(
-    device: str, *, cuda_capability: tuple[int, int] | None = None, cpu_bf16: bool = False
+    device: str, *, cuda_capability: tuple[int, int] | None = None, cpu_bf16: bool = False,
+    dtype: str | None = None,
 ) -> DeviceSetup:
     """The README's dtype rules as a pure function (unit-tested for a T4, an A100 and CPUs).
 
@@ -362,16 +402,29 @@ def choose_device_setup(
     - CUDA without bf16 (a T4 is 7.5): fp16 autocast with a gradient scaler.
     - CPU with native bf16 instructions (avx512_bf16 or AMX): bf16 autocast, measured about 2x
       faster for SmolLM2-135M; any other CPU: fp32, since emulated bf16 is slower than fp32.
+
+    `dtype` (`fp32`, `bf16` or `fp16`; what `RLHF_EDU_DTYPE` sets) overrides the rule: bf16 on a
+    CPU without native bf16 is emulated (slow, but the same numerics), fp16 needs CUDA.
     """
+    if device not in ("cuda", "cpu"):
+        raise ValueError(f"device must be 'cuda' or 'cpu', got {device!r}")
+    if dtype is not None:
+        dtype = dtype.strip().lower()
+        if dtype not in DTYPES:
+            raise ValueError(f"{DTYPE_ENV}={dtype!r} is not a dtype; choose one of {sorted(DTYPES)} (or leave it unset)")
+        if dtype == "fp16" and device != "cuda":
+            raise ValueError(f"{DTYPE_ENV}=fp16 needs a CUDA GPU; on a CPU choose fp32 or bf16")
+        forced = f"{dtype} ({DTYPE_ENV}={dtype})"
+        if dtype == "fp32":
+            return DeviceSetup(device, None, False, f"{device}, {forced}")
+        return DeviceSetup(device, DTYPES[dtype], dtype == "fp16", f"{device}, {dtype} autocast ({DTYPE_ENV}={dtype})")
     if device == "cuda":
         if cuda_capability is not None and cuda_capability >= (8, 0):
             return DeviceSetup("cuda", torch.bfloat16, False, "CUDA with bf16: bf16 autocast")
         return DeviceSetup("cuda", torch.float16, True, "CUDA without bf16 (e.g. T4): fp16 autocast + grad scaler")
-    if device == "cpu":
-        if cpu_bf16:
-            return DeviceSetup("cpu", torch.bfloat16, False, "CPU with native bf16: bf16 autocast")
-        return DeviceSetup("cpu", None, False, "CPU without native bf16: fp32")
-    raise ValueError(f"device must be 'cuda' or 'cpu', got {device!r}")
+    if cpu_bf16:
+        return DeviceSetup("cpu", torch.bfloat16, False, "CPU with native bf16: bf16 autocast")
+    return DeviceSetup("cpu", None, False, "CPU without native bf16: fp32")
 
 
 def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
@@ -385,11 +438,16 @@ def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
     return bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
-def device_setup() -> DeviceSetup:
-    """Detect this machine and apply `choose_device_setup`."""
-    if torch.cuda.is_available():
-        return choose_device_setup("cuda", cuda_capability=torch.cuda.get_device_capability())
-    return choose_device_setup("cpu", cpu_bf16=cpu_has_native_bf16())
+def device_setup(device: str | None = None) -> DeviceSetup:
+    """Detect this machine (or use `device`) and apply `choose_device_setup`;
+    `RLHF_EDU_DTYPE=fp32|bf16|fp16` overrides the dtype (every notebook and test calls this, so they
+    all follow it)."""
+    dtype = os.environ.get(DTYPE_ENV, "").strip() or None
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        return choose_device_setup("cuda", cuda_capability=torch.cuda.get_device_capability(), dtype=dtype)
+    return choose_device_setup(device, cpu_bf16=cpu_has_native_bf16(), dtype=dtype)
 
 
 def autocast(setup: DeviceSetup):
@@ -397,6 +455,12 @@ def autocast(setup: DeviceSetup):
     if setup.autocast_dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(setup.device, dtype=setup.autocast_dtype)
+
+
+def logps_autocast(setup: DeviceSetup):
+    """The context for log-probs that enter PPO's and GRPO's ratio and KL: plain fp32 under bf16
+    (`DeviceSetup.fp32_logps`), else `autocast(setup)`."""
+    return contextlib.nullcontext() if setup.fp32_logps else autocast(setup)
 
 
 if __name__ == "__main__":  # `python -m rlhf_edu.models`: prepare the offline model (make setup)

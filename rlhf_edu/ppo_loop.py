@@ -119,8 +119,9 @@ class PPOConfig:
     seed: int = 0
     """Prompt order, sampling and minibatch shuffles derive from (seed, step), so a resumed run
     repeats an uninterrupted one."""
-    ratio_tolerance: float = 1e-4
-    """Health check: max |ratio - 1| allowed on the first minibatch of a rollout before warning."""
+    ratio_tolerance: float | None = None
+    """Health check: max |ratio - 1| allowed on the first minibatch of a rollout before warning;
+    None takes the dtype's (`DeviceSetup.ratio_tolerance`: 1e-4 in fp32 and bf16)."""
 
     def __post_init__(self):
         if self.batch_size % self.mini_batch_size or self.mini_batch_size % self.micro_batch_size:
@@ -239,7 +240,7 @@ class PPOTrainer:
         eval_sampling: SamplingConfig | None = None,
         setup=None,
     ):
-        from rlhf_edu.models import autocast, device_setup, disable_dropout
+        from rlhf_edu.models import autocast, device_setup, disable_dropout, logps_autocast
 
         if not train_prompts:
             raise ValueError("PPOTrainer needs at least one training prompt")
@@ -250,6 +251,8 @@ class PPOTrainer:
         self.eval_sampling = eval_sampling or config.sampling
         self.setup = setup or device_setup()
         self.autocast_ctx = autocast(self.setup)
+        self.logps_ctx = logps_autocast(self.setup)  # fp32 under bf16: the ratio and KL need it
+        self.ratio_tolerance = self.setup.ratio_tolerance if config.ratio_tolerance is None else config.ratio_tolerance
         self.device = next(policy.parameters()).device
         for model in (policy, reference, reward_model):
             disable_dropout(model)
@@ -313,7 +316,7 @@ class PPOTrainer:
         With `trunk` (B, P+R, H), the policy runs only its trainable blocks on it."""
         T = self.config.sampling.temperature
         policy_logps = per_token_logps if trunk is None else partial(self.trunk.logps, trunk=trunk)
-        with self.autocast_ctx:
+        with self.logps_ctx:
             if self.value_head is not None:
                 logps, hidden = policy_logps(
                     self.policy, input_ids=input_ids, attention_mask=attention_mask,
@@ -353,7 +356,7 @@ class PPOTrainer:
         #    reference log-probs at the same temperature, and the reward model's score.
         #    With frozen lower blocks, their output (the trunk) is computed once and shared.
         if self.trunk.enabled and self.trunk_gap is None:
-            with self.autocast_ctx:
+            with self.logps_ctx:
                 rows = slice(0, cfg.micro_batch_size)
                 self.trunk_gap = self.trunk.check(self.policy, ids[rows], mask[rows], P, cfg.sampling.temperature)
             lap("trunk")
@@ -362,7 +365,7 @@ class PPOTrainer:
             rows = slice(start, start + cfg.micro_batch_size)
             trunk = None
             if self.trunk.enabled:
-                with self.autocast_ctx:
+                with self.logps_ctx:
                     trunk = self.trunk.hidden(self.policy, ids[rows], mask[rows])  # (b, P+R, H)
                 trunks.append(trunk)
                 lap("trunk")
@@ -370,7 +373,7 @@ class PPOTrainer:
             old_logps.append(logps)
             old_values.append(values)
             lap("policy")
-            with self.autocast_ctx:
+            with self.logps_ctx:
                 if trunk is not None and self.trunk.shared_with_reference:
                     ref_logps.append(self.trunk.logps(
                         self.reference, trunk, ids[rows], mask[rows], P, cfg.sampling.temperature
@@ -379,7 +382,8 @@ class PPOTrainer:
                     ref_logps.append(
                         per_token_logps(self.reference, ids[rows], mask[rows], P, cfg.sampling.temperature)
                     )
-                lap("reference")
+            lap("reference")
+            with self.autocast_ctx:
                 rm_scores.append(self.reward_model(ids[rows], mask[rows]).float())
                 lap("reward")
         old_logps = torch.cat(old_logps) * response_mask  # (B, R)
@@ -425,7 +429,7 @@ class PPOTrainer:
         P = samples.context_length
         B = ids.shape[0]
         stats: dict[str, list[float]] = defaultdict(list)
-        first_ratio_dev, first_approxkl = 0.0, 0.0
+        first_ratio_dev, first_approxkl, first_dev_sum, first_tokens = 0.0, 0.0, 0.0, 0.0
         self.policy.train()
         for epoch in range(cfg.ppo_epochs):
             order = torch.randperm(B, generator=generator)  # (B,)
@@ -454,6 +458,8 @@ class PPOTrainer:
                     if epoch == 0 and mb_start == 0:  # health check: nothing has changed yet
                         first_ratio_dev = max(first_ratio_dev, ratio_dev)
                         first_approxkl = max(first_approxkl, pg_stats["policy/approxkl"])
+                        first_dev_sum += float(((ratio - 1).abs() * r_mask).sum())
+                        first_tokens += float(r_mask.sum())
                     for key, value in {
                         "policy/loss": pg_loss.item(), "val/loss": vf_loss.item(), **pg_stats, **vf_stats,
                         "policy/ratio_mean": float(masked_mean(ratio, r_mask)),
@@ -469,14 +475,15 @@ class PPOTrainer:
                 self.optimizer.zero_grad(set_to_none=True)
                 stats["policy/grad_norm"].append(float(grad_norm))  # one per optimizer step
         out = {k: (max(v) if k == "policy/ratio_max" else sum(v) / len(v)) for k, v in stats.items()}
-        if first_ratio_dev > cfg.ratio_tolerance:
+        if first_ratio_dev > self.ratio_tolerance:
             warnings.warn(
                 f"PPO step {step}: the first minibatch's ratio is off 1 by {first_ratio_dev:.2e} "
-                f"(> {cfg.ratio_tolerance:g}); old and new log-probs do not come from the same forward "
+                f"(> {self.ratio_tolerance:g}); old and new log-probs do not come from the same forward "
                 f"(dropout on? a different dtype or temperature?)",
                 stacklevel=2,
             )
-        return {**out, "health/first_ratio_dev": first_ratio_dev, "health/first_approxkl": first_approxkl}
+        return {**out, "health/first_ratio_dev": first_ratio_dev, "health/first_approxkl": first_approxkl,
+                "health/first_ratio_dev_mean": first_dev_sum / max(first_tokens, 1.0)}
 
     def evaluate(self) -> dict[str, float]:
         """Gold score, RM score, KL to the reference and length on the fixed eval prompts (the

@@ -592,9 +592,23 @@ def load_reward_model(
     return reward_model.to(device).eval(), tokenizer
 
 
+def reward_model_key(preset) -> dict:
+    """What a saved reward model must have been built from to be reused: the preset, its
+    RewardConfig, the preference data and learner labels (`training_data_fingerprint`), and the
+    SFT policy it started from (`sft_run_id`). Saved in its run_info.json (notebook 03).
+    Notebooks: 03_reward_model.ipynb and later"""
+    from dataclasses import asdict
+
+    from rlhf_edu.preferences import training_data_fingerprint
+    from rlhf_edu.sft import sft_run_id
+
+    return {"preset": preset.name, "config": asdict(preset.reward), "data": training_data_fingerprint(),
+            "sft": sft_run_id()}
+
+
 def load_or_train_reward_model(preset, policy, tokenizer, setup=None, *, progress: bool = True):
     """The reward model of notebook 03: its checkpoint in artifacts/reward_model when it was trained
-    with this preset's RewardConfig on the current pairs and labels (`training_data_fingerprint`),
+    from what `reward_model_key` lists (preset, RewardConfig, pairs and labels, SFT policy),
     otherwise trained now the way notebook 03 trains it (the
     learner's exported labels first, then the annotator's pairs; gain and bias from the SFT
     policy's samples) and saved there.
@@ -605,21 +619,20 @@ def load_or_train_reward_model(preset, policy, tokenizer, setup=None, *, progres
     """
     import copy
     import json
-    from dataclasses import asdict
 
     from rlhf_edu.data import load_concepts, make_prompt
     from rlhf_edu.generation import sample
     from rlhf_edu.models import autocast, device_setup
-    from rlhf_edu.preferences import reward_training_rows, training_data_fingerprint
+    from rlhf_edu.preferences import reward_training_rows
     from rlhf_edu.store import artifacts_dir
 
     setup = setup or device_setup()
-    fingerprint = training_data_fingerprint()
+    key = reward_model_key(preset)
     out_dir = artifacts_dir() / "reward_model"
     info_path = out_dir / "run_info.json"
     if info_path.exists():
         info = json.loads(info_path.read_text())
-        if (info.get("preset"), info.get("config"), info.get("data")) == (preset.name, asdict(preset.reward), fingerprint):
+        if all(info.get(k) == v for k, v in key.items()):
             reward_model, _ = load_reward_model(out_dir, next(policy.parameters()).device)
             return reward_model, f"loaded the reward model from {out_dir}"
     train_rows, n_mine = reward_training_rows(preset.reward_pairs, preset.seed)
@@ -634,8 +647,7 @@ def load_or_train_reward_model(preset, policy, tokenizer, setup=None, *, progres
         raw = score_texts(reward_model, tokenizer, norm_prompts, norm.texts, raw=True, eos=norm.has_eos.tolist())
     reward_model.set_normalization(raw)
     save_reward_model(reward_model, tokenizer, out_dir, info={
-        "preset": preset.name, "config": asdict(preset.reward), "data": fingerprint,
-        "n_train_pairs": len(train_rows), "history": history,
+        **key, "n_train_pairs": len(train_rows), "history": history,
     })
     return reward_model, (
         f"no reward model for the {preset.name} preset in {out_dir}: trained one now on "

@@ -190,6 +190,7 @@ def train_sft(
 
     setup = setup or device_setup()
     autocast_ctx = autocast(setup)
+    base = model.config.name_or_path  # the starting weights, recorded with the saved policy
     train_rows, held_rows = split_heldout(rows, config.n_heldout, config.seed)
     device = next(model.parameters()).device
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -249,7 +250,8 @@ def train_sft(
             )
     model.eval()
     if out_dir is not None:
-        save_checkpoint(model, tokenizer, out_dir, {"config": asdict(config), "history": history})
+        save_checkpoint(model, tokenizer, out_dir, {"config": asdict(config), "history": history,
+                                                    "data": rows_fingerprint(rows), "base": base})
     return history
 
 
@@ -400,19 +402,43 @@ def load_or_train_sft(preset, setup=None, *, progress: bool = True):
     Returns (model, tokenizer, message); the message says which happened. Later notebooks call this
     so that each runs on its own in a fresh runtime.
     """
-    import json
-
     from rlhf_edu.data import load_sft_demos
     from rlhf_edu.models import device_setup, load_model
     from rlhf_edu.store import artifacts_dir
 
     setup = setup or device_setup()
     ckpt = artifacts_dir() / "sft"
-    info = ckpt / "run_info.json"
-    if info.exists() and json.loads(info.read_text()).get("config") == asdict(preset.sft):
+    demos = list(load_sft_demos())
+    model, tok = load_model(preset.model_name, device=setup.device)
+    wanted = {"config": asdict(preset.sft), "data": rows_fingerprint(demos), "base": model.config.name_or_path}
+    stale = sft_checkpoint_mismatch(ckpt, wanted)
+    if stale is None:
         model, tok = load_model(str(ckpt), device=setup.device)
         return model, tok, f"loaded the SFT policy from {ckpt}"
-    model, tok = load_model(preset.model_name, device=setup.device)
     torch.manual_seed(preset.seed)
-    train_sft(model, tok, list(load_sft_demos()), preset.sft, setup=setup, out_dir=ckpt, progress=progress)
-    return model, tok, f"no SFT checkpoint for the {preset.name} preset in {ckpt}: trained one now with {preset.sft}"
+    train_sft(model, tok, demos, preset.sft, setup=setup, out_dir=ckpt, progress=progress)
+    return model, tok, f"{stale}: trained one now for the {preset.name} preset with {preset.sft}"
+
+
+def sft_checkpoint_mismatch(ckpt: Path, wanted: dict) -> str | None:
+    """None when the SFT policy saved in `ckpt` was trained with `wanted`'s config, on its data,
+    from its base model; otherwise why it cannot be used (so a smoke run's policy is never taken
+    for the cpu preset's, nor one trained on other demonstrations or from another model)."""
+    info_path = Path(ckpt) / "run_info.json"
+    if not info_path.exists():
+        return f"no SFT policy in {ckpt}"
+    info = json.loads(info_path.read_text())
+    differ = [key for key, value in wanted.items() if info.get(key) != value]
+    if differ:
+        return f"the SFT policy in {ckpt} was trained with another {' and '.join(differ)}"
+    return None
+
+
+def sft_run_id() -> str | None:
+    """A digest of the saved SFT policy's run_info.json (config, data, base model, history): it
+    changes whenever another SFT policy is saved, so what was built on the old one (the reward
+    model) is known to be stale. None when there is none."""
+    from rlhf_edu.store import artifacts_dir
+
+    info = artifacts_dir() / "sft" / "run_info.json"
+    return hashlib.sha1(info.read_bytes()).hexdigest()[:16] if info.exists() else None

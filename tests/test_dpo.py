@@ -18,9 +18,9 @@ from rlhf_edu.dpo import (
     sequence_logps,
     train_dpo,
 )
-from rlhf_edu.models import choose_device_setup, tiny_model_and_tokenizer
+from rlhf_edu.models import device_setup, tiny_model_and_tokenizer
 
-CPU = choose_device_setup("cpu")
+CPU = device_setup("cpu")  # this CPU's dtype rule, or RLHF_EDU_DTYPE
 LOG2 = math.log(2.0)
 F64 = torch.float64
 

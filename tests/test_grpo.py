@@ -25,9 +25,9 @@ from rlhf_edu.grpo_loop import (
     reward_model_scorer,
     train_grpo,
 )
-from rlhf_edu.models import choose_device_setup, tiny_model_and_tokenizer
+from rlhf_edu.models import device_setup, tiny_model_and_tokenizer
 
-CPU = choose_device_setup("cpu")
+CPU = device_setup("cpu")  # this CPU's dtype rule, or RLHF_EDU_DTYPE
 F64 = torch.float64
 R_EXAMPLE = torch.tensor([[1.0, 3.0, 2.0, 6.0]], dtype=F64)  # (G, K) = (1, 4)
 PROMPTS = [f"question {i}" for i in range(24)]

@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from rlhf_edu.generation import SamplingConfig
-from rlhf_edu.models import choose_device_setup, tiny_model_and_tokenizer
+from rlhf_edu.models import device_setup, tiny_model_and_tokenizer
 from rlhf_edu.ppo_loop import PPOConfig, PPOTrainer
 from rlhf_edu.reward import RewardModel
 
-CPU = choose_device_setup("cpu")
+CPU = device_setup("cpu")  # this CPU's dtype rule, or RLHF_EDU_DTYPE
 PROMPTS = [f"question {i}" for i in range(24)]
 
 

@@ -23,7 +23,7 @@ from rlhf_edu.grpo_loop import GRPOConfig, GRPOTrainer
 from rlhf_edu.logprobs import per_token_logps
 from rlhf_edu.models import (
     DeviceSetup,
-    choose_device_setup,
+    device_setup,
     load_model,
     setup_tokenizer,
     tiny_model_and_tokenizer,
@@ -39,7 +39,7 @@ from rlhf_edu.reward import (
 )
 from rlhf_edu.sft import SFTConfig, build_sft_batch, train_sft
 
-CPU = choose_device_setup("cpu")
+CPU = device_setup("cpu")  # this CPU's dtype rule, or RLHF_EDU_DTYPE
 FP16_LIKE = DeviceSetup("cpu", None, True, "fp32 compute with a grad scaler, as fp16 autocast on a T4")
 ROOT = Path(__file__).resolve().parents[1]
 SFT_ROWS = [
@@ -233,7 +233,7 @@ KILLED_SFT = """
 import sys, time
 import torch
 torch.set_num_threads(1)
-from rlhf_edu.models import choose_device_setup, tiny_model_and_tokenizer
+from rlhf_edu.models import device_setup, tiny_model_and_tokenizer
 from rlhf_edu.sft import SFTConfig, train_sft
 
 class SlowPlot:  # a slow notebook: time for the parent to kill it mid-run
@@ -241,7 +241,7 @@ class SlowPlot:  # a slow notebook: time for the parent to kill it mid-run
         time.sleep(0.4)
 
 model, tok = tiny_model_and_tokenizer("llama", seed=0)
-train_sft(model, tok, {rows!r}, SFTConfig(**{config!r}), setup=choose_device_setup("cpu"),
+train_sft(model, tok, {rows!r}, SFTConfig(**{config!r}), setup=device_setup("cpu"),
           live_plot=SlowPlot(), progress=False, checkpoint_dir={ckpt!r}, checkpoint_every=1)
 """
 

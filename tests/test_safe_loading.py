@@ -44,7 +44,7 @@ def test_checkpoints_are_safetensors(tmp_path):
     import copy
 
     from rlhf_edu.generation import SamplingConfig
-    from rlhf_edu.models import choose_device_setup, tiny_model_and_tokenizer
+    from rlhf_edu.models import device_setup, tiny_model_and_tokenizer
     from rlhf_edu.ppo_loop import PPOConfig, PPOTrainer
     from rlhf_edu.reward import RewardModel, save_reward_model
     from rlhf_edu.sft import save_checkpoint
@@ -55,7 +55,7 @@ def test_checkpoints_are_safetensors(tmp_path):
     config = PPOConfig(steps=1, batch_size=2, mini_batch_size=2, micro_batch_size=2, ppo_epochs=1,
                        sampling=SamplingConfig(4, 1.0, 2), eval_every=10)
     trainer = PPOTrainer(copy.deepcopy(model), model, RewardModel.from_causal_lm(copy.deepcopy(model)), tok,
-                         ["q"], config, setup=choose_device_setup("cpu"))
+                         ["q"], config, setup=device_setup("cpu"))
     trainer.save_checkpoint(tmp_path / "ppo")
     weights = [p for p in tmp_path.rglob("*") if p.suffix in (".bin", ".pt", ".pth", ".safetensors")]
     assert {p.suffix for p in weights} == {".safetensors", ".pt"}
