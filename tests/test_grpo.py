@@ -91,6 +91,14 @@ def test_rloo_advantages_reference_values_and_naive_loop():
     torch.testing.assert_close(rloo_advantages(rewards), naive)
 
 
+@pytest.mark.parametrize(("fn", "expected"), [
+    (group_advantages, [[-1 / (2**0.5 + 1e-4), 1 / (2**0.5 + 1e-4)], [0.0, 0.0]]),  # std of [1, 3] is sqrt 2
+    (rloo_advantages, [[-2.0, 2.0], [0.0, 0.0]]),  # each one's baseline is the other's reward
+])
+def test_two_responses_per_group_are_enough(fn, expected):  # TRL RLOO's default group size
+    close(fn(torch.tensor([[1.0, 3.0], [2.0, 2.0]], dtype=F64)), expected, atol=1e-12)
+
+
 @pytest.mark.parametrize("fn", [group_advantages, rloo_advantages])
 def test_one_response_per_group_is_an_error(fn):
     with pytest.raises(ValueError, match="K >= 2"):
