@@ -37,6 +37,7 @@ Notebook: 06_dpo_grpo.ipynb. Legend: B pairs, P prompt tokens, R response tokens
 from __future__ import annotations
 
 import random
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -138,6 +139,10 @@ class DPOConfig:
     """Order in which the pairs are visited."""
     trainable_layers: int | None = None
     """Train only the top this-many transformer blocks (plus the final norm); None trains all."""
+    init_tolerance: float | None = None
+    """Health check at the first step, where the policy still is the reference: the largest
+    |log pi(y) - log pi_ref(y)| per response token allowed before warning; None takes the dtype's
+    (`DeviceSetup.logp_tolerance`: 1e-3 nats in fp32)."""
 
     def __post_init__(self):
         if self.loss_type not in LOSS_TYPES:
@@ -184,6 +189,33 @@ def pair_logps(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     logps = sequence_logps(logps, batch["response_mask"].to(device))  # (2B,)
     n = logps.shape[0] // 2
     return logps[:n], logps[n:]  # (B,), (B,)
+
+
+def check_start_at_reference(
+    policy_logps: torch.Tensor, ref_logps: torch.Tensor, n_tokens: torch.Tensor, loss: float,
+    config: DPOConfig, tolerance: float,
+) -> float:
+    """The step-0 health check: the policy still is the reference, so every log-ratio is 0, the
+    implicit rewards and margins are 0 and the loss is its value at z = 0 (log 2 for DPO and cDPO,
+    (1 / (2 beta))^2 for IPO; docs/implementation_details.md#dpo-tests).
+
+    policy_logps, ref_logps, n_tokens (2B,) -> the largest |log pi(y) - log pi_ref(y)| per response
+    token, with a warning past `tolerance`: the reference log-probs then come from other weights,
+    other rows or another dtype (DPO repo #34), and the implicit rewards start off 0.
+    """
+    deviation = float(((policy_logps.detach() - ref_logps).abs() / n_tokens.clamp(min=1)).max())
+    if deviation > tolerance:
+        zero = torch.zeros(1)
+        at_zero = float(dpo_loss(zero, zero, zero, zero, config.beta, config.loss_type, config.label_smoothing)[0])
+        warnings.warn(
+            f"DPO step 0: the policy's log-probs differ from the reference log-probs by up to "
+            f"{deviation:.2e} nats per token (> {tolerance:g}) where the policy should still be the "
+            f"reference, so the implicit rewards are not 0 and the loss is {loss:.4f}, not {at_zero:.4f}. "
+            f"Were the reference log-probs computed from the policy's starting weights, on these rows, "
+            f"in the same dtype? (Ignore this if the policy deliberately starts elsewhere.)",
+            stacklevel=3,
+        )
+    return deviation
 
 
 @torch.no_grad()
@@ -234,7 +266,8 @@ def train_dpo(
     `rewards/accuracies` (share of pairs with a positive margin, ties half), `logps/chosen`,
     `logps/rejected` (mean policy sequence log-probs), `train/lr` and `train/grad_norm`, all
     measured on the step's batch before its update. `callback(step, record)` is called after each
-    step (a `plots.LivePlot.update` fits).
+    step (a `plots.LivePlot.update` fits). At the first step it warns when the policy's log-probs
+    are not the reference's (`check_start_at_reference`).
 
     Notebook: 06_dpo_grpo.ipynb
     """
@@ -250,6 +283,7 @@ def train_dpo(
     autocast_ctx = autocast(setup)
     device = next(policy.parameters()).device
     max_steps = total_steps(config, len(rows))
+    tolerance = setup.logp_tolerance if config.init_tolerance is None else config.init_tolerance
     disable_dropout(policy)
     freeze_lower_layers(policy, config.trainable_layers)
     trainable = [p for p in policy.parameters() if p.requires_grad]
@@ -279,6 +313,10 @@ def train_dpo(
             config.beta, config.loss_type, config.label_smoothing,
         )
         check_finite("the DPO loss", loss.detach(), step, "DPO")
+        if step == 0:  # health check: the policy still is the reference
+            n_tokens = batch["response_mask"].sum(dim=1).to(device)  # (2B,) chosen rows, then rejected
+            check_start_at_reference(torch.cat([chosen_logps, rejected_logps]), torch.cat([ref_chosen, ref_rejected]),
+                                     n_tokens, loss.item(), config, tolerance)
         # 4. Backward, clip, step (with fp16's grad scaler, a non-finite norm only skips the step).
         scaler.scale(loss).backward()
         scaler.unscale_(optimizer)

@@ -5,6 +5,7 @@ tiny-model runs."""
 import copy
 import math
 import random
+import warnings
 
 import pytest
 import torch
@@ -246,6 +247,37 @@ def test_lr_zero_changes_nothing_and_the_loss_stays_log2():
         assert abs(h["rewards/margins"]) < 1e-5
         assert h["rewards/accuracies"] <= 0.75  # no signal: around the tie value 0.5
     assert all(torch.equal(before[k], v) for k, v in params(policy).items())
+
+
+def test_first_step_at_the_reference_does_not_warn():
+    """At step 0 the policy is the reference: log-ratios 0, loss log 2, and no health warning."""
+    reference, tok = tiny_model_and_tokenizer()
+    rows = synthetic_pairs(4, seed=0)
+    config = DPOConfig(batch_size=4, max_steps=1)
+    ref = precompute_reference_logps(reference, tok, rows, config, setup=CPU)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        history = train_dpo(copy.deepcopy(reference), ref, tok, rows, config, progress=False, setup=CPU)
+    assert not [w for w in caught if "DPO step 0" in str(w.message)]
+    assert history[0]["loss"] == pytest.approx(LOG2, abs=1e-5)
+
+
+def test_first_step_away_from_the_reference_warns_and_logs_mean_rewards():
+    """Reference log-probs of the rejected responses 1 nat lower than the policy's (as if they came
+    from another model): step 0 warns, and each logged implicit reward is the batch MEAN of
+    beta * (log pi - log pi_ref): 0.1 for the rejected side at beta 0.1, not the sum 0.4."""
+    reference, tok = tiny_model_and_tokenizer()
+    rows = synthetic_pairs(4, seed=0)
+    config = DPOConfig(batch_size=4, max_steps=1, lr=0.0, beta=0.1)
+    ref = precompute_reference_logps(reference, tok, rows, config, setup=CPU)
+    ref = {"chosen": ref["chosen"], "rejected": ref["rejected"] - 1.0}
+    with pytest.warns(UserWarning, match="DPO step 0"):
+        history = train_dpo(copy.deepcopy(reference), ref, tok, rows, config, progress=False, setup=CPU)
+    record = history[0]
+    assert record["rewards/rejected"] == pytest.approx(0.1, abs=1e-5)
+    assert record["rewards/chosen"] == pytest.approx(0.0, abs=1e-5)
+    assert record["rewards/margins"] == pytest.approx(-0.1, abs=1e-5)
+    assert record["loss"] == pytest.approx(math.log1p(math.exp(0.1)), abs=1e-5)  # -log sigmoid(-0.1)
 
 
 def test_reference_logps_must_match_the_rows():
