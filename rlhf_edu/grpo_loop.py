@@ -338,8 +338,8 @@ class GRPOTrainer:
             "response/eos_fraction": float(rollout.samples.has_eos.float().mean()),
         }
         metrics.update(self.update(rollout, generator))
+        metrics["policy/lr"] = self.scheduler.get_last_lr()[0]  # the lr this step's updates used
         self.scheduler.step()
-        metrics["policy/lr"] = self.scheduler.get_last_lr()[0]
         metrics["time/step_s"] = time.perf_counter() - t0
         self.step_count += 1
         self.history.append(metrics)

@@ -542,8 +542,8 @@ class PPOTrainer:
         }
         metrics["objective/rlhf_reward"] = metrics["objective/score_penalized"] + metrics["objective/non_score_reward"]
         metrics.update(self.update(rollout, generator))
+        metrics["policy/lr"] = self.scheduler.get_last_lr()[0]  # the lr this step's updates used
         self.scheduler.step()
-        metrics["policy/lr"] = self.scheduler.get_last_lr()[0]
         self.kl_controller.update(metrics["objective/kl"], cfg.batch_size)
         if metrics["objective/kl"] < -1.0:
             warnings.warn(

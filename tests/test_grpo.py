@@ -300,6 +300,15 @@ def test_lr_zero_changes_nothing(kl_penalty):
     assert all(torch.equal(before[k], v) for k, v in params(trainer.policy).items())
 
 
+def test_logged_lr_is_the_lr_of_the_step():
+    """`policy/lr` is the learning rate the step's updates used: the configured lr at the first
+    step, then the linear decay lr * (1 - s / steps), not the schedule's value one step later."""
+    trainer = make_trainer(small_config(steps=4, epochs=1))
+    history = [trainer.step() for _ in range(2)]
+    assert history[0]["policy/lr"] == pytest.approx(3e-3, rel=1e-12)
+    assert history[1]["policy/lr"] == pytest.approx(3e-3 * (1 - 1 / 4), rel=1e-12)
+
+
 def test_first_minibatch_ratio_is_one_while_training_moves_the_policy():
     trainer = make_trainer(small_config(steps=2, mini_batch_size=4))
     before = params(trainer.policy)

@@ -77,6 +77,15 @@ def test_lr_zero_changes_nothing():
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
+def test_logged_lr_is_the_lr_of_the_step():
+    """`policy/lr` is the learning rate the step's updates used: the configured lr at the first
+    step, then the linear decay lr * (1 - s / steps), not the schedule's value one step later."""
+    trainer = make_trainer(small_config(steps=4, ppo_epochs=1))
+    history = [trainer.step() for _ in range(2)]
+    assert history[0]["policy/lr"] == pytest.approx(3e-3, rel=1e-12)
+    assert history[1]["policy/lr"] == pytest.approx(3e-3 * (1 - 1 / 4), rel=1e-12)
+
+
 @pytest.mark.filterwarnings("ignore:Detected call of:UserWarning")
 def test_gradient_accumulation_matches_one_minibatch():
     """Micro-batches of 2 accumulated over a minibatch of 4 give the same update as one
