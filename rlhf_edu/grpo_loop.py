@@ -33,7 +33,7 @@ from rlhf_edu.grpo import (
 )
 from rlhf_edu.logprobs import masked_mean, masked_sum, per_token_logps
 from rlhf_edu.ppo import missing_eos_penalty
-from rlhf_edu.ppo_loop import check_finite, trim_padding
+from rlhf_edu.ppo_loop import check_finite, trim_padding, warn_if_first_ratio_off
 from rlhf_edu.sft import linear_schedule
 
 # --------------------------------------------------------------------------- config
@@ -86,6 +86,9 @@ class GRPOConfig:
     """Train only the top this-many transformer blocks (and the final norm); None trains all."""
     seed: int = 0
     """Prompt order, sampling and minibatch shuffles derive from (seed, step)."""
+    ratio_tolerance: float | None = None
+    """Health check: max |ratio - 1| allowed on the first minibatch of an update before warning;
+    None takes the dtype's (`DeviceSetup.ratio_tolerance`: 1e-4 in fp32 and bf16)."""
 
     def __post_init__(self):
         for name, allowed in [("advantage", ADVANTAGES), ("loss_aggregation", (None, *AGGREGATIONS)),
@@ -187,6 +190,7 @@ class GRPOTrainer:
         self.setup = setup or device_setup()
         self.autocast_ctx = autocast(self.setup)
         self.logps_ctx = logps_autocast(self.setup)  # fp32 under bf16: the ratio and KL need it
+        self.ratio_tolerance = self.setup.ratio_tolerance if config.ratio_tolerance is None else config.ratio_tolerance
         self.device = next(policy.parameters()).device
         for model in (policy, reference):
             disable_dropout(model)
@@ -310,6 +314,7 @@ class GRPOTrainer:
                 stats["loss"].append(mb_loss)
                 stats["policy/grad_norm"].append(float(grad_norm))
         out = {k: (max(v) if k == "policy/ratio_max" else sum(v) / len(v)) for k, v in stats.items()}
+        warn_if_first_ratio_off(first_ratio_dev, self.ratio_tolerance, step, "GRPO")
         return {**out, "health/first_ratio_dev": first_ratio_dev}
 
     def step(self, keep_rollout: bool = False):

@@ -206,6 +206,19 @@ def check_finite(name: str, tensor: torch.Tensor, step: int, stage: str = "PPO")
         )
 
 
+def warn_if_first_ratio_off(first_ratio_dev: float, tolerance: float, step: int, stage: str = "PPO") -> None:
+    """The health check of an update's first minibatch (docs/implementation_details.md#ratio-check):
+    nothing has changed yet, so max |ratio - 1| must be 0 up to rounding; past `tolerance`, warn and
+    name the usual causes."""
+    if first_ratio_dev > tolerance:
+        warnings.warn(
+            f"{stage} step {step}: the first minibatch's ratio is off 1 by {first_ratio_dev:.2e} "
+            f"(> {tolerance:g}); old and new log-probs do not come from the same forward "
+            f"(dropout on? a different dtype or temperature?)",
+            stacklevel=3,
+        )
+
+
 def trim_padding(rollout_ids: torch.Tensor, attention_mask: torch.Tensor, P: int, rows: torch.Tensor):
     """The rows `rows` of a (B, P+R) batch, without columns that are padding in all of them.
 
@@ -475,13 +488,7 @@ class PPOTrainer:
                 self.optimizer.zero_grad(set_to_none=True)
                 stats["policy/grad_norm"].append(float(grad_norm))  # one per optimizer step
         out = {k: (max(v) if k == "policy/ratio_max" else sum(v) / len(v)) for k, v in stats.items()}
-        if first_ratio_dev > self.ratio_tolerance:
-            warnings.warn(
-                f"PPO step {step}: the first minibatch's ratio is off 1 by {first_ratio_dev:.2e} "
-                f"(> {self.ratio_tolerance:g}); old and new log-probs do not come from the same forward "
-                f"(dropout on? a different dtype or temperature?)",
-                stacklevel=2,
-            )
+        warn_if_first_ratio_off(first_ratio_dev, self.ratio_tolerance, step)
         return {**out, "health/first_ratio_dev": first_ratio_dev, "health/first_approxkl": first_approxkl,
                 "health/first_ratio_dev_mean": first_dev_sum / max(first_tokens, 1.0)}
 

@@ -5,6 +5,7 @@ naive loops, and tiny-model runs (ratio 1, lr = 0, gradient accumulation, a prog
 rises)."""
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -318,6 +319,26 @@ def test_first_minibatch_ratio_is_one_while_training_moves_the_policy():
         assert m["policy/ratio_max"] > 1.0 + 1e-4  # later minibatches see an updated policy
     assert any(not torch.equal(before[k], v) for k, v in params(trainer.policy).items())
     assert m["objective/kl"] != 0.0
+
+
+def test_ratio_health_check_warns_when_old_and_new_log_probs_differ():
+    """Dropout switched back on after the trainer disabled it: the first minibatch's ratio is off 1
+    and GRPO warns, with PPO's check (`ppo_loop.warn_if_first_ratio_off`)."""
+    trainer = make_trainer(small_config(steps=1, epochs=1))
+    for module in trainer.policy.modules():
+        if hasattr(module, "attention_dropout"):
+            module.attention_dropout = 0.5
+    with pytest.warns(UserWarning, match="GRPO step 0: the first minibatch's ratio is off 1"):
+        metrics = trainer.step()
+    assert metrics["health/first_ratio_dev"] > 1e-2
+
+
+def test_ratio_health_check_is_quiet_when_nothing_is_wrong():
+    trainer = make_trainer(small_config(steps=2))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.train(progress=False)
+    assert not [w for w in caught if "ratio is off" in str(w.message)]
 
 
 def test_same_seed_same_run():
