@@ -41,8 +41,9 @@ Deliberate choices and deviations:
   With "k1_reward" the KL is inside r, so GRPO's std division rescales it per group too.
 - Every random draw derives from (seed, step), like PPOTrainer. No checkpoints or resume.
 
-The reward is any callable `reward_fn(prompts, texts, eos_flags) -> (B,) scores`: the course's
-reward model through `reward_model_scorer`, or a program (the tests count a letter).
+The reward is any callable `reward_fn(prompts, texts, eos_flags) -> (B,) scores`, a program (the
+tests count a letter), or the course's reward model through `reward_model_scorer`, which scores the
+sampled token ids as PPO does (not the decoded text re-tokenized, which can differ).
 
 The trainer that runs these steps is `rlhf_edu/grpo_loop.py`.
 

@@ -11,6 +11,7 @@ R response tokens.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 from collections import defaultdict
@@ -136,21 +137,39 @@ def prompts_for_step(prompts: list[str], step: int, n: int, seed: int) -> list[s
     return out
 
 
-def reward_model_scorer(reward_model, tokenizer, *, batch_size: int = 16, autocast_ctx=None):
-    """A `reward_fn(prompts, texts, eos_flags) -> (B,)` that scores with a `reward.RewardModel`.
+class RewardModelScorer:
+    """A `reward.RewardModel` as GRPO's reward (built by `reward_model_scorer`).
 
-    Each text is re-tokenized with EOS appended where the response ended (`reward.score_texts`).
-    Notebook: 06_dpo_grpo.ipynb
+    `GRPOTrainer` asks it for the scores of the sampled token ids (`score_samples`), which is what
+    PPO scores: decoded, stripped text re-tokenized gives other tokens for some samples (special
+    tokens dropped, whitespace stripped) and other scores. Called like any `reward_fn(prompts, texts,
+    eos_flags) -> (B,)`, it scores texts, re-tokenized with EOS appended where the response ended
+    (`reward.score_texts`). Notebook: 06_dpo_grpo.ipynb
     """
-    import contextlib
 
-    from rlhf_edu.reward import score_texts
+    def __init__(self, reward_model, tokenizer, batch_size: int = 16, autocast_ctx=None):
+        self.reward_model, self.tokenizer, self.batch_size = reward_model, tokenizer, batch_size
+        self.autocast_ctx = autocast_ctx
 
-    def reward_fn(prompts: list[str], texts: list[str], eos_flags: list[bool]) -> torch.Tensor:
-        with autocast_ctx or contextlib.nullcontext():
-            return score_texts(reward_model, tokenizer, prompts, texts, batch_size, eos=list(eos_flags))
+    def score_samples(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Sampled sequences (B, P+R) in the course layout -> (B,) scores (`reward.score_samples`)."""
+        from rlhf_edu.reward import score_samples
 
-    return reward_fn
+        with self.autocast_ctx or contextlib.nullcontext():
+            return score_samples(self.reward_model, input_ids, attention_mask, self.batch_size)
+
+    def __call__(self, prompts: list[str], texts: list[str], eos_flags: list[bool]) -> torch.Tensor:
+        from rlhf_edu.reward import score_texts
+
+        with self.autocast_ctx or contextlib.nullcontext():
+            return score_texts(self.reward_model, self.tokenizer, prompts, texts, self.batch_size, eos=list(eos_flags))
+
+
+def reward_model_scorer(reward_model, tokenizer, *, batch_size: int = 16, autocast_ctx=None) -> RewardModelScorer:
+    """GRPO's reward from a `reward.RewardModel`: a `RewardModelScorer`, which `GRPOTrainer` asks for
+    the scores of the sampled tokens, as PPO scores them. Notebook: 06_dpo_grpo.ipynb
+    """
+    return RewardModelScorer(reward_model, tokenizer, batch_size, autocast_ctx)
 
 
 @dataclass
@@ -171,7 +190,8 @@ class GroupRollout:
 
 
 class GRPOTrainer:
-    """GRPO / Dr GRPO / RLOO against any `reward_fn(prompts, texts, eos_flags) -> (B,)` scores.
+    """GRPO / Dr GRPO / RLOO against any `reward_fn(prompts, texts, eos_flags) -> (B,)` scores, or a
+    reward model through `reward_model_scorer` (scored on the sampled tokens, as in PPO).
 
     `policy` trains in place; `reference` (the SFT policy) stays frozen. `step()` runs one
     iteration and returns a flat metrics dict; `train()` loops. Notebook: 06_dpo_grpo.ipynb
@@ -224,7 +244,10 @@ class GRPOTrainer:
         response_mask = samples.response_mask.to(self.device)  # (B, R)
         # 2. Scores (missing-EOS penalty first); old log-probs with the training forward (ratio 1 on
         #    the first minibatch) and reference log-probs, at the same temperature.
-        raw_scores = self.reward_fn(repeated, samples.texts, samples.has_eos.tolist())
+        if isinstance(self.reward_fn, RewardModelScorer):  # the sampled tokens, as PPO scores them
+            raw_scores = self.reward_fn.score_samples(ids, mask)  # (B,)
+        else:  # a program reads the texts
+            raw_scores = self.reward_fn(repeated, samples.texts, samples.has_eos.tolist())
         raw_scores = torch.as_tensor(raw_scores, dtype=torch.float32).to(self.device)  # (B,)
         if raw_scores.shape != (len(repeated),):
             raise ValueError(f"reward_fn returned shape {tuple(raw_scores.shape)}, expected ({len(repeated)},)")

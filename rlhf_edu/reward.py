@@ -195,7 +195,7 @@ class RewardModel(torch.nn.Module):
     def set_normalization(self, raw_scores: torch.Tensor) -> None:
         """Set gain and bias so that these raw scores (N,) come out with mean 0 and std 1.
 
-        `raw_scores` are head outputs before gain and bias (`score_texts(..., raw=True)`), e.g. of
+        `raw_scores` are head outputs before gain and bias (`score_samples(..., raw=True)`), e.g. of
         responses sampled from the SFT policy
         (docs/implementation_details.md#reward-normalization).
 
@@ -270,6 +270,36 @@ def score_texts(
         check_context_length(reward_model.backbone, attention_mask, first_index=start, what="prompt + response")
         score_fn = reward_model.raw_scores if raw else reward_model
         scores.append(score_fn(input_ids, attention_mask).float().cpu())  # (b,)
+    return torch.cat(scores)  # (B,)
+
+
+@torch.no_grad()
+def score_samples(
+    reward_model: RewardModel,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    batch_size: int = 16,
+    *,
+    raw: bool = False,
+) -> torch.Tensor:
+    """Score sampled sequences as they were sampled: input_ids, attention_mask (B, P + R) in the
+    course layout (`generation.Samples`) -> (B,) fp32 on the CPU.
+
+    The reward model reads the sampled token ids themselves, EOS included, as PPO scores them
+    (`ppo_loop.PPOTrainer.rollout`). Decoding to text and re-tokenizing (`score_texts`) can give
+    other tokens (special tokens dropped, whitespace stripped) and other scores. With raw=True, the
+    head output before gain and bias. Wrap the call in `models.autocast(setup)` as `score_texts`.
+
+    Notebooks: 03_reward_model.ipynb, 06_dpo_grpo.ipynb
+    """
+    reward_model.eval()
+    device = next(reward_model.parameters()).device
+    score_fn = reward_model.raw_scores if raw else reward_model
+    scores = []
+    for start in range(0, input_ids.shape[0], batch_size):
+        ids = input_ids[start : start + batch_size].to(device)  # (b, P+R)
+        mask = attention_mask[start : start + batch_size].to(device)  # (b, P+R)
+        scores.append(score_fn(ids, mask).float().cpu())  # (b,)
     return torch.cat(scores)  # (B,)
 
 
@@ -643,8 +673,8 @@ def load_or_train_reward_model(preset, policy, tokenizer, setup=None, *, progres
     norm_prompts = [make_prompt(c) for c in random.Random(1).sample(concepts, preset.reward_norm_samples)]
     norm = sample(policy, tokenizer, norm_prompts, preset.eval_sampling,
                   generator=torch.Generator().manual_seed(preset.seed), autocast_ctx=autocast(setup))
-    with autocast(setup):
-        raw = score_texts(reward_model, tokenizer, norm_prompts, norm.texts, raw=True, eos=norm.has_eos.tolist())
+    with autocast(setup):  # the sampled tokens, as PPO and GRPO will score them
+        raw = score_samples(reward_model, norm.input_ids, norm.attention_mask, raw=True)  # (N,)
     reward_model.set_normalization(raw)
     save_reward_model(reward_model, tokenizer, out_dir, info={
         **key, "n_train_pairs": len(train_rows), "history": history,

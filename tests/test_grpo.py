@@ -418,6 +418,25 @@ def test_bad_reward_fn_output_is_named():
         trainer.step()
 
 
+def test_a_reward_model_scores_the_sampled_tokens_as_in_ppo():
+    """GRPO with `reward_model_scorer` pays each response the reward model's score of the sampled
+    token ids (what PPO scores), not of its decoded, stripped text re-tokenized, which differs for
+    some samples (special tokens dropped, whitespace stripped)."""
+    from rlhf_edu.reward import RewardModel, score_texts
+
+    reference, tok = tiny_model_and_tokenizer(seed=0)
+    rm = RewardModel.from_causal_lm(tiny_model_and_tokenizer(seed=2)[0])
+    trainer = GRPOTrainer(copy.deepcopy(reference), reference, reward_model_scorer(rm, tok, batch_size=3), tok,
+                          PROMPTS, small_config(steps=1, epochs=1), setup=CPU)
+    _, rollout = trainer.step(keep_rollout=True)
+    with torch.no_grad():
+        on_ids = rm(rollout.input_ids, rollout.attention_mask)  # (B,) the sampled tokens, as PPO scores them
+    torch.testing.assert_close(rollout.raw_scores, on_ids, atol=1e-5, rtol=0)
+    s = rollout.samples
+    on_text = score_texts(rm, tok, rollout.prompts, s.texts, eos=s.has_eos.tolist())  # (B,)
+    assert (on_text - on_ids).abs().max() > 1e-3, "re-tokenized text scores the same: the check shows nothing"
+
+
 def test_reward_model_scorer_matches_score_texts():
     from rlhf_edu.reward import RewardModel, score_texts
 

@@ -17,6 +17,7 @@ from rlhf_edu.reward import (
     reward_accuracy,
     reward_loss,
     save_reward_model,
+    score_samples,
     score_texts,
     total_steps,
     train_reward_model,
@@ -107,6 +108,24 @@ def test_set_normalization_gives_mean_zero_std_one(tiny):
     assert abs(scores.mean().item()) < 1e-5
     assert scores.std(correction=0).item() == pytest.approx(1.0, abs=1e-5)
     torch.testing.assert_close(scores, rm.gain * raw + rm.bias)
+
+
+def test_score_samples_reads_the_sampled_tokens_and_normalizes_them(tiny):
+    """`score_samples` gives what one pass of the reward model over the sampled ids gives, in
+    batches of any size; gain and bias fit on its raw scores make those ids score mean 0, std 1."""
+    from rlhf_edu.generation import SamplingConfig, sample
+
+    model, tok = tiny
+    s = sample(model, tok, [f"question {i}" for i in range(5)], SamplingConfig(8, 1.0, 5),
+               generator=torch.Generator().manual_seed(0))
+    rm = RewardModel.from_causal_lm(model)
+    with torch.no_grad():
+        whole = rm(s.input_ids, s.attention_mask)  # (B,)
+    torch.testing.assert_close(score_samples(rm, s.input_ids, s.attention_mask, batch_size=2), whole, atol=1e-5, rtol=0)
+    rm.set_normalization(score_samples(rm, s.input_ids, s.attention_mask, batch_size=2, raw=True))
+    scores = score_samples(rm, s.input_ids, s.attention_mask)  # (B,)
+    assert abs(scores.mean().item()) < 1e-5
+    assert scores.std(correction=0).item() == pytest.approx(1.0, abs=1e-5)
 
 
 # --------------------------------------------------------------------------- the model
