@@ -15,7 +15,8 @@ The steps, numbered as in the notebook and the code below:
 
     1. sample K responses per prompt from the exact policy at temperature T;
     2. score them (missing-EOS penalty first); old and reference log-probs with the training forward;
-    3. rewards (minus kl_coef * summed k1 by default) and advantages within each group;
+    3. advantages within each group, from the scores, minus kl_coef * the group-centred summed k1
+       by default (`kl_penalized_advantages`);
     4. the per-token clipped loss (plus the k2/k3 term if chosen), aggregated;
     5. epochs x minibatches x micro-batches, gradient clipping, Adam, linear learning-rate decay.
 
@@ -24,7 +25,7 @@ token to the loss; k3's expected gradient is that of the FORWARD KL(ref || pi), 
 KL(pi || ref) that RLHF means. The default here, `kl_penalty="k1_reward"`, subtracts kl_coef times
 the summed k1 = log pi - log pi_ref from each response's score before the advantages (TRL's RLOO):
 the score-function gradient of that is the gradient of the sequence-level reverse
-KL, unbiased. The options "k2_loss" (0.5 * k1^2 per token in the loss: on samples of pi, the
+KL, unbiased. GRPO's std division then applies to the score part only (see the deviations). The options "k2_loss" (0.5 * k1^2 per token in the loss: on samples of pi, the
 gradient of the reverse KL of each token's distribution at the visited prefixes, the same gradient
 as TRL's bias-corrected k3) and "k3_loss" (the original GRPO) let a notebook show the difference;
 tests/test_grpo.py checks all three gradients by exact enumeration on one token
@@ -37,8 +38,14 @@ Deliberate choices and deviations:
 - The missing-EOS penalty of PPO (`ppo.missing_eos_penalty`) is applied to the score first; DAPO's
   masking of truncated responses is not implemented.
 - RLOO uses the per-token clipped surrogate summed over tokens, not TRL's sequence-level ratio.
-- The group std is the unbiased one (TRL); a group of identical rewards gets A = 0, not NaN.
-  With "k1_reward" the KL is inside r, so GRPO's std division rescales it per group too.
+- The group std is the unbiased one (TRL); a group of identical scores gets A = 0, not NaN.
+- With "k1_reward", GRPO standardizes the scores alone and adds the KL term unscaled:
+  A_i = (s_i - mean s) / (std s + 1e-4) - kl_coef * (KL_i - mean KL). Standardizing
+  r = s - kl_coef * KL as a whole (the literal reading; TRL's GRPO has no k1 in the reward) divides
+  the KL by the group's std: in a group whose scores tie, that std is kl_coef times the KL's own
+  spread, and the KL's sampling noise comes out as advantages of size 1 whatever kl_coef is, in
+  groups `objective/frac_zero_std` counts as carrying no signal. Here kl_coef weighs the KL the same
+  in every group. Dr GRPO and RLOO divide by nothing, so for them the two readings are the same.
 - Every random draw derives from (seed, step), like PPOTrainer. No checkpoints or resume.
 
 The reward is any callable `reward_fn(prompts, texts, eos_flags) -> (B,) scores`, a program (the
@@ -102,7 +109,49 @@ def rloo_advantages(rewards: torch.Tensor) -> torch.Tensor:
     return rewards - baseline  # (G, K)
 
 
+def kl_penalized_advantages(
+    scores: torch.Tensor, kl: torch.Tensor, kl_coef: float, advantage: str = "grpo"
+) -> torch.Tensor:
+    """Advantages of the KL-penalized reward r = score - kl_coef * KL, within each group.
+
+    scores, kl (G, K), kl the summed k1 of each response (`sequence_kl`) -> (G, K):
+
+        grpo:     A_i = (s_i - mean s) / (std s + 1e-4) - kl_coef * (KL_i - mean KL)
+        dr_grpo:  A_i = (s_i - mean s) - kl_coef * (KL_i - mean KL)     = r_i - mean r
+        rloo:     the leave-one-out advantages of r (`rloo_advantages`), linear in r too
+
+    GRPO's std comes from the scores alone (a deliberate deviation, see the module docstring): a
+    group whose scores tie gets only -kl_coef * (KL_i - mean KL), not its KL noise standardized to
+    size 1. kl_coef 0 gives the plain advantages of the scores.
+
+    Notebook: 06_dpo_grpo.ipynb
+    """
+    if advantage == "rloo":
+        return rloo_advantages(scores) - kl_coef * rloo_advantages(kl)  # (G, K)
+    if advantage not in ("grpo", "dr_grpo"):
+        raise ValueError(f"advantage must be one of {ADVANTAGES}, got {advantage!r}")
+    score_advantages = group_advantages(scores, "std" if advantage == "grpo" else "none")  # (G, K)
+    return score_advantages - kl_coef * group_advantages(kl, "none")  # (G, K)
+
+
+def zero_std_groups(scores: torch.Tensor) -> torch.Tensor:
+    """Groups whose scores are all equal: scores (G, K) -> (G,) bool. Their score advantage is 0
+    (no signal, docs/implementation_details.md#grpo-dr-grpo-and-rloo); `objective/frac_zero_std`
+    is their share."""
+    return (scores == scores[:, :1]).all(dim=1)  # (G,)
+
+
 # ------------------------------------------------- the KL term: in the reward (step 3) or the loss (step 4)
+
+
+def sequence_kl(logps: torch.Tensor, ref_logps: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
+    """The k1 estimate of each response's KL, sum_t (log pi - log pi_ref) over its tokens:
+    logps, ref_logps, response_mask (B, R) -> (B,) nats per response, detached (no gradient flows
+    through a KL in the reward).
+
+    Notebook: 06_dpo_grpo.ipynb
+    """
+    return masked_sum(kl_estimates(logps, ref_logps), response_mask.to(logps.dtype), dim=1).detach()  # (B,)
 
 
 def kl_shaped_scores(
@@ -120,8 +169,7 @@ def kl_shaped_scores(
 
     Notebook: 06_dpo_grpo.ipynb
     """
-    kl = masked_sum(kl_estimates(logps, ref_logps), response_mask.to(logps.dtype), dim=1)  # (B,)
-    return scores - kl_coef * kl.detach()  # (B,)
+    return scores - kl_coef * sequence_kl(logps, ref_logps, response_mask)  # (B,)
 
 
 def kl_loss_per_token(logps: torch.Tensor, ref_logps: torch.Tensor, kl_penalty: str) -> torch.Tensor:

@@ -27,10 +27,10 @@ from rlhf_edu.grpo import (
     KL_PENALTIES,
     aggregate_loss,
     clipped_surrogate,
-    group_advantages,
     kl_loss_per_token,
-    kl_shaped_scores,
-    rloo_advantages,
+    kl_penalized_advantages,
+    sequence_kl,
+    zero_std_groups,
 )
 from rlhf_edu.logprobs import masked_mean, masked_sum, per_token_logps
 from rlhf_edu.ppo import missing_eos_penalty
@@ -184,7 +184,7 @@ class GroupRollout:
     ref_logps: torch.Tensor
     raw_scores: torch.Tensor  # (B,) what reward_fn returned
     scores: torch.Tensor  # (B,) after the missing-EOS penalty
-    rewards: torch.Tensor  # (B,) what the advantages are computed from (minus the KL with k1_reward)
+    rewards: torch.Tensor  # (B,) the score minus kl_coef * KL with k1_reward: what each response is paid
     advantages: torch.Tensor  # (B,) one per response, shared by its tokens
     response_mask: torch.Tensor
 
@@ -265,15 +265,12 @@ class GRPOTrainer:
         ref_logps = torch.cat(ref_logps) * response_mask  # (B, R)
         check_finite("the policy log-probs", old_logps, step, "GRPO")
         check_finite("the reference log-probs", ref_logps, step, "GRPO")
-        # 3. Rewards (minus kl_coef * summed k1 by default), then advantages within each group.
-        rewards = scores
-        if cfg.kl_penalty == "k1_reward":
-            rewards = kl_shaped_scores(scores, old_logps, ref_logps, response_mask, cfg.kl_coef)  # (B,)
-        grouped = rewards.view(-1, K)  # (G, K)
-        if cfg.advantage == "rloo":
-            advantages = rloo_advantages(grouped)  # (G, K)
-        else:
-            advantages = group_advantages(grouped, "std" if cfg.advantage == "grpo" else "none")  # (G, K)
+        # 3. Advantages within each group from the scores, minus kl_coef * the group-centred summed
+        #    k1 by default; GRPO's std division scales the scores only (`kl_penalized_advantages`).
+        kl_coef = cfg.kl_coef if cfg.kl_penalty == "k1_reward" else 0.0  # the loss forms add theirs at 4
+        kl = sequence_kl(old_logps, ref_logps, response_mask)  # (B,) nats per response
+        rewards = scores - kl_coef * kl  # (B,)
+        advantages = kl_penalized_advantages(scores.view(-1, K), kl.view(-1, K), kl_coef, cfg.advantage)  # (G, K)
         advantages = advantages.reshape(-1)  # (B,)
         check_finite("the advantages", advantages, step, "GRPO")
         return GroupRollout(repeated, samples, ids, mask, old_logps, ref_logps, raw_scores, scores,
@@ -345,7 +342,7 @@ class GRPOTrainer:
         keep_rollout=True). Keys as PPOTrainer's where they mean the same (`objective/score`,
         `objective/kl`, `policy/entropy`, `policy/clipfrac`, `policy/approxkl`, `response/length`,
         ...), plus `loss` (mean over optimizer steps) and `objective/frac_zero_std`, the share of
-        groups whose scores are all equal (no signal)."""
+        groups whose scores are all equal: their score advantage is 0, only the KL term moves them."""
         cfg, step = self.config, self.step_count
         t0 = time.perf_counter()
         generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
@@ -360,7 +357,7 @@ class GRPOTrainer:
             "objective/score_penalized": float(rollout.scores.mean()),
             "objective/kl": float(kl.mean()),
             "objective/rlhf_reward": float((rollout.scores - cfg.kl_coef * kl).mean()),
-            "objective/frac_zero_std": float((grouped.std(dim=1) == 0).float().mean()),
+            "objective/frac_zero_std": float(zero_std_groups(grouped).float().mean()),
             "policy/entropy": float(-masked_mean(rollout.old_logps, mask)),
             "response/length": float(mask.sum(dim=1).mean()),
             "response/eos_fraction": float(rollout.samples.has_eos.float().mean()),

@@ -16,8 +16,10 @@ from rlhf_edu.grpo import (
     clipped_surrogate,
     group_advantages,
     kl_loss_per_token,
+    kl_penalized_advantages,
     kl_shaped_scores,
     rloo_advantages,
+    zero_std_groups,
 )
 from rlhf_edu.grpo_loop import (
     GRPOConfig,
@@ -26,6 +28,7 @@ from rlhf_edu.grpo_loop import (
     reward_model_scorer,
     train_grpo,
 )
+from rlhf_edu.logprobs import masked_sum
 from rlhf_edu.models import device_setup, tiny_model_and_tokenizer
 
 CPU = device_setup("cpu")  # this CPU's dtype rule, or RLHF_EDU_DTYPE
@@ -219,6 +222,49 @@ def test_kl_in_the_reward_and_k2_loss_follow_the_reverse_kl_but_k3_loss_the_forw
         close(torch.autograd.grad((pi * term).sum(), theta, retain_graph=True)[0], expected, atol=1e-12)
     with pytest.raises(ValueError, match="kl_penalty"):
         kl_loss_per_token(logp, ref_logp, "k1_reward")
+
+
+@pytest.mark.parametrize("kl_penalty", ["k1_reward", "k3_loss"])
+def test_groups_whose_scores_tie_get_only_a_kl_coef_sized_kl_advantage(kl_penalty):
+    """A constant reward: every group's scores tie, so no group carries a score signal
+    (frac_zero_std 1). With the KL folded into the reward and then standardized per group, the KL's
+    noise came out as advantages of size 1 whatever kl_coef was; now the tied groups get only
+    -kl_coef * (KL_i - mean KL), ten times larger at a ten times larger kl_coef (0 with the KL in
+    the loss, which adds its own term at step 4)."""
+    reference, tok = tiny_model_and_tokenizer(seed=0)
+    policy = tiny_model_and_tokenizer(seed=1)[0]  # away from the reference: KL noise in every group
+    constant = lambda prompts, texts, eos: torch.ones(len(texts))
+    advantages = {}
+    for kl_coef in (0.01, 0.1):
+        trainer = GRPOTrainer(copy.deepcopy(policy), reference, constant, tok, PROMPTS,
+                              small_config(steps=1, epochs=1, kl_coef=kl_coef, kl_penalty=kl_penalty), setup=CPU)
+        metrics, rollout = trainer.step(keep_rollout=True)
+        assert metrics["objective/frac_zero_std"] == 1.0
+        assert metrics["objective/kl"] != 0.0
+        advantages[kl_coef] = rollout.advantages
+    if kl_penalty == "k3_loss":
+        assert torch.equal(advantages[0.1], torch.zeros_like(advantages[0.1]))
+        return
+    kl = masked_sum(rollout.old_logps - rollout.ref_logps, rollout.response_mask, dim=1).view(-1, 4)  # (G, K)
+    close(advantages[0.1].view(-1, 4), -0.1 * (kl - kl.mean(dim=1, keepdim=True)), atol=1e-5)
+    close(advantages[0.1], 10 * advantages[0.01], atol=1e-5)
+    assert advantages[0.01].abs().max() < 0.5  # not unit-size
+
+
+def test_kl_penalized_advantages_standardize_the_scores_only():
+    scores = torch.tensor([[2.0, 2.0, 2.0, 2.0], [1.0, 3.0, 2.0, 6.0]], dtype=F64)  # (G, K): a tie, R_EXAMPLE
+    kl = random_groups(2, 4, seed=3)  # (G, K) nats per response
+    centered_kl = kl - kl.mean(dim=1, keepdim=True)  # (G, K)
+    for kl_coef in (0.0, 0.01, 0.1):
+        A = kl_penalized_advantages(scores, kl, kl_coef, "grpo")  # (G, K)
+        close(A, group_advantages(scores) - kl_coef * centered_kl, atol=1e-12)
+        close(A[0], -kl_coef * centered_kl[0], atol=1e-12)  # the tie: only the KL term, kl_coef-sized
+    old = group_advantages(scores - 0.01 * kl)  # standardizing score and KL together
+    assert old[0].std() == pytest.approx(1.0, abs=0.05)  # turns the tie's KL noise into unit advantages
+    # Without a std division the KL term is the same either way: Dr GRPO and RLOO are linear.
+    close(kl_penalized_advantages(scores, kl, 0.1, "dr_grpo"), group_advantages(scores - 0.1 * kl, "none"), atol=1e-12)
+    close(kl_penalized_advantages(scores, kl, 0.1, "rloo"), rloo_advantages(scores - 0.1 * kl), atol=1e-12)
+    assert zero_std_groups(scores).tolist() == [True, False]
 
 
 def test_kl_shaped_scores_sum_k1_over_response_tokens_only():
