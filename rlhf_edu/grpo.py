@@ -47,6 +47,8 @@ Deliberate choices and deviations:
   groups `objective/frac_zero_std` counts as carrying no signal. Here kl_coef weighs the KL the same
   in every group. Dr GRPO and RLOO divide by nothing, so for them the two readings are the same.
 - Every random draw derives from (seed, step), like PPOTrainer. No checkpoints or resume.
+- `policy/entropy` is a mean over response tokens of -log pi(y_t), as in PPOTrainer, not the
+  per-response sum that OpenAI's and TRL's `objective/entropy` log.
 
 The reward is any callable `reward_fn(prompts, texts, eos_flags) -> (B,) scores`, a program (the
 tests count a letter), or the course's reward model through `reward_model_scorer`, which scores the

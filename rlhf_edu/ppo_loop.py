@@ -21,7 +21,12 @@ notebook 04 and the README):
   the zero head's 0.00, -0.00, 0.00: neither critic is informative this early, so the cheaper one is
   the default where the budget is a laptop.
 - `trainable_layers` trains only the top blocks of the policy (a CPU budget choice, like LoRA).
-- `policy/entropy` is the sampled-token estimate mean(-log pi(y_t)), not the full-vocabulary entropy.
+- `policy/entropy` is the sampled-token estimate mean(-log pi(y_t)), not the full-vocabulary entropy,
+  and a mean over response tokens: OpenAI's and TRL's `objective/entropy` is the per-response sum,
+  mean over responses of sum_t -log pi(y_t), about `response/length` times larger.
+- Reward whitening (`whiten_rewards`, off by default) divides by the unbiased std over the whole
+  rollout batch's response tokens, once; OpenAI's books tasks whiten each minibatch with the biased
+  variance of `tf.nn.moments` (`masked_whiten(..., unbiased=False)` computes that one).
 - Every random draw (prompt order, sampling, minibatch shuffles) derives from (seed, step), so a run
   resumed from a checkpoint repeats the uninterrupted run exactly on a CPU.
 - Micro-batches are trimmed of all-padding columns before the forward pass (same numbers, less work).

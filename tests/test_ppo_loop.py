@@ -86,6 +86,23 @@ def test_logged_lr_is_the_lr_of_the_step():
     assert history[1]["policy/lr"] == pytest.approx(3e-3 * (1 - 1 / 4), rel=1e-12)
 
 
+def test_entropy_and_reward_whitening_are_the_documented_choices():
+    """Both are named in rlhf_edu/ppo_loop.py: `policy/entropy` is a per-token mean of -log pi(y_t)
+    (OpenAI and TRL log the per-response sum), and `whiten_rewards` divides by the unbiased std over
+    the whole batch's response tokens, keeping the mean (OpenAI: the biased one, per minibatch)."""
+    from rlhf_edu.ppo import per_token_rewards
+
+    trainer = make_trainer(small_config(steps=1, whiten_rewards=True))
+    metrics, rollout = trainer.step(keep_rollout=True)
+    mask = rollout.response_mask.bool()  # (B, R)
+    assert metrics["policy/entropy"] == pytest.approx(float(-rollout.old_logps[mask].mean()), rel=1e-6)
+    rewards, _ = per_token_rewards(rollout.scores, rollout.old_logps, rollout.ref_logps, rollout.response_mask,
+                                   trainer.config.kl_coef)  # (B, R) before whitening
+    valid = rewards[mask]  # (N,) the batch's response tokens
+    whitened = (valid - valid.mean()) / torch.sqrt(valid.var(unbiased=True) + 1e-8) + valid.mean()  # (N,)
+    torch.testing.assert_close(rollout.rewards[mask], whitened, atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.filterwarnings("ignore:Detected call of:UserWarning")
 def test_gradient_accumulation_matches_one_minibatch():
     """Micro-batches of 2 accumulated over a minibatch of 4 give the same update as one
