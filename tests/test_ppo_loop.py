@@ -77,6 +77,40 @@ def test_lr_zero_changes_nothing():
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
+@pytest.mark.parametrize("critic", ["shared", "reward_model"])
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_values_are_padding_invariant_and_start_at_the_last_query_token(arch, critic):
+    """Plumbing invariants for the critic (docs/implementation_details.md#plumbing-tests): a
+    response's values are the same alone and in a left-padded batch with a longer neighbour, and
+    values[:, 0] is the critic read at the hidden state of the last query token."""
+    from rlhf_edu.generation import encode_prompts
+
+    reference, tok = tiny_model_and_tokenizer(arch, seed=0)
+    rm = RewardModel.from_causal_lm(tiny_model_and_tokenizer(arch, seed=3)[0])
+    trainer = PPOTrainer(copy.deepcopy(reference), reference, rm, tok, PROMPTS, small_config(critic=critic), setup=CPU)
+    if critic == "shared":  # zero-initialized: give the head weights that read something
+        torch.nn.init.normal_(trainer.value_head.weight, std=0.5, generator=torch.Generator().manual_seed(0))
+    prompt_ids, prompt_mask = encode_prompts(tok, ["hi", "a much longer neighbour prompt"])  # (2, P) left-padded
+    response = torch.tensor([[30, 31, 32, 33]] * 2)  # (2, R)
+    ids = torch.cat([prompt_ids, response], 1)  # (2, P+R)
+    mask = torch.cat([prompt_mask, torch.ones_like(response)], 1)  # (2, P+R)
+    query, _ = encode_prompts(tok, ["hi"])  # (1, P') the short prompt alone, unpadded
+    alone = torch.cat([query, response[:1]], 1)  # (1, P'+R)
+    with torch.no_grad():
+        _, batched = trainer.forward(ids, mask, prompt_ids.shape[1])  # (2, R)
+        _, single = trainer.forward(alone, torch.ones_like(alone), query.shape[1])  # (1, R)
+        torch.testing.assert_close(batched[0], single[0], atol=1e-5, rtol=0)
+        if critic == "shared":
+            h = trainer.policy(input_ids=query, output_hidden_states=True).hidden_states[-1][0, -1]  # (H,)
+            by_hand = trainer.value_head(h)  # (1,)
+        else:
+            h = trainer.critic.backbone(input_ids=query).last_hidden_state[0, -1]  # (H,)
+            by_hand = trainer.critic.gain * trainer.critic.head(h) + trainer.critic.bias  # (1,)
+    assert by_hand.abs().item() > 1e-3, "a value of 0 would not test the position"
+    torch.testing.assert_close(single[0, 0], by_hand[0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(batched[0, 0], by_hand[0], atol=1e-5, rtol=0)
+
+
 def test_logged_lr_is_the_lr_of_the_step():
     """`policy/lr` is the learning rate the step's updates used: the configured lr at the first
     step, then the linear decay lr * (1 - s / steps), not the schedule's value one step later."""
