@@ -68,7 +68,7 @@ def test_masked_sum_reference_value_through_padding():
     torch.testing.assert_close(masked_sum(x, mask), torch.tensor(7.0))
 
 
-def test_whitening_reference_values_and_invariants():  # 6.4 item 18
+def test_whitening_reference_values_and_invariants():  # docs/implementation_details.md#ppo-tests
     torch.manual_seed(0)
     x, mask = 3.0 + 2.0 * torch.randn(4, 6, dtype=torch.float64), (torch.rand(4, 6) > 0.3).long()
     white = masked_whiten(x, mask)  # the library's choice: the unbiased variance
@@ -85,7 +85,7 @@ def test_whitening_reference_values_and_invariants():  # 6.4 item 18
 
 
 @pytest.mark.parametrize("garbage", [float("inf"), float("-inf"), float("nan"), 1e30])
-def test_masked_statistics_ignore_non_finite_padding(garbage):  # 6.4 item 18, SkyRL PR #1782
+def test_masked_statistics_ignore_non_finite_padding(garbage):  # SkyRL PR #1782
     """inf or NaN on padding must not reach the statistics: x * mask would turn them into NaN."""
     torch.manual_seed(0)
     x, mask = torch.randn(4, 6), (torch.rand(4, 6) > 0.3).long()
