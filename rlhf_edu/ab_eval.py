@@ -147,7 +147,7 @@ class ABEvaluator(PreferenceLabeler):
             "n": n,
             "win_rate": rate,
             "ci": ci,
-            "share_A": picks.count("A") / len(picks) if picks else float("nan"),
+            "share_A": picks.count("A") / len(picks) if picks else None,
         }
 
 

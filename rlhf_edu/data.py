@@ -94,6 +94,9 @@ def load_jsonl_dataset(path: str | Path, schema: dict[str, type]):
     """A `datasets.Dataset` from a checked JSON Lines file."""
     import datasets
 
+    from rlhf_edu import quiet_progress_bars
+
+    quiet_progress_bars()  # no "Generating train split" bar for every small local file
     read_jsonl(path, schema)  # raises DataError on the first bad row
     return datasets.load_dataset("json", data_files=str(path), split="train")
 

@@ -210,6 +210,9 @@ def load_model(
 
 
 def _from_pretrained(source: str, **kwargs):
+    from rlhf_edu import quiet_progress_bars
+
+    quiet_progress_bars()  # no "Loading weights" bar on every load (a hub download keeps its bar)
     tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
     model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, **kwargs)
     return tokenizer, model

@@ -417,7 +417,7 @@ def load_or_train_sft(preset, setup=None, *, progress: bool = True):
         return model, tok, f"loaded the SFT policy from {ckpt}"
     torch.manual_seed(preset.seed)
     train_sft(model, tok, demos, preset.sft, setup=setup, out_dir=ckpt, progress=progress)
-    return model, tok, f"{stale}: trained one now for the {preset.name} preset with {preset.sft}"
+    return model, tok, f"{stale}: trained one now for the {preset.name} preset ({preset.sft.max_steps} steps)"
 
 
 def sft_checkpoint_mismatch(ckpt: Path, wanted: dict) -> str | None:
