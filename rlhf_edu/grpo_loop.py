@@ -32,7 +32,7 @@ from rlhf_edu.grpo import (
     sequence_kl,
     zero_std_groups,
 )
-from rlhf_edu.logprobs import masked_mean, masked_sum, per_token_logps
+from rlhf_edu.logprobs import masked_mean, masked_sum, per_token_logps, zero_where_masked
 from rlhf_edu.ppo import missing_eos_penalty
 from rlhf_edu.ppo_loop import check_finite, trim_padding, warn_if_first_ratio_off
 from rlhf_edu.sft import linear_schedule
@@ -261,8 +261,8 @@ class GRPOTrainer:
             rows = slice(start, start + cfg.micro_batch_size)
             old_logps.append(self.forward(self.policy, ids[rows], mask[rows], samples.context_length))
             ref_logps.append(self.forward(self.reference, ids[rows], mask[rows], samples.context_length))
-        old_logps = torch.cat(old_logps) * response_mask  # (B, R)
-        ref_logps = torch.cat(ref_logps) * response_mask  # (B, R)
+        old_logps = zero_where_masked(torch.cat(old_logps), response_mask)  # (B, R), 0 on padding
+        ref_logps = zero_where_masked(torch.cat(ref_logps), response_mask)  # (B, R)
         check_finite("the policy log-probs", old_logps, step, "GRPO")
         check_finite("the reference log-probs", ref_logps, step, "GRPO")
         # 3. Advantages within each group from the scores, minus kl_coef * the group-centred summed
@@ -318,12 +318,12 @@ class GRPOTrainer:
                     self.scaler.scale(loss * share).backward()
                     mb_loss += float(loss.detach()) * float(share)
                     log_ratio = logps - old_logps  # (b, R)
-                    ratio_dev = float((log_ratio.exp() - 1).abs().mul(r_mask).max())
+                    ratio_dev = float(zero_where_masked((log_ratio.exp() - 1).abs(), r_mask).max())
                     if epoch == 0 and mb_start == 0:  # health check: nothing has changed yet
                         first_ratio_dev = max(first_ratio_dev, ratio_dev)
                     stats["policy/clipfrac"].append(float(masked_mean(clipped.float(), r_mask)))
                     stats["policy/approxkl"].append(float(0.5 * masked_mean(log_ratio**2, r_mask)))
-                    stats["policy/ratio_max"].append(float((log_ratio.exp() * r_mask).max()))
+                    stats["policy/ratio_max"].append(float(zero_where_masked(log_ratio.exp(), r_mask).max()))
                 self.scaler.unscale_(self.optimizer)
                 grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
                 if not self.scaler.is_enabled():  # with fp16's scaler, a non-finite norm skips the step

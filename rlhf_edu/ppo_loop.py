@@ -53,6 +53,7 @@ from rlhf_edu.logprobs import (
     masked_whiten,
     per_token_logps,
     position_ids_from_mask,
+    zero_where_masked,
 )
 from rlhf_edu.ppo import (
     AdaptiveKLController,
@@ -404,9 +405,9 @@ class PPOTrainer:
             with self.autocast_ctx:
                 rm_scores.append(self.reward_model(ids[rows], mask[rows]).float())
                 lap("reward")
-        old_logps = torch.cat(old_logps) * response_mask  # (B, R)
-        old_values = torch.cat(old_values) * response_mask  # (B, R)
-        ref_logps = torch.cat(ref_logps) * response_mask  # (B, R)
+        old_logps = zero_where_masked(torch.cat(old_logps), response_mask)  # (B, R), 0 on padding
+        old_values = zero_where_masked(torch.cat(old_values), response_mask)  # (B, R)
+        ref_logps = zero_where_masked(torch.cat(ref_logps), response_mask)  # (B, R)
         rm_scores = torch.cat(rm_scores)  # (B,)
         for name, t in [("the reward-model score", rm_scores), ("the policy log-probs", old_logps),
                         ("the reference log-probs", ref_logps), ("the values", old_values)]:
@@ -421,10 +422,10 @@ class PPOTrainer:
             scores, old_logps, ref_logps, response_mask, self.kl_controller.kl_coef
         )  # (B, R), (B, R)
         if cfg.whiten_rewards:
-            rewards = masked_whiten(rewards, response_mask, shift_mean=False) * response_mask
+            rewards = masked_whiten(rewards, response_mask, shift_mean=False)  # (B, R), 0 on padding
         # 4. Advantages by GAE (returns before whitening), then whitened over the batch's tokens.
         advantages, returns = compute_gae(rewards, old_values, response_mask, cfg.gamma, cfg.lam)
-        advantages = masked_whiten(advantages, response_mask) * response_mask  # (B, R)
+        advantages = masked_whiten(advantages, response_mask)  # (B, R), 0 on padding
         check_finite("the advantages", advantages, step)
         return Rollout(
             prompts, samples, old_logps, ref_logps, old_values, rm_scores, scores, rewards,
@@ -472,16 +473,16 @@ class PPOTrainer:
                     self.scaler.scale(loss * weight).backward()
                     with torch.no_grad():
                         ratio = torch.exp(logps - rollout.old_logps[rows, :R])  # (b, R)
-                        ratio_dev = float(((ratio - 1).abs() * r_mask).max())
+                        ratio_dev = float(zero_where_masked((ratio - 1).abs(), r_mask).max())
                     if epoch == 0 and mb_start == 0:  # health check: nothing has changed yet
                         first_ratio_dev = max(first_ratio_dev, ratio_dev)
                         first_approxkl = max(first_approxkl, pg_stats["policy/approxkl"])
-                        first_dev_sum += float(((ratio - 1).abs() * r_mask).sum())
+                        first_dev_sum += float(masked_sum((ratio - 1).abs(), r_mask))
                         first_tokens += float(r_mask.sum())
                     for key, value in {
                         "policy/loss": pg_loss.item(), "val/loss": vf_loss.item(), **pg_stats, **vf_stats,
                         "policy/ratio_mean": float(masked_mean(ratio, r_mask)),
-                        "policy/ratio_max": float((ratio * r_mask).max()),
+                        "policy/ratio_max": float(zero_where_masked(ratio, r_mask).max()),
                     }.items():
                         stats[key].append(value)
                 self.scaler.unscale_(self.optimizer)

@@ -347,6 +347,25 @@ def test_lr_zero_changes_nothing(kl_penalty):
     assert all(torch.equal(before[k], v) for k, v in params(trainer.policy).items())
 
 
+def test_non_finite_log_probs_on_padding_stay_out_of_the_loop():
+    """inf log-probs after the EOS (padding the masks exclude): the rollout, the loss and the logged
+    statistics are finite (x * mask would turn them into NaN)."""
+    trainer = make_trainer(small_config(steps=1, epochs=2, mini_batch_size=8))
+    forward = trainer.forward
+
+    def garbage_on_padding(model, input_ids, attention_mask, context_length):
+        logps = forward(model, input_ids, attention_mask, context_length)  # (b, R)
+        return logps.masked_fill(attention_mask[:, context_length:] == 0, float("inf"))
+
+    trainer.forward = garbage_on_padding
+    metrics, rollout = trainer.step(keep_rollout=True)
+    assert (rollout.response_mask == 0).any(), "no padding: the check shows nothing"
+    for key in ("policy/ratio_max", "policy/approxkl", "policy/clipfrac", "health/first_ratio_dev", "loss",
+                "policy/entropy", "objective/kl"):
+        assert torch.isfinite(torch.tensor(metrics[key])), key
+    assert metrics["health/first_ratio_dev"] < 1e-5
+
+
 def test_logged_lr_is_the_lr_of_the_step():
     """`policy/lr` is the learning rate the step's updates used: the configured lr at the first
     step, then the linear decay lr * (1 - s / steps), not the schedule's value one step later."""

@@ -2,6 +2,7 @@
 (first step a no-op, lr = 0, gradient accumulation, toy learning test) plus resume and failures."""
 
 import copy
+import math
 
 import pytest
 import torch
@@ -109,6 +110,26 @@ def test_values_are_padding_invariant_and_start_at_the_last_query_token(arch, cr
     assert by_hand.abs().item() > 1e-3, "a value of 0 would not test the position"
     torch.testing.assert_close(single[0, 0], by_hand[0], atol=1e-5, rtol=0)
     torch.testing.assert_close(batched[0, 0], by_hand[0], atol=1e-5, rtol=0)
+
+
+def test_non_finite_numbers_on_padding_stay_out_of_the_loop():
+    """inf log-probs and NaN values after the EOS (padding the masks exclude): the rollout, the
+    losses and the logged statistics are finite (x * mask would turn them into NaN)."""
+    trainer = make_trainer(small_config(steps=1))
+    forward = trainer.forward
+
+    def garbage_on_padding(input_ids, attention_mask, context_length, trunk=None):
+        logps, values = forward(input_ids, attention_mask, context_length, trunk)  # (b, R), (b, R)
+        pad = attention_mask[:, context_length:] == 0  # (b, R) after the EOS
+        return logps.masked_fill(pad, float("inf")), values.masked_fill(pad, float("nan"))
+
+    trainer.forward = garbage_on_padding
+    metrics, rollout = trainer.step(keep_rollout=True)
+    assert (rollout.response_mask == 0).any(), "no padding: the check shows nothing"
+    for key in ("policy/ratio_max", "policy/ratio_mean", "health/first_ratio_dev", "health/first_ratio_dev_mean",
+                "policy/loss", "val/loss", "policy/entropy", "objective/kl", "val/explained_variance"):
+        assert math.isfinite(metrics[key]), key
+    assert metrics["health/first_ratio_dev"] < 1e-5
 
 
 def test_logged_lr_is_the_lr_of_the_step():
