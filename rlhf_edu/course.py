@@ -8,8 +8,9 @@ Executes every notebook in `notebooks/` in order with nbclient, in a fresh kerne
      "notebooks": {"01_sft": {"seconds": 412.0, "images": 2, "metrics": {...}}}}
 
 A notebook fails when a cell raises, when a cell runs past the preset's `cell_timeout`, when its
-kernel loses a reply (idle, no `execute_reply`: see `rlhf_edu.kernel_watch`; the notebook is rerun
-once in a fresh kernel first), and when its source draws figures but it produced no image.
+kernel loses a reply (idle, and no `execute_reply` even on a fresh poll: see
+`rlhf_edu.kernel_watch`; the notebook is rerun once in a fresh kernel first), and when its source
+draws figures but it produced no image.
 """
 
 from __future__ import annotations
@@ -107,6 +108,8 @@ def run_notebook(
             seconds = time.perf_counter() - start
             out_dir.mkdir(parents=True, exist_ok=True)
             nbformat.write(nb, out_dir / path.name)
+        if client.recovered_replies:
+            print(f"[course] {path.name}: {client.recovered_replies} replies found by a fresh poll")
         return seconds, count_images(nb)
 
 

@@ -177,6 +177,28 @@ def test_lost_reply_fails_the_notebook_within_two_minutes(tmp_path, monkeypatch,
     assert summary["notebooks"]["00_lost"]["error"].startswith("LostReplyError")
 
 
+def test_reply_behind_a_missed_wakeup_is_recovered(monkeypatch):
+    """nbclient #312: the reply waits in the shell socket but nbclient's poll never wakes up.
+    Simulated by a shell poll that never returns; the fresh poll after the idle status finds it."""
+    import asyncio
+
+    from nbclient import NotebookClient
+
+    from rlhf_edu.kernel_watch import WatchedClient
+
+    async def poll_that_misses_its_wakeup(self, *args):
+        await asyncio.sleep(3600)
+
+    monkeypatch.setattr(NotebookClient, "_async_poll_for_reply", poll_that_misses_its_wakeup)
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("x = 1"), nbformat.v4.new_code_cell("print(x + 1)")]
+    client = WatchedClient(nb, timeout=60, kernel_name="python3", lost_reply_grace=10)
+    start = time.monotonic()
+    client.execute()
+    assert client.recovered_replies == 2 and nb.cells[1].outputs[0]["text"] == "2\n"
+    assert time.monotonic() - start < 60
+
+
 def test_nbval_lost_reply_fails_the_cell(tmp_path):
     """`make test`'s nbval run, with rlhf_edu.nbval_watch loaded, fails the cell and skips the rest."""
     write_notebook(tmp_path, "00_lost", ["x = 1", DROP_THIS_REPLY, "print(x)"])
