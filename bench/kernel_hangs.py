@@ -1,8 +1,8 @@
 """Does the Jupyter stack lose replies? Execute a widget notebook many times and count the hangs.
 
 Once, at the cpu preset, `make course` waited forever after notebook 05's FrontierExplorer cell:
-the kernel had run the cell and sat idle, but its execute_reply never came (ipykernel 7 sends shell
-replies from a thread of its own; ipykernel #1529, #1554, nbclient #312). This script rebuilds that
+the kernel had run the cell and sat idle, but its execute_reply never came (suspects: ipykernel 7's
+shell-reply thread, ipykernel #1529 and #1554, and nbclient #312). This script rebuilds that
 cell's ingredients in a small notebook: a busy torch cell (a few seconds of matmuls), then the
 widgets the explorer builds (IntSlider, HTML, an Output with a PNG Image displayed in it, HBox and
 VBox, the widget displayed, the slider moved), and executes it `--runs` times, one at a time, with
@@ -10,7 +10,8 @@ VBox, the widget displayed, the slider moved), and executes it `--runs` times, o
 nbclient's own poll did not see within a second; `recovered` counts the stalls whose reply a fresh
 poll of the shell socket found, `hangs` those it did not find within `--grace` seconds. With
 `--no-fresh-poll` the client only waits `--grace` seconds on nbclient's own poll, so every stall is
-a hang (what `make course` did before the fresh poll).
+a hang (nbclient alone would wait out the per-cell timeout instead). Result: the stalls come with
+ipykernel 6 and 7 alike, and a fresh poll finds every reply (nbclient #312, not the kernel).
 
 Run it with the Python of each candidate environment; each run adds its entry (versions, runs,
 hangs, seconds) to the JSON file:
