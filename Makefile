@@ -80,7 +80,7 @@ test-other-dtype: setup
 	test -d .nbval-artifacts || $(MAKE) test-notebooks
 	rm -rf .nbval-artifacts/ppo  # train again in this dtype rather than resume the first run
 	RLHF_EDU_DTYPE=$(OTHER_DTYPE) RLHF_EDU_PRESET=smoke RLHF_EDU_AUTOPILOT=1 RLHF_EDU_ARTIFACTS=$(CURDIR)/.nbval-artifacts \
-		$(PY) -m pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env notebooks/04_ppo.ipynb
+		$(PY) -m pytest -q -p no:cacheprovider -p rlhf_edu.nbval_watch --nbval-lax --nbval-current-env notebooks/04_ppo.ipynb
 
 course: setup
 	$(PY) -m rlhf_edu.course --preset $(PRESET)

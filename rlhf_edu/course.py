@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 from rlhf_edu.kernel_watch import LOST_REPLY_GRACE, LostReplyError, WatchedClient, describe_cell
+from rlhf_edu.models import device_setup
 from rlhf_edu.presets import PRESETS
 from rlhf_edu.store import ARTIFACTS_ENV, artifacts_dir, load_metrics, write_json
 
@@ -145,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.only:
         notebooks = [nb for nb in notebooks if nb.name[:2] in args.only]
     summary_path = artifacts / "course_summary.json"
-    summary = {"preset": args.preset, "machine": machine_description(), "notebooks": {}}
+    summary = {"preset": args.preset, "machine": machine_description(), "dtype": device_setup().dtype_name,
+               "notebooks": {}}
     if args.only and summary_path.exists():
         # A partial run (--only) keeps the other notebooks' entries of the same preset.
         previous = json.loads(summary_path.read_text())
