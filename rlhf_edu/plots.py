@@ -67,8 +67,12 @@ class LivePlot:
         self.history: dict[str, list[tuple[int, float]]] = {k: [] for keys in panels.values() for k in keys}
         self._updates = 0
         self._handle = None
-        self.fig = Figure(figsize=(4.2 * len(panels), 3.0), layout="constrained")
-        self.axes = self.fig.subplots(1, len(panels), squeeze=False)[0]
+        cols = min(3, len(panels))  # at most 3 panels a row, so six stay readable in a notebook's width
+        rows = -(-len(panels) // cols)
+        self.fig = Figure(figsize=(4.2 * cols, 3.0 * rows), layout="constrained")
+        self.axes = list(self.fig.subplots(rows, cols, squeeze=False).flat)[: len(panels)]
+        for ax in list(self.fig.axes)[len(panels):]:
+            ax.set_visible(False)
         if in_notebook():
             from IPython.display import display
 
