@@ -371,19 +371,19 @@ class DeviceSetup:
         other micro-batches). fp32 keeps 24 significant bits and such differences stay below 1e-4;
         autocast rounds every matrix product's output to 8 bits (bf16, a relative step of 0.4%)
         or 11 bits (fp16), and through 30 blocks the same token's log-prob then moves by up to
-        about 0.15 nats in bf16 (measured on SmolLM2-135M; fp16 is 8 times finer)."""
+        about 0.15 nats in bf16 (measured on SmolLM2-135M on a CPU with native bf16; fp16 is 8 times finer)."""
         return {None: 1e-3, torch.bfloat16: 0.5, torch.float16: 0.1}[self.autocast_dtype]
 
     @property
     def fp32_logps(self) -> bool:
         """True under bf16: PPO and GRPO then compute the log-probs that enter the ratio and the
-        KL (policy old and new, reference) in fp32. In bf16 the same tokens' log-probs move by up to
+        KL (policy old and new, reference, the frozen trunk) in fp32. In bf16 the same tokens' log-probs move by up to
         about 0.15 nats with the batch's shape (`logp_tolerance`), and the old and new log-probs of a
         minibatch come from different batches: |ratio - 1| on the first minibatch, where it must be
-        0, reached 0.12, the size of PPO's clip range (0.2), so the clip would act on noise.
+        0, reached 0.12 on a CPU with native bf16, the size of PPO's clip range (0.2), so the clip
+        would act on noise (torch's emulated bf16, on CPUs without it, gave 0 in the same check).
         Sampling and the reward model stay in bf16. fp16 (T4) keeps 11 bits, 8 times finer, and
         keeps autocast for speed."""
-
         return self.autocast_dtype == torch.bfloat16
 
     @property
