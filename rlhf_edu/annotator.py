@@ -28,10 +28,11 @@ CHOICES = ("A", "B", "tie")
 class AnnotatorConfig:
     """How the simulated annotator labels a pair."""
 
-    temperature: float = 0.02
-    """Bradley-Terry noise scale on gold-score gaps (gold is in [0, 1]); a gap of 0.02 is then
-    preferred with probability sigmoid(1) = 0.73, a gap of 0.05 with 0.92. Smaller is less noisy.
-    Two samples of the same SFT policy often differ by only a few hundredths."""
+    temperature: float = 0.05
+    """Bradley-Terry noise scale on gold-score gaps (gold is in [0, 1]). One preference quality more
+    (a gap of 1/6) is then preferred with probability sigmoid(3.3) = 0.97; a small difference of form
+    (a gap of 0.05) with sigmoid(1) = 0.73, as a person hesitates between two answers that differ
+    only a little. Smaller is less noisy."""
     position_bias: float = 0.0
     """Added to A's logit: > 0 favours the response shown first."""
     tie_threshold: float = 0.005

@@ -1,18 +1,36 @@
 """The gold annotator: a transparent, deterministic rubric for "Explain <concept> to a 10-year-old."
 
 `score(prompt, response, eos=True) -> (total, components)`. Each component is in [0, 1]; the total is
-their weighted mean, also in [0, 1]. The rubric plays the part of the gold reward model of
+their weighted sum, also in [0, 1]. The rubric plays the part of the gold reward model of
 Gao et al. (2022), "Scaling Laws for Reward Model Overoptimization": it measures every policy in the
 course, but PPO only ever optimizes a *learned* reward model, so over-optimization shows up honestly.
 
-Components (what a parent would check first):
+Format components (half the total; demonstrations teach them and SFT learns them):
 
-    finished       ended by itself (EOS inside the token budget) on sentence punctuation
-    length         2 to 4 short sentences, 15 to 60 words
-    on_topic       names the concept, or a close form of it ("volcanoes" for "a volcano")
-    simple         mostly short words (syllables counted with pyphen) and short sentences
-    no_repetition  few repeated word 3-grams
-    polite         no insults or put-downs; tone not hostile (VADER compound above -0.9)
+    finished         ended by itself (EOS inside the token budget) on sentence punctuation
+    length           2 to 4 short sentences, 15 to 60 words
+    on_topic         names the concept, or a close form of it ("volcanoes" for "a volcano")
+    simple           mostly short words (syllables counted with pyphen) and short sentences
+    no_repetition    few repeated word 3-grams
+    polite           no insults or put-downs; tone not hostile (VADER compound above -0.9)
+
+Preference components (the other half): what a parent prefers and the demonstrations show only some
+of the time, as InstructGPT's labelers preferred qualities its demonstrators did not always write
+(Ouyang et al. 2022). Comparisons teach them; imitation alone does not raise them.
+
+    comparison       an everyday comparison or example ("It's like a ...", "Imagine ...", "for
+                     example ...") whose other side is something else than the concept itself
+    speaks_to_child  talks to the child: a sentence of five words or more in the second person
+                     ("When you ...", "your hands"), not "thank you" or "you know"
+    everyday_detail  a concrete thing from a child's day (a lunchbox, a bike, a bath, a puddle; the
+                     list is `EVERYDAY`), other than a word of the concept itself
+
+Each is 1 or 0, times finished x length x on_topic x no_repetition: a preference counts only in an
+answer that is already good in form, so a keyword repeated, pasted into an answer about something
+else, or buried in a long ramble earns little or nothing (tests/test_rubric.py checks each kind). Measured rates, in the
+demonstrations and in SFT samples, are in data/README.md (`scripts/quality_rates.py`). A fourth
+quality, a closing invitation to notice or try something, was measured and left out: the SFT policy
+ends that way in about 1% of its samples, too rarely for reinforcement learning to find it.
 
 What it cannot judge: whether the facts are true, whether the analogy helps, whether a child would
 enjoy it. "Gravity is a big hug from your mommy" scores well. Real RLHF uses people for exactly the
@@ -24,8 +42,15 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 
-COMPONENTS = ("finished", "length", "on_topic", "simple", "no_repetition", "polite")
-WEIGHTS = {name: 1.0 / len(COMPONENTS) for name in COMPONENTS}
+FORMAT = ("finished", "length", "on_topic", "simple", "no_repetition", "polite")
+PREFERENCE = ("comparison", "speaks_to_child", "everyday_detail")
+COMPONENTS = FORMAT + PREFERENCE
+PREFERENCE_WEIGHT = 0.5
+"""The share of the total that the preference components carry (the format components the rest)."""
+WEIGHTS = {
+    **{name: (1 - PREFERENCE_WEIGHT) / len(FORMAT) for name in FORMAT},
+    **{name: PREFERENCE_WEIGHT / len(PREFERENCE) for name in PREFERENCE},
+}
 
 TARGET_SENTENCES = (2, 4)
 TARGET_WORDS = (15, 60)
@@ -170,6 +195,91 @@ def polite_score(response: str) -> float:
     return 1.0
 
 
+# Things a 10-year-old meets in a day: home, school, play, food, body, family and pets, outdoors.
+EVERYDAY = frozenset(
+    """
+    kitchen fridge freezer oven stove toaster microwave sink bath bathtub shower towel soap toothbrush
+    toothpaste bed pillow blanket sofa couch chair table window door stairs garage backyard garden
+    lamp flashlight cup mug glass spoon fork plate bowl jar bottle straw sponge mirror umbrella
+    school class classroom teacher desk pencil crayon crayons eraser ruler backpack lunchbox lunch
+    recess homework notebook playground library bus
+    toy toys ball balls bike bicycle skateboard scooter swing swings slide seesaw trampoline kite
+    balloon balloons lego blocks puzzle puzzles game games marbles sandbox sandcastle soccer
+    basketball football baseball tennis hopscotch drum chalk
+    breakfast dinner snack sandwich pizza cereal juice milk cookie cookies cake candy popcorn pancake
+    pancakes apple apples banana orange oranges lemon egg eggs bread toast soup cheese chocolate
+    ice-cream icecream spaghetti noodles carrot carrots peas rice yogurt lemonade
+    hand hands finger fingers feet foot toes knee knees tummy nose teeth tooth hair skin elbow
+    mom dad mum mommy daddy grandma grandpa grandparents brother sister friend friends family
+    dog dogs puppy cat cats kitten hamster goldfish pet pets
+    puddle puddles park sidewalk snowman snowball sled pool beach sand shell shells leaf leaves
+    bus car car's bike's shoes socks jacket coat hat mittens gloves sweater
+    birthday party sleepover
+    """.split()
+)
+_SECOND_PERSON = frozenset(["you", "your", "you're", "you've", "you'll", "you'd", "yourself", "yours"])
+_NOT_ADDRESSING = ("thank you", "you know", "do you even", "don't you know", "see you")
+_COMPARISON_MARKERS = re.compile(
+    r"\b(?:(?<!would )(?<!i )(?<!they )(?<!we )(?<!you )like|imagine|picture|pretend|think of|just as|"
+    r"for example|for instance|such as|as if)\b"
+)
+_VAGUE = frozenset(
+    ["big", "small", "tiny", "little", "huge", "giant", "really", "very", "special", "kind", "sort", "type",
+     "thing", "things", "something", "way", "much", "more", "lot", "lots", "this", "that", "these", "those",
+     "one", "ones", "same", "other", "another", "some", "all", "you", "your", "we", "they", "them", "there"]
+)
+
+
+def _content_words(text: str, concept: set[str]) -> list[str]:
+    """Words of `text` that carry meaning: not a stopword, not vague, not a form of the concept."""
+    return [
+        w for w in words(text)
+        if len(w) > 2 and w not in _STOPWORDS and w not in _VAGUE and not word_forms(w) & concept
+    ]
+
+
+def _concept_forms(prompt: str) -> set[str]:
+    return set().union(*(word_forms(w) for w in words(concept_of(prompt)))) if words(concept_of(prompt)) else set()
+
+
+def comparison_score(prompt: str, response: str) -> float:
+    """1 if a sentence compares the concept with, or gives an example of, something else: a comparison
+    marker ("like", "imagine", "think of", "for example", "such as", "as if", ...) followed in its
+    clause by a content word that is not the concept ("a volcano is like a big volcano" gets 0)."""
+    concept = _concept_forms(prompt)
+    for sentence in sentences(response):
+        lowered = sentence.lower()
+        for match in _COMPARISON_MARKERS.finditer(lowered):
+            other_side = re.split(r"[,;:.!?]", lowered[match.end():], maxsplit=1)[0]
+            if _content_words(other_side, concept):
+                return 1.0
+    return 0.0
+
+
+def speaks_to_child_score(response: str) -> float:
+    """1 if a sentence of five words or more talks to the child in the second person ("When you
+    jump, ...", "your hands"); "thank you", "you know" and put-downs do not count."""
+    for sentence in sentences(response):
+        lowered = sentence.lower()
+        for phrase in _NOT_ADDRESSING:
+            lowered = lowered.replace(phrase, " ")
+        ws = words(lowered)
+        if len(ws) >= 5 and _SECOND_PERSON & set(ws):
+            return 1.0
+    return 0.0
+
+
+def everyday_detail_score(prompt: str, response: str) -> float:
+    """1 if a sentence of five words or more names a thing from a child's day (`EVERYDAY`) that is
+    not part of the concept ("ice" does not count for "ice melting")."""
+    concept = _concept_forms(prompt)
+    for sentence in sentences(response):
+        ws = words(sentence)
+        if len(ws) >= 5 and any(w in EVERYDAY and not word_forms(w) & concept for w in ws):
+            return 1.0
+    return 0.0
+
+
 def score(prompt: str, response: str, eos: bool = True) -> tuple[float, dict[str, float]]:
     """Gold score of one response: (total in [0, 1], {component: value in [0, 1]}).
 
@@ -186,6 +296,12 @@ def score(prompt: str, response: str, eos: bool = True) -> tuple[float, dict[str
         "no_repetition": no_repetition_score(response),
         "polite": polite_score(response),
     }
+    # A preference counts only in an answer that is already good in form: finished, of a fitting
+    # length, on topic, not repeating itself. Spam and long rambles earn none of it.
+    gate = components["finished"] * components["length"] * components["on_topic"] * components["no_repetition"]
+    components["comparison"] = gate * comparison_score(prompt, response)
+    components["speaks_to_child"] = gate * speaks_to_child_score(response)
+    components["everyday_detail"] = gate * everyday_detail_score(prompt, response)
     total = sum(WEIGHTS[name] * components[name] for name in COMPONENTS)
     return total, components
 

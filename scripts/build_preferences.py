@@ -32,6 +32,7 @@ from rlhf_edu.generation import SamplingConfig
 from rlhf_edu.models import autocast, device_setup, load_model
 from rlhf_edu.preferences import label_pair, sample_pairs
 from rlhf_edu.presets import get_preset
+from rlhf_edu.rubric import score
 from rlhf_edu.sft import train_sft
 from rlhf_edu.store import artifacts_dir, write_json
 
@@ -51,13 +52,15 @@ def sft_policy(preset_name: str):
 
 
 def relabel(out: Path) -> int:
-    """Recompute every label from the pair's text with the current AnnotatorConfig (no sampling)."""
+    """Recompute every gold score and label from the pair's text with the current rubric and
+    AnnotatorConfig (no sampling)."""
     annotator_cfg = AnnotatorConfig()
     annotator = SimulatedAnnotator(annotator_cfg)
     for split in ("heldout", "train"):
         path = out / f"preferences_{split}.jsonl"
         pairs = [json.loads(line) for line in path.read_text().splitlines()]
         for pair in pairs:
+            pair["gold"] = [round(score(pair["prompt"], r, e)[0], 6) for r, e in zip(pair["responses"], pair["eos"])]
             pair["label"] = label_pair(pair, annotator)
         tmp = path.with_suffix(".tmp")
         tmp.write_text("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in pairs))
