@@ -57,7 +57,7 @@ from rlhf_edu.logprobs import (
 from rlhf_edu.reward import RewardConfig
 from rlhf_edu.rubric import COMPONENTS, score_batch
 
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 EVAL_ROWS_DIR = "eval_rows"
 
 # --------------------------------------------------------------------------- budgets
@@ -326,7 +326,7 @@ def load_policy(name: str, preset, budget: FinalEvalBudget, *, device="cpu", ref
 # --------------------------------------------------------------------------- eval rows, cached
 
 
-def score_samples(samples: Samples, prompts: list[str], *, reference, reward_model=None, policy=None,
+def score_samples(samples: Samples, prompts: list[str], *, reference=None, reward_model=None, policy=None,
                   temperature: float, batch_size: int = 16, autocast_ctx=None) -> list[dict]:
     """Rows {prompt, response, tokens, eos, gold, <components>, rm, kl, ref_nll, ref_tokens} for
     sampled responses, scored on the sampled tokens themselves.
@@ -339,12 +339,16 @@ def score_samples(samples: Samples, prompts: list[str], *, reference, reward_mod
       ref_tokens its token count: perplexity = exp(sum ref_nll / sum ref_tokens).
 
     The same numbers as `metrics.evaluate_policy` for gold, rm and kl; the reference's one forward
-    pass serves both the KL and the perplexity. Notebooks: 06_dpo_grpo.ipynb, 07_evaluation.ipynb
+    pass serves both the KL and the perplexity. Without a reference, no kl and no ref_nll.
+    Notebooks: 06_dpo_grpo.ipynb, 07_evaluation.ipynb (through `rlhf_edu.yardstick`)
     """
     scored = score_batch(prompts, samples.texts, samples.has_eos.tolist())
     rows = [{"prompt": p, "response": r, "tokens": int(n), "eos": bool(e), **s}
             for p, r, n, e, s in zip(prompts, samples.texts, samples.n_tokens, samples.has_eos, scored)]
-    device = next(reference.parameters()).device
+    models = [m for m in (reference, reward_model) if m is not None]
+    if not models:
+        return rows
+    device = next(models[0].parameters()).device
     ctx = autocast_ctx or contextlib.nullcontext()
     P = samples.context_length
     for start in range(0, len(rows), batch_size):
@@ -354,18 +358,19 @@ def score_samples(samples: Samples, prompts: list[str], *, reference, reward_mod
         response_mask = samples.response_mask[start : start + batch_size].to(device).float()  # (b, R)
         labels = ids[:, P:]  # (b, R) the sampled response tokens
         with torch.no_grad(), ctx:
-            ref_logits = response_logits(reference, ids, mask, P).float()  # (b, R, V)
-            ref_logps_t = selective_log_softmax(ref_logits / temperature, labels)  # (b, R) as sampled
-            ref_logps_1 = selective_log_softmax(ref_logits, labels)  # (b, R) the reference itself
-            del ref_logits
-            nll = -masked_sum(ref_logps_1, response_mask, dim=1)  # (b,)
-            for row, value, n in zip(chunk, nll.tolist(), response_mask.sum(dim=1).tolist()):
-                row["ref_nll"], row["ref_tokens"] = value, int(n)
-            if policy is not None:
-                logps = per_token_logps(policy, ids, mask, P, temperature)  # (b, R)
-                kl = masked_sum(logps - ref_logps_t, response_mask, dim=1)  # (b,)
-                for row, value in zip(chunk, kl.tolist()):
-                    row["kl"] = value
+            if reference is not None:
+                ref_logits = response_logits(reference, ids, mask, P).float()  # (b, R, V)
+                ref_logps_t = selective_log_softmax(ref_logits / temperature, labels)  # (b, R) as sampled
+                ref_logps_1 = selective_log_softmax(ref_logits, labels)  # (b, R) the reference itself
+                del ref_logits
+                nll = -masked_sum(ref_logps_1, response_mask, dim=1)  # (b,)
+                for row, value, n in zip(chunk, nll.tolist(), response_mask.sum(dim=1).tolist()):
+                    row["ref_nll"], row["ref_tokens"] = value, int(n)
+                if policy is not None:
+                    logps = per_token_logps(policy, ids, mask, P, temperature)  # (b, R)
+                    kl = masked_sum(logps - ref_logps_t, response_mask, dim=1)  # (b,)
+                    for row, value in zip(chunk, kl.tolist()):
+                        row["kl"] = value
             if reward_model is not None:
                 for row, value in zip(chunk, reward_model(ids, mask).float().tolist()):
                     row["rm"] = value
@@ -413,13 +418,14 @@ def eval_settings(name: str, preset_name: str, prompts: list[str], sampling: Sam
 
 def policy_eval_rows(name: str, model, tokenizer, prompts: list[str], sampling: SamplingConfig, *,
                      preset_name: str, seed: int, reference, reward_model, autocast_ctx=None,
-                     refresh: bool = False) -> tuple[list[dict], str]:
+                     refresh: bool = False, extra: dict | None = None) -> tuple[list[dict], str]:
     """One response per prompt from `model`, drawn as `metrics.evaluate_policy` draws it (the same
     seed for every policy), scored by `score_samples`; cached in artifacts/eval_rows/<name>.json.
     Returns (rows, message). Notebooks: 06_dpo_grpo.ipynb, 07_evaluation.ipynb
     """
+    models = {"policy": model, "reference": reference, "reward_model": reward_model}
     settings = eval_settings(name, preset_name, prompts, sampling, seed,
-                             {"policy": model, "reference": reference, "reward_model": reward_model})
+                             {k: m for k, m in models.items() if m is not None}, **(extra or {}))
 
     def compute():
         was_training = model.training

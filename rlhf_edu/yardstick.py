@@ -1,0 +1,118 @@
+"""One yardstick: every notebook evaluates every policy the same way, so the numbers compare.
+
+- the prompts: the first `preset.n_eval` eval concepts (`data.eval_prompts`), which no stage trains on;
+- the sampling: `preset.eval_sampling` (one temperature for the whole course), seeded with
+  `preset.seed`, so two policies answer with the same randomness and the SFT policy's answers, and
+  its gold score, are the same in every notebook;
+- the scores: the gold rubric on every answer, plus the KL to a reference and the reward model's
+  score where a notebook has them (`final_eval.score_samples`);
+- one cache: artifacts/eval_rows/<name>.json, keyed by everything the rows depend on (the weights of
+  each model, the prompts, the sampling, the seed, the dtype and the rubric's source), so a policy
+  evaluated in notebook 04 is not sampled again in 06 or 07.
+
+Training may sample at another temperature; evaluation never moves.
+
+`headline(rows, sft_rows)` gives the numbers every notebook reports against SFT: the paired gold
+difference and its z, and the win rate judged blind by the simulated annotator (ties half) with its
+Wilson interval. Notebooks: 00, 01, 04, 06, 07.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import random
+
+from rlhf_edu import rubric
+from rlhf_edu.annotator import SimulatedAnnotator
+from rlhf_edu.data import eval_prompts
+from rlhf_edu.metrics import mean_and_se, paired_difference, wilson_interval
+
+
+def rubric_digest() -> str:
+    """12 hex digits of the rubric's source: a change to the gold invalidates every cached row."""
+    return hashlib.sha256(inspect.getsource(rubric).encode()).hexdigest()[:12]
+
+
+def prompts_for(preset) -> list[str]:
+    """The eval prompts of the yardstick at this preset."""
+    return eval_prompts(preset.n_eval)
+
+
+def evaluate(name: str, model, tokenizer, preset, setup, *, reference=None, reward_model=None,
+             refresh: bool = False) -> tuple[list[dict], str]:
+    """Rows {prompt, response, tokens, eos, gold, <components>[, kl, ref_nll, ref_tokens][, rm]} of
+    policy `model` on the yardstick's prompts, sampled and scored once and cached as
+    artifacts/eval_rows/<name>.json. Returns (rows, a line saying whether they were cached)."""
+    from rlhf_edu.final_eval import policy_eval_rows
+    from rlhf_edu.models import autocast
+
+    return policy_eval_rows(
+        name, model, tokenizer, prompts_for(preset), preset.eval_sampling, preset_name=preset.name,
+        seed=preset.seed, reference=reference, reward_model=reward_model, autocast_ctx=autocast(setup),
+        refresh=refresh, extra={"dtype": setup.dtype_name, "rubric": rubric_digest()},
+    )
+
+
+def blind_wins(rows: list[dict], sft_rows: list[dict], annotator: SimulatedAnnotator | None = None,
+               seed: int = 0) -> tuple[int, int, int]:
+    """(wins, ties, losses) of `rows` against `sft_rows` on the same prompts, each pair judged by the
+    simulated annotator with the two answers in a seeded random order (it never knows which is which)."""
+    annotator = annotator or SimulatedAnnotator()
+    if [r["prompt"] for r in rows] != [r["prompt"] for r in sft_rows]:
+        raise ValueError("blind_wins needs both policies' rows on the same prompts, in the same order")
+    rng = random.Random(seed)
+    wins = ties = losses = 0
+    for r, s in zip(rows, sft_rows):
+        policy_first = rng.random() < 0.5
+        a, b = (r, s) if policy_first else (s, r)
+        verdict = annotator.label(r["prompt"], a["response"], b["response"], a["eos"], b["eos"])
+        if verdict == "tie":
+            ties += 1
+        elif (verdict == "A") == policy_first:
+            wins += 1
+        else:
+            losses += 1
+    return wins, ties, losses
+
+
+def headline(rows: list[dict], sft_rows: list[dict], *, seed: int = 0) -> dict:
+    """What a notebook reports for a policy against SFT on the yardstick:
+
+    gold_mean, gold_se, gold_sft_mean, gold_delta (paired, per prompt), gold_delta_se and
+    gold_delta_z = gold_delta / gold_delta_se; win_rate_vs_sft (blind annotator verdicts, ties
+    half) with its 95% Wilson interval win_rate_low, win_rate_high; wins, ties, losses; and the mean
+    of every rubric component for both policies (components, sft_components).
+    """
+    gold, gold_se = mean_and_se([r["gold"] for r in rows])
+    diff = paired_difference([r["gold"] for r in rows], [r["gold"] for r in sft_rows])
+    wins, ties, losses = blind_wins(rows, sft_rows, seed=seed)
+    n = wins + ties + losses
+    rate = (wins + 0.5 * ties) / n
+    low, high = wilson_interval(wins + 0.5 * ties, n)
+    mean = lambda rs, key: sum(r[key] for r in rs) / len(rs)  # noqa: E731
+    return {
+        "gold_mean": gold, "gold_se": gold_se, "gold_sft_mean": mean(sft_rows, "gold"),
+        "gold_delta": diff["delta"], "gold_delta_se": diff["se"], "gold_delta_z": diff["z"],
+        "win_rate_vs_sft": rate, "win_rate_low": low, "win_rate_high": high,
+        "wins": wins, "ties": ties, "losses": losses,
+        "components": {c: mean(rows, c) for c in rubric.COMPONENTS},
+        "sft_components": {c: mean(sft_rows, c) for c in rubric.COMPONENTS},
+    }
+
+
+def component_table(named_rows: dict[str, list[dict]]) -> list[dict]:
+    """One row per rubric component (preference qualities first) with each policy's mean: the
+    qualities that rose, side by side. Notebooks: 04, 06, 07"""
+    order = (*rubric.PREFERENCE, *rubric.FORMAT)
+    table = []
+    for c in order:
+        line = {"component": c, "kind": "preference" if c in rubric.PREFERENCE else "format"}
+        for name, rows in named_rows.items():
+            line[name] = round(sum(r[c] for r in rows) / len(rows), 3)
+        table.append(line)
+    line = {"component": "gold (total)", "kind": ""}
+    for name, rows in named_rows.items():
+        line[name] = round(sum(r["gold"] for r in rows) / len(rows), 3)
+    table.append(line)
+    return table
