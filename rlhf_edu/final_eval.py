@@ -2,7 +2,8 @@
 and the AI judge.
 
 Notebook 06 trains DPO and GRPO (or RLOO) and compares them with SFT and PPO; notebook 07 ranks every
-policy the course built. Both answer the same eval prompts with the same seed, so this module:
+policy the course built. Both evaluate through `rlhf_edu.yardstick` (the course's one evaluation:
+the same eval prompts, temperature and seed in every notebook), which rests on this module:
 
 - holds their budgets per preset (`FinalEvalBudget`, `BUDGETS`, `final_eval_budget`);
 - saves and loads the policies (`save_policy`, `load_policy`): a checkpoint is used only when it was
@@ -67,8 +68,6 @@ EVAL_ROWS_DIR = "eval_rows"
 class FinalEvalBudget:
     """The budgets of notebooks 06 and 07 at one preset."""
 
-    n_eval: int
-    """Eval prompts (the first n eval concepts) that every policy answers in 06 and 07."""
     dpo: DPOConfig
     """DPO training (06); `batch_size * max_steps` pairs are used, each seen once."""
     dpo_heldout: int
@@ -88,13 +87,13 @@ class FinalEvalBudget:
     ab_items: int = 8
     """Prompts judged blind in the A/B widget of 07."""
     seed: int = 0
-    """Eval sampling seed (the same for every policy) and the seed of the pair choices."""
+    """The seed of the pair choices (evaluation itself is the yardstick's: `rlhf_edu.yardstick`)."""
     notes: str = ""
     """Where the time goes, in words."""
 
     def __post_init__(self):
-        if self.n_eval < 2 or self.dpo_heldout < 1 or self.judge_pairs < 2 or self.judge_heldout < 1:
-            raise ValueError("need n_eval >= 2, dpo_heldout >= 1, judge_pairs >= 2 and judge_heldout >= 1")
+        if self.dpo_heldout < 1 or self.judge_pairs < 2 or self.judge_heldout < 1:
+            raise ValueError("need dpo_heldout >= 1, judge_pairs >= 2 and judge_heldout >= 1")
         if self.dpo.max_steps is None:
             raise ValueError("the DPO budget needs max_steps (it sets how many pairs are used)")
         if self.bon_n < 1 or self.ab_items < 1 or self.judge_batch_size < 1:
@@ -117,7 +116,6 @@ class FinalEvalBudget:
 # ~0.25 s per sample in batches of 16.
 BUDGETS: dict[str, FinalEvalBudget] = {
     "smoke": FinalEvalBudget(
-        n_eval=4,
         dpo=DPOConfig(beta=0.1, lr=5e-5, batch_size=2, max_steps=2, trainable_layers=2),
         dpo_heldout=4,
         grpo=GRPOConfig(steps=2, prompts_per_step=2, group_size=2, mini_batch_size=4, micro_batch_size=4,
@@ -145,7 +143,6 @@ BUDGETS: dict[str, FinalEvalBudget] = {
     #   (else 34 s each); best-of-4: 256 samples 64 s, reward model 24 s, reference on the 64 kept
     #   6 s; win-rate matrix, 15 pairs x 64 prompts of rubric scores, 4 s; tables, plots, widget 3 s.
     "cpu": FinalEvalBudget(
-        n_eval=64,
         # lr as the reward model's and PPO's (1e-4 on the top 8 blocks): at a few dozen steps the
         # literature's 5e-7 to 1e-6 (batch 64, thousands of steps) would not move the policy.
         dpo=DPOConfig(beta=0.1, lr=1e-4, batch_size=8, max_steps=28, warmup_steps=2, trainable_layers=8),
@@ -164,7 +161,6 @@ BUDGETS: dict[str, FinalEvalBudget] = {
     # DPO 96 steps x 16 pairs ~2 min, GRPO 24 steps x 64 samples ~4 min, eval 128 prompts per
     # policy ~10 s, best-of-16 ~1 min.
     "gpu": FinalEvalBudget(
-        n_eval=128,
         dpo=DPOConfig(beta=0.1, lr=2e-5, batch_size=16, max_steps=96, warmup_steps=8),
         dpo_heldout=256,
         grpo=GRPOConfig(steps=24, prompts_per_step=8, group_size=8, mini_batch_size=16, micro_batch_size=16,
@@ -478,11 +474,12 @@ def best_of_n_rows(policy, tokenizer, prompts: list[str], sampling: SamplingConf
 
 def best_of_n_eval_rows(policy, tokenizer, prompts: list[str], sampling: SamplingConfig, n: int, *,
                         preset_name: str, seed: int, reference, reward_model, autocast_ctx=None,
-                        refresh: bool = False) -> tuple[list[dict], str]:
+                        refresh: bool = False, extra: dict | None = None) -> tuple[list[dict], str]:
     """`best_of_n_rows`, cached in artifacts/eval_rows/best_of_n.json (the key holds n).
     Notebook: 07_evaluation.ipynb"""
     settings = eval_settings("best_of_n", preset_name, prompts, sampling, seed,
-                             {"policy": policy, "reference": reference, "reward_model": reward_model}, n=n)
+                             {"policy": policy, "reference": reference, "reward_model": reward_model}, n=n,
+                             **(extra or {}))
 
     def compute():
         return best_of_n_rows(policy, tokenizer, prompts, sampling, n, reward_model, reference=reference,

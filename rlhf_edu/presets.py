@@ -50,11 +50,9 @@ class Preset:
     reward_norm_samples: int = 64
     """SFT samples whose scores set the reward model's gain and bias (mean 0, std 1)."""
     ppo: PPOConfig = field(default_factory=PPOConfig)
-    """PPO against the reward model (notebook 04). It samples at T = 1, the policy's own
-    distribution: at the eval temperature (0.7) the SFT policy already scores about 0.96 of 1 on the
-    rubric, at T = 1 about 0.92 (it rambles and stops short more often), which leaves PPO something
-    to fix that a reward model trained on samples at 0.3 to 1.3 can see. Notebook 04 evaluates at
-    the temperature PPO samples at."""
+    """PPO against the reward model (notebook 04). Its rollouts sample at T = 1, the policy's own
+    distribution, so that what the reward model prefers is explored; evaluation stays at
+    `eval_sampling` like every other notebook's (`rlhf_edu.yardstick`)."""
     n_label_pairs: int = 12
     """Pairs the learner labels by hand in notebook 02."""
     n_label_repeats: int = 3

@@ -54,6 +54,20 @@ def evaluate(name: str, model, tokenizer, preset, setup, *, reference=None, rewa
     )
 
 
+def best_of_n(policy, tokenizer, n: int, preset, setup, *, reference, reward_model,
+              refresh: bool = False) -> tuple[list[dict], str]:
+    """The best-of-n baseline on the yardstick: n answers of `policy` per eval prompt at the
+    evaluation temperature, the reward model keeps one (`final_eval.best_of_n_rows`); cached."""
+    from rlhf_edu.final_eval import best_of_n_eval_rows
+    from rlhf_edu.models import autocast
+
+    return best_of_n_eval_rows(
+        policy, tokenizer, prompts_for(preset), preset.eval_sampling, n, preset_name=preset.name, seed=preset.seed,
+        reference=reference, reward_model=reward_model, autocast_ctx=autocast(setup), refresh=refresh,
+        extra={"dtype": setup.dtype_name, "rubric": rubric_digest()},
+    )
+
+
 def blind_wins(rows: list[dict], sft_rows: list[dict], annotator: SimulatedAnnotator | None = None,
                seed: int = 0) -> tuple[int, int, int]:
     """(wins, ties, losses) of `rows` against `sft_rows` on the same prompts, each pair judged by the
