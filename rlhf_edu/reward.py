@@ -165,10 +165,10 @@ class RewardModel(torch.nn.Module):
         """
         return cls(backbone_of(causal_lm))
 
-    def raw_scores(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """head(h_last) before gain and bias: input_ids, attention_mask (B, T) -> (B,) fp32.
+    def features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """h_last, the hidden state the head reads: input_ids, attention_mask (B, T) -> (B, H) fp32.
 
-        Notebook: 03_reward_model.ipynb
+        Notebook: 03_reward_model.ipynb (`rlhf_edu.label_value`)
         """
         check_context_length(self.backbone, attention_mask)
         position_ids = position_ids_from_mask(attention_mask)  # (B, T) skip the left padding
@@ -180,7 +180,14 @@ class RewardModel(torch.nn.Module):
         ).last_hidden_state  # (B, T, H)
         index = last_token_index(attention_mask)  # (B,)
         rows = torch.arange(hidden.shape[0], device=hidden.device)  # (B,)
-        h_last = hidden[rows, index].float()  # (B, H) fp32
+        return hidden[rows, index].float()  # (B, H) fp32
+
+    def raw_scores(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """head(h_last) before gain and bias: input_ids, attention_mask (B, T) -> (B,) fp32.
+
+        Notebook: 03_reward_model.ipynb
+        """
+        h_last = self.features(input_ids, attention_mask)  # (B, H) fp32
         with torch.autocast(device_type=h_last.device.type, enabled=False):  # keep the head in fp32
             return self.head(h_last).squeeze(-1)  # (B, 1) -> (B,)
 
@@ -246,8 +253,10 @@ def score_texts(
     raw: bool = False,
     max_response_tokens: int = 1024,
     eos: list[bool] | None = None,
+    features: bool = False,
 ) -> torch.Tensor:
-    """Score B (prompt, response) pairs: -> (B,) fp32 on the CPU.
+    """Score B (prompt, response) pairs: -> (B,) fp32 on the CPU (with features=True, the hidden
+    states the head reads instead: (B, H)).
 
     Each response gets EOS appended, as in training (`build_sft_batch`), unless `eos[i]` is False
     (cut off at the token budget), so pass decoded text without special tokens. With raw=True, the head output before gain and bias. Wrap the call in
@@ -268,7 +277,7 @@ def score_texts(
         input_ids = batch["input_ids"].to(device)  # (b, P+R)
         attention_mask = batch["attention_mask"].to(device)  # (b, P+R)
         check_context_length(reward_model.backbone, attention_mask, first_index=start, what="prompt + response")
-        score_fn = reward_model.raw_scores if raw else reward_model
+        score_fn = reward_model.features if features else reward_model.raw_scores if raw else reward_model
         scores.append(score_fn(input_ids, attention_mask).float().cpu())  # (b,)
     return torch.cat(scores)  # (B,)
 

@@ -130,3 +130,41 @@ def component_table(named_rows: dict[str, list[dict]]) -> list[dict]:
         line[name] = round(sum(r["gold"] for r in rows) / len(rows), 3)
     table.append(line)
     return table
+
+
+def _judgement(z: float) -> str:
+    if z > 3:
+        return "clearly better than SFT"
+    if z < -3:
+        return "clearly worse than SFT"
+    return "within noise of SFT" if abs(z) < 2 else ("likely better than SFT" if z > 0 else "likely worse than SFT")
+
+
+def verdict(rows: dict[str, list[dict]], *, trained: list[str], baseline: str | None = "best_of_n",
+            labels: dict[str, str] | None = None, seed: int = 0) -> tuple[str, list[str]]:
+    """The scoreboard in words, computed: which trained policy wins on gold, by how much against SFT
+    (paired z, blind win rate) and against the untrained baseline (best-of-n), and where each other
+    trained policy stands. `rows` holds every policy's yardstick rows, "sft" among them.
+    Returns (the winner's name, the sentences). Notebook: 07_evaluation.ipynb"""
+    labels = labels or {}
+    name = lambda m: labels.get(m, m)  # noqa: E731
+    present = [m for m in trained if m in rows]
+    if not present:
+        return "sft", ["No trained policy is on the board yet: run notebooks 04 and 06 at this preset."]
+    heads = {m: headline(rows[m], rows["sft"], seed=seed) for m in present}
+    winner = max(present, key=lambda m: heads[m]["gold_mean"])
+    h = heads[winner]
+    lines = [f"{name(winner)} wins: gold {h['gold_mean']:.3f} against SFT's {h['gold_sft_mean']:.3f} "
+             f"({h['gold_delta']:+.3f}, z = {h['gold_delta_z']:.1f}), and it wins {h['win_rate_vs_sft']:.0%} of "
+             f"blind comparisons with SFT (95% interval {h['win_rate_low']:.0%} to {h['win_rate_high']:.0%})."]
+    if baseline and baseline in rows:
+        diff = paired_difference([r["gold"] for r in rows[winner]], [r["gold"] for r in rows[baseline]])
+        base_gold = sum(r["gold"] for r in rows[baseline]) / len(rows[baseline])
+        beats = "beats" if diff["z"] > 2 else "does not clearly beat"
+        lines.append(f"{name(baseline)}, which trains nothing, scores {base_gold:.3f}: {name(winner)} {beats} it "
+                     f"({diff['delta']:+.3f}, z = {diff['z']:.1f}).")
+    for m in present:
+        if m != winner:
+            lines.append(f"{name(m)}: gold {heads[m]['gold_mean']:.3f} ({heads[m]['gold_delta']:+.3f}, "
+                         f"z = {heads[m]['gold_delta_z']:.1f}), {_judgement(heads[m]['gold_delta_z'])}.")
+    return winner, lines

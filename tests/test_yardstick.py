@@ -118,3 +118,17 @@ def test_component_table_puts_the_preference_qualities_first():
     table = yardstick.component_table({"sft": [_row(P1, PLAIN[P1])], "ppo": [_row(P1, GOOD[P1])]})
     assert [t["component"] for t in table[:3]] == ["comparison", "speaks_to_child", "everyday_detail"]
     assert table[0]["sft"] == 0.0 and table[0]["ppo"] == 1.0 and table[-1]["component"] == "gold (total)"
+
+
+def test_verdict_names_the_winner_in_computed_words():
+    sft = [_row(p, PLAIN[p]) for p in (P1, P2, P3)] * 4
+    good = [_row(p, GOOD[p]) for p in (P1, P2, P3)] * 4
+    half = [_row(p, GOOD[p] if i % 2 else PLAIN[p]) for i, p in enumerate((P1, P2, P3) * 4)]
+    winner, lines = yardstick.verdict({"sft": sft, "best_of_n": half, "ppo": good, "dpo": sft},
+                                      trained=["ppo", "dpo", "grpo"], labels={"best_of_n": "best-of-4"})
+    assert winner == "ppo"
+    h = yardstick.headline(good, sft)
+    assert lines[0].startswith("ppo wins: gold") and f"{h['gold_mean']:.3f}" in lines[0] and "100%" in lines[0]
+    assert lines[1].startswith("best-of-4, which trains nothing") and "beats it" in lines[1]
+    assert lines[2].startswith("dpo:") and "within noise of SFT" in lines[2]
+    assert yardstick.verdict({"sft": sft}, trained=["ppo"])[0] == "sft"
