@@ -28,11 +28,13 @@ CHOICES = ("A", "B", "tie")
 class AnnotatorConfig:
     """How the simulated annotator labels a pair."""
 
-    temperature: float = 0.05
+    temperature: float = 0.02
     """Bradley-Terry noise scale on gold-score gaps (gold is in [0, 1]). One preference quality more
-    (a gap of 1/6) is then preferred with probability sigmoid(3.3) = 0.97; a small difference of form
-    (a gap of 0.05) with sigmoid(1) = 0.73, as a person hesitates between two answers that differ
-    only a little. Smaller is less noisy."""
+    (a gap of 1/6) is then preferred with probability sigmoid(8.3), almost surely; a small difference
+    of form (a gap of 0.02) with sigmoid(1) = 0.73, as a person hesitates between two answers that
+    differ only a little. Smaller is less noisy. (At 0.05 the differences of form drown in noise and a
+    reward model trained on 384 pairs learned less of them: 72.5% held-out accuracy against a
+    ceiling of 89.5%.)"""
     position_bias: float = 0.0
     """Added to A's logit: > 0 favours the response shown first."""
     tie_threshold: float = 0.005

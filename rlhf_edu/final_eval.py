@@ -541,7 +541,8 @@ def ab_store_path(names: tuple[str, str], responses_x: list[str], responses_y: l
 
 JUDGE_CRITERIA = (
     "A good answer ends with a full sentence, is 2 to 4 short sentences long, names the topic, "
-    "uses simple words, does not repeat itself, and is polite."
+    "uses simple words, does not repeat itself, and is polite. A better one also talks to the child, "
+    "compares the idea with something from everyday life, and mentions a thing from a child's day."
 )
 JUDGE_TEMPLATE = (
     "Here is a request and two answers.\n\nRequest: {prompt}\n\n{criteria}\n\n"

@@ -192,3 +192,36 @@ def test_the_checker_catches_broken_links():
     assert links_in("see `[x](nowhere.md)` and\n```\n[y](nowhere.md)\n```\n[z](here.md)") == [
         "here.md"
     ]
+
+
+def _script(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_readme_results_are_rendered_from_the_runs_json():
+    """The README's results block is what scripts/render_results.py renders from the committed JSON:
+    no figure in it was typed, and none is stale."""
+    render = _script("render_results")
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = text[text.index(render.START) + len(render.START) : text.index(render.END)].strip("\n")
+    assert block == render.render(), "README's results are stale: run scripts/render_results.py"
+
+
+def test_data_readme_rates_are_rendered_from_the_data():
+    """data/README.md's table of quality rates is scripts/quality_rates.py's, on today's data and rubric."""
+    rates = _script("quality_rates")
+    text = (ROOT / "data" / "README.md").read_text(encoding="utf-8")
+    block = text[text.index(rates.START) + len(rates.START) : text.index(rates.END)].strip("\n")
+    import json
+
+    stored = json.loads((ROOT / "data" / "quality_rates.json").read_text())
+    assert block == rates.table(stored)
+    folder = ROOT / "data"
+    demos = [json.loads(line) for line in (folder / "sft_demos.jsonl").read_text().splitlines()]
+    fresh = rates.rates([(d["prompt"], d["response"], True) for d in demos])
+    assert fresh == stored["demonstrations"], "data/quality_rates.json is stale: run scripts/quality_rates.py"
