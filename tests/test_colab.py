@@ -4,6 +4,7 @@ are committed without outputs. Nothing here runs a notebook, pip or git."""
 
 import importlib.util
 import re
+import json
 import shutil
 import subprocess
 import sys
@@ -64,6 +65,14 @@ def test_notebooks_are_stored_without_outputs():
             if cell.cell_type == "code":
                 assert cell.outputs == [], f"{path.name} cell {i} has stored outputs"
                 assert cell.execution_count is None, f"{path.name} cell {i} has an execution count"
+
+
+def test_notebooks_have_unique_valid_cell_ids():
+    """Duplicate ids (a copied cell) are "corrected" silently at every run and break links to cells."""
+    for path in NOTEBOOKS:
+        ids = [cell.get("id") for cell in json.loads(path.read_text())["cells"]]
+        assert len(ids) == len(set(ids)), f"{path.name} has duplicate cell ids"
+        nbformat.validate(nbformat.read(path, as_version=4))
 
 
 def test_write_is_idempotent(tmp_path):
