@@ -284,7 +284,10 @@ class RunContext:
     """The preset's name, part of every cache key."""
 
     def __post_init__(self):
-        self.key = cache_key(self.preset, fingerprint(self.sft), self.eval_prompts, self.eval_sampling)
+        from rlhf_edu.yardstick import rubric_digest  # cached rows hold gold scores: a new rubric, new runs
+
+        self.key = cache_key(self.preset, fingerprint(self.sft), self.eval_prompts, self.eval_sampling,
+                             self.setup.dtype_name, rubric_digest())
         self.reward_model_id = fingerprint(self.reward_model)
 
     def autocast(self):

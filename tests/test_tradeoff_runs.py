@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from rlhf_edu.rubric import COMPONENTS
 from rlhf_edu import tradeoff_runs as tr
 from rlhf_edu.generation import SamplingConfig
 from rlhf_edu.metrics import evaluate_policy
@@ -203,7 +204,7 @@ def test_pool_scores_are_those_of_the_sampled_tokens():
 
 def hand_pool():
     sample = lambda text, gold: {"response": text, "eos": True, "tokens": len(text), "ids": [], "gold": gold,
-                                 **{c: gold for c in ("finished", "length", "on_topic", "simple", "no_repetition", "polite")}}
+                                 **{c: gold for c in COMPONENTS}}
     return {"prompts": ["p0", "p1"],
             "samples": [[sample("a", 0.1), sample("b", 0.9), sample("c", 0.5)],
                         [sample("d", 0.7), sample("e", 0.2), sample("f", 0.4)]],
@@ -226,7 +227,7 @@ def test_bon_entries_follow_the_proxy_and_the_unbiased_curve():
 
 def test_ppo_entries_use_the_units_and_clip_negative_kl():
     rows = [{"prompt": "p", "response": "r", "gold": 0.8, "rm": 1.0, "tokens": 3, "kl": -0.01,
-             **{c: 1.0 for c in ("finished", "length", "on_topic", "simple", "no_repetition", "polite")}}]
+             **{c: 1.0 for c in COMPONENTS}}]
     record = {"label": "PPO", "kl_coef": 0.1, "points": [tr.summarize(0, rows)]}
     (entry,) = tr.ppo_entries(record, "ppo", (0.6, 0.1), (0.0, 2.0))
     assert entry["kl"] == 0.0 and entry["gold"] == pytest.approx(2.0) and entry["proxy"] == pytest.approx(0.5)
