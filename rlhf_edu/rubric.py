@@ -197,25 +197,7 @@ def polite_score(response: str) -> float:
 
 # Things a 10-year-old meets in a day: home, school, play, food, body, family and pets, outdoors.
 EVERYDAY = frozenset(
-    """
-    kitchen fridge freezer oven stove toaster microwave sink bath bathtub shower towel soap toothbrush
-    toothpaste bed pillow blanket sofa couch chair table window door stairs garage backyard garden
-    lamp flashlight cup mug glass spoon fork plate bowl jar bottle straw sponge mirror umbrella
-    school class classroom teacher desk pencil crayon crayons eraser ruler backpack lunchbox lunch
-    recess homework notebook playground library bus
-    toy toys ball balls bike bicycle skateboard scooter swing swings slide seesaw trampoline kite
-    balloon balloons lego blocks puzzle puzzles game games marbles sandbox sandcastle soccer
-    basketball football baseball tennis hopscotch drum chalk
-    breakfast dinner snack sandwich pizza cereal juice milk cookie cookies cake candy popcorn pancake
-    pancakes apple apples banana orange oranges lemon egg eggs bread toast soup cheese chocolate
-    ice-cream icecream spaghetti noodles carrot carrots peas rice yogurt lemonade
-    hand hands finger fingers feet foot toes knee knees tummy nose teeth tooth hair skin elbow
-    mom dad mum mommy daddy grandma grandpa grandparents brother sister friend friends family
-    dog dogs puppy cat cats kitten hamster goldfish pet pets
-    puddle puddles park sidewalk snowman snowball sled pool beach sand shell shells leaf leaves
-    bus car car's bike's shoes socks jacket coat hat mittens gloves sweater
-    birthday party sleepover
-    """.split()
+    ["kitchen", "fridge", "freezer", "oven", "stove", "toaster", "microwave", "sink", "bath", "bathtub", "shower", "towel", "soap", "toothbrush", "toothpaste", "bed", "pillow", "blanket", "sofa", "couch", "chair", "table", "window", "door", "stairs", "garage", "backyard", "garden", "lamp", "flashlight", "cup", "mug", "glass", "spoon", "fork", "plate", "bowl", "jar", "bottle", "straw", "sponge", "mirror", "umbrella", "school", "class", "classroom", "teacher", "desk", "pencil", "crayon", "crayons", "eraser", "ruler", "backpack", "lunchbox", "lunch", "recess", "homework", "notebook", "playground", "library", "bus", "toy", "toys", "ball", "balls", "bike", "bicycle", "skateboard", "scooter", "swing", "swings", "slide", "seesaw", "trampoline", "kite", "balloon", "balloons", "lego", "blocks", "puzzle", "puzzles", "game", "games", "marbles", "sandbox", "sandcastle", "soccer", "basketball", "football", "baseball", "tennis", "hopscotch", "drum", "chalk", "breakfast", "dinner", "snack", "sandwich", "pizza", "cereal", "juice", "milk", "cookie", "cookies", "cake", "candy", "popcorn", "pancake", "pancakes", "apple", "apples", "banana", "orange", "oranges", "lemon", "egg", "eggs", "bread", "toast", "soup", "cheese", "chocolate", "ice-cream", "icecream", "spaghetti", "noodles", "carrot", "carrots", "peas", "rice", "yogurt", "lemonade", "hand", "hands", "finger", "fingers", "feet", "foot", "toes", "knee", "knees", "tummy", "nose", "teeth", "tooth", "hair", "skin", "elbow", "mom", "dad", "mum", "mommy", "daddy", "grandma", "grandpa", "grandparents", "brother", "sister", "friend", "friends", "family", "dog", "dogs", "puppy", "cat", "cats", "kitten", "hamster", "goldfish", "pet", "pets", "puddle", "puddles", "park", "sidewalk", "snowman", "snowball", "sled", "pool", "beach", "sand", "shell", "shells", "leaf", "leaves", "bus", "car", "car's", "bike's", "shoes", "socks", "jacket", "coat", "hat", "mittens", "gloves", "sweater", "birthday", "party", "sleepover"]
 )
 _SECOND_PERSON = frozenset(["you", "your", "you're", "you've", "you'll", "you'd", "yourself", "yours"])
 _NOT_ADDRESSING = ("thank you", "you know", "do you even", "don't you know", "see you")

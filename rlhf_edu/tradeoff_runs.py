@@ -284,7 +284,9 @@ class RunContext:
     """The preset's name, part of every cache key."""
 
     def __post_init__(self):
-        from rlhf_edu.yardstick import rubric_digest  # cached rows hold gold scores: a new rubric, new runs
+        from rlhf_edu.yardstick import (
+            rubric_digest,  # cached rows hold gold scores: a new rubric, new runs
+        )
 
         self.key = cache_key(self.preset, fingerprint(self.sft), self.eval_prompts, self.eval_sampling,
                              self.setup.dtype_name, rubric_digest())

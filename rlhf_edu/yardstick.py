@@ -104,7 +104,7 @@ def headline(rows: list[dict], sft_rows: list[dict], *, seed: int = 0) -> dict:
     n = wins + ties + losses
     rate = (wins + 0.5 * ties) / n
     low, high = wilson_interval(wins + 0.5 * ties, n)
-    mean = lambda rs, key: sum(r[key] for r in rs) / len(rs)  # noqa: E731
+    mean = lambda rs, key: sum(r[key] for r in rs) / len(rs)
     return {
         "gold_mean": gold, "gold_se": gold_se, "gold_sft_mean": mean(sft_rows, "gold"),
         "gold_delta": diff["delta"], "gold_delta_se": diff["se"], "gold_delta_z": diff["z"],
@@ -147,16 +147,17 @@ def verdict(rows: dict[str, list[dict]], *, trained: list[str], baseline: str | 
     trained policy stands. `rows` holds every policy's yardstick rows, "sft" among them.
     Returns (the winner's name, the sentences). Notebook: 07_evaluation.ipynb"""
     labels = labels or {}
-    name = lambda m: labels.get(m, m)  # noqa: E731
+    name = lambda m: labels.get(m, m)
     present = [m for m in trained if m in rows]
     if not present:
         return "sft", ["No trained policy is on the board yet: run notebooks 04 and 06 at this preset."]
     heads = {m: headline(rows[m], rows["sft"], seed=seed) for m in present}
     winner = max(present, key=lambda m: heads[m]["gold_mean"])
     h = heads[winner]
-    lines = [f"{name(winner)} wins: gold {h['gold_mean']:.3f} against SFT's {h['gold_sft_mean']:.3f} "
+    first = (f"{name(winner)} wins: gold {h['gold_mean']:.3f} against SFT's {h['gold_sft_mean']:.3f} "
              f"({h['gold_delta']:+.3f}, z = {h['gold_delta_z']:.1f}), and it wins {h['win_rate_vs_sft']:.0%} of "
-             f"blind comparisons with SFT (95% interval {h['win_rate_low']:.0%} to {h['win_rate_high']:.0%})."]
+             f"blind comparisons with SFT (95% interval {h['win_rate_low']:.0%} to {h['win_rate_high']:.0%}).")
+    lines = [first]
     if baseline and baseline in rows:
         diff = paired_difference([r["gold"] for r in rows[winner]], [r["gold"] for r in rows[baseline]])
         base_gold = sum(r["gold"] for r in rows[baseline]) / len(rows[baseline])

@@ -72,7 +72,7 @@ def main() -> int:
     text = readme.read_text()
     block = f"{START}\n{table(result)}\n{END}"
     if START in text:
-        text = re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: block, text, flags=re.S)
+        text = re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: block, text, flags=re.DOTALL)
     else:
         text = text.rstrip("\n") + "\n\n" + block + "\n"
     readme.write_text(text)

@@ -98,7 +98,7 @@ def main(argv=None) -> int:
     block = f"{START}\n{render()}\n{END}"
     if START not in text:
         raise SystemExit(f"README.md has no {START} marker: add one where the results belong")
-    readme.write_text(re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: block, text, flags=re.S))
+    readme.write_text(re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: block, text, flags=re.DOTALL))
     print(block)
     return 0
 

@@ -3,8 +3,8 @@ a no-op off Colab, and on Colab it keeps the runtime's torch, numpy and ipywidge
 are committed without outputs. Nothing here runs a notebook, pip or git."""
 
 import importlib.util
-import re
 import json
+import re
 import shutil
 import subprocess
 import sys

@@ -5,7 +5,13 @@ import math
 import pytest
 import torch
 
-from rlhf_edu.label_value import accuracy_curve, fit_linear_reward, label_value, linear_accuracy, pair_features
+from rlhf_edu.label_value import (
+    accuracy_curve,
+    fit_linear_reward,
+    label_value,
+    linear_accuracy,
+    pair_features,
+)
 from rlhf_edu.models import tiny_model_and_tokenizer
 from rlhf_edu.reward import RewardModel, build_sft_batch
 

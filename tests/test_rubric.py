@@ -4,7 +4,15 @@ preference quality raises its own; spam earns nothing."""
 import pytest
 
 from rlhf_edu.rubric import (
-    COMPONENTS, FORMAT, PREFERENCE, WEIGHTS, concept_of, score, score_batch, sentences, word_forms,
+    COMPONENTS,
+    FORMAT,
+    PREFERENCE,
+    WEIGHTS,
+    concept_of,
+    score,
+    score_batch,
+    sentences,
+    word_forms,
 )
 
 P = "Explain a volcano to a 10-year-old."

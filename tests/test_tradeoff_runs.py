@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from rlhf_edu.rubric import COMPONENTS
 from rlhf_edu import tradeoff_runs as tr
 from rlhf_edu.generation import SamplingConfig
 from rlhf_edu.metrics import evaluate_policy
 from rlhf_edu.models import device_setup, tiny_model_and_tokenizer
 from rlhf_edu.ppo_loop import PPOConfig
 from rlhf_edu.reward import RewardConfig, RewardModel, score_texts
+from rlhf_edu.rubric import COMPONENTS
 from rlhf_edu.tradeoffs import bon_curve, bon_kl_bound
 
 CPU = device_setup("cpu")  # this CPU's dtype rule, or RLHF_EDU_DTYPE
