@@ -10,6 +10,7 @@ from rlhf_edu.metrics import wilson_interval
 
 P = "Explain rain to a 10-year-old."
 GOOD = "Rain is water that falls from clouds. Tiny drops join into big drops. Then they are heavy and fall down."
+QUALITIES = "Rain is water that falls from clouds. When you see a puddle after school, that was rain. Clouds are like sponges that get too full"
 MID = "Rain is water from clouds. It falls."
 BAD = "rain rain rain rain rain rain rain rain"
 
@@ -99,9 +100,10 @@ def test_autopilot_uses_the_gold_annotator_with_eos_in_shown_order(tmp_path):
     assert ev.autopilot(SimulatedAnnotator(), n=3) == 3 and ev.position == 3
     assert ev.autopilot(SimulatedAnnotator()) == 5 and ev.done
     assert ev.results()["wins_x"] == 8
-    # Same text on both sides; only Y ended by itself, so the rubric's "finished" prefers Y.
+    # Same text on both sides; only Y ended by itself, so the rubric prefers Y: "finished", and the
+    # preference qualities, which count only in a finished answer (a gap of 0.58: never a coin flip).
     prompts = [f"{P} ({i})" for i in range(8)]
-    texts = [f"{GOOD} {i}" for i in range(8)]
+    texts = [f"{QUALITIES} {i}." for i in range(8)]
     cut = ABEvaluator(
         prompts,
         texts,
