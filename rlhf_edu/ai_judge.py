@@ -1,4 +1,4 @@
-"""An AI judge that works offline with a small model: a constitution read from log-probs.
+"""A second AI judge for small models: a constitution read from log-probs.
 
 Asked "Which answer is better, A or B?", a 135M model mostly answers with its position bias
 (`final_eval.ai_preferences` measures it). It has never been taught to judge. What it can do is
@@ -15,6 +15,9 @@ anyway (short, common words), leaving what the constitution adds. The same contr
 and a plain prompt underlies RLCD (Yang et al. 2023, "RLCD: Reinforcement Learning from Contrastive
 Distillation") and the context distillation of Askell et al. (2021); DPO's implicit reward (notebook
 06, section 4) is a log-ratio of the same kind.
+
+Whether the log-probs of a small model carry the preference is an empirical question that notebook
+06 measures; a judge that does worse than chance is a finding, not a bug to hide.
 
 Notebook: 06_dpo_grpo.ipynb
 """
