@@ -9,6 +9,13 @@ def _threads():
     torch.set_num_threads(2)
 
 
+@pytest.fixture
+def artifacts(tmp_path, monkeypatch):
+    """A fresh artifacts folder for this test (RLHF_EDU_ARTIFACTS)."""
+    monkeypatch.setenv("RLHF_EDU_ARTIFACTS", str(tmp_path / "artifacts"))
+    return tmp_path / "artifacts"
+
+
 @pytest.fixture(params=["llama", "gpt2"])
 def tiny(request):
     """A tiny random model and its character-level tokenizer, Llama-style and GPT-2-style."""

@@ -26,12 +26,6 @@ def _threads():
 
 
 @pytest.fixture
-def artifacts(tmp_path, monkeypatch):
-    monkeypatch.setenv("RLHF_EDU_ARTIFACTS", str(tmp_path / "artifacts"))
-    return tmp_path / "artifacts"
-
-
-@pytest.fixture
 def models():
     """A tiny policy, its frozen copy as the reference, and a reward model on another tiny model."""
     policy, tok = tiny_model_and_tokenizer(seed=0)

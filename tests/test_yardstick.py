@@ -20,17 +20,6 @@ PRESET = dataclasses.replace(get_preset("smoke"), n_eval=3,
                              eval_sampling=SamplingConfig(max_new_tokens=8, temperature=0.7, batch_size=2))
 
 
-@pytest.fixture(autouse=True)
-def _threads():
-    torch.set_num_threads(1)
-
-
-@pytest.fixture
-def artifacts(tmp_path, monkeypatch):
-    monkeypatch.setenv("RLHF_EDU_ARTIFACTS", str(tmp_path / "artifacts"))
-    return tmp_path / "artifacts"
-
-
 def test_same_policy_same_rows_with_or_without_the_scorers(artifacts, monkeypatch):
     """The gold of a policy does not depend on what else a notebook scores it with: SFT's gold is
     one number in every notebook. The rows are cached once per key."""
