@@ -24,8 +24,6 @@ Notebook: 06_dpo_grpo.ipynb
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 
 CONSTITUTION = (
@@ -39,20 +37,12 @@ def guided_prompt(prompt: str, constitution: str = CONSTITUTION) -> str:
     return f"{prompt} {constitution}"
 
 
-@torch.no_grad()
 def response_logps(model, tokenizer, rows: list[dict], batch_size: int = 16, autocast_ctx=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Sequence log-probs (temperature 1) of both sides of preference rows {prompt, chosen, rejected,
-    chosen_eos?, rejected_eos?}: -> (chosen (N,), rejected (N,)) fp32 on the CPU."""
-    from rlhf_edu.dpo import pair_batch, pair_logps
+    chosen_eos?, rejected_eos?}: -> (chosen (N,), rejected (N,)) fp32 on the CPU (`dpo.rows_logps`)."""
+    from rlhf_edu.dpo import rows_logps
 
-    model.eval()
-    chosen, rejected = [], []
-    for start in range(0, len(rows), batch_size):
-        with autocast_ctx or contextlib.nullcontext():
-            c, r = pair_logps(model, pair_batch(tokenizer, rows[start : start + batch_size], 1024))  # (b,), (b,)
-        chosen.append(c.float().cpu())
-        rejected.append(r.float().cpu())
-    return torch.cat(chosen), torch.cat(rejected)
+    return rows_logps(model, tokenizer, rows, batch_size, 1024, autocast_ctx)
 
 
 def constitution_preferences(model, tokenizer, rows: list[dict], constitution: str = CONSTITUTION,

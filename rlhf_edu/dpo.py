@@ -232,17 +232,28 @@ def precompute_reference_logps(
     """
     from rlhf_edu.models import autocast, device_setup, disable_dropout
 
-    autocast_ctx = autocast(setup or device_setup())
     disable_dropout(reference)
-    reference.eval()
+    chosen, rejected = rows_logps(reference, tokenizer, rows, config.batch_size, config.max_response_tokens,
+                                  autocast(setup or device_setup()))
+    return {"chosen": chosen, "rejected": rejected}  # (N,), (N,)
+
+
+@torch.no_grad()
+def rows_logps(model, tokenizer, rows: list[dict], batch_size: int, max_response_tokens: int,
+               autocast_ctx=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sequence log-probs (temperature 1) of both sides of preference rows, in batches, the model in
+    eval mode: -> (chosen (N,), rejected (N,)) fp32 on the CPU. Also the AI judge's (`rlhf_edu.ai_judge`)."""
+    import contextlib
+
+    model.eval()
     chosen, rejected = [], []
-    for start in range(0, len(rows), config.batch_size):
-        batch = pair_batch(tokenizer, rows[start : start + config.batch_size], config.max_response_tokens)
-        with autocast_ctx:
-            c, r = pair_logps(reference, batch)  # (b,), (b,)
+    for start in range(0, len(rows), batch_size):
+        batch = pair_batch(tokenizer, rows[start : start + batch_size], max_response_tokens)
+        with autocast_ctx or contextlib.nullcontext():
+            c, r = pair_logps(model, batch)  # (b,), (b,)
         chosen.append(c.float().cpu())
         rejected.append(r.float().cpu())
-    return {"chosen": torch.cat(chosen), "rejected": torch.cat(rejected)}  # (N,), (N,)
+    return torch.cat(chosen), torch.cat(rejected)
 
 
 # --------------------------------------------------------------------------- training
