@@ -136,7 +136,7 @@ def train_trl(sft, reward_model, tokenizer, batches: list[list[str]], config, ou
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     from rlhf_edu.generation import chat_prompt
-    from rlhf_edu.reward import freeze_lower_layers
+    from rlhf_edu.training import freeze_lower_layers
 
     TRLConfig, TRLTrainer = _require_trl()
     policy = copy.deepcopy(sft)

@@ -45,8 +45,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from rlhf_edu.logprobs import masked_sum, per_token_logps
-from rlhf_edu.reward import build_pair_batch, freeze_lower_layers, reward_accuracy, total_steps
-from rlhf_edu.sft import linear_schedule
+from rlhf_edu.reward import build_pair_batch, reward_accuracy, total_steps
+from rlhf_edu.training import check_finite, clip_and_step, freeze_lower_layers, linear_schedule
 
 LOSS_TYPES = ("sigmoid", "ipo")
 
@@ -283,7 +283,6 @@ def train_dpo(
     Notebook: 06_dpo_grpo.ipynb
     """
     from rlhf_edu.models import autocast, device_setup, disable_dropout
-    from rlhf_edu.ppo_loop import check_finite
 
     if not rows:
         raise ValueError("train_dpo needs at least one preference pair")
@@ -330,13 +329,7 @@ def train_dpo(
                                      n_tokens, loss.item(), config, tolerance)
         # 4. Backward, clip, step (with fp16's grad scaler, a non-finite norm only skips the step).
         scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
-        if not scaler.is_enabled():
-            check_finite("the gradient norm", grad_norm, step, "DPO")
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
+        grad_norm = clip_and_step(optimizer, scaler, trainable, config.max_grad_norm, step, "DPO")
         record = {
             "step": step + 1,
             "loss": loss.item(),

@@ -34,13 +34,11 @@ Notebooks: 06_dpo_grpo.ipynb, 07_evaluation.ipynb
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import json
 import math
 import time
-import weakref
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -57,6 +55,7 @@ from rlhf_edu.logprobs import (
 )
 from rlhf_edu.reward import RewardConfig
 from rlhf_edu.rubric import COMPONENTS, score_batch
+from rlhf_edu.store import cache_key, fingerprint, jsonable, param_sum
 
 CACHE_VERSION = 3
 EVAL_ROWS_DIR = "eval_rows"
@@ -182,70 +181,6 @@ def final_eval_budget(preset: str) -> FinalEvalBudget:
     return BUDGETS[preset]
 
 
-# --------------------------------------------------------------------------- fingerprints and keys
-
-
-def jsonable(obj):
-    """`obj` as plain JSON values (dataclasses as dicts, tuples as lists), as it reads back from disk."""
-
-    def default(o):
-        if dataclasses.is_dataclass(o) and not isinstance(o, type):
-            return asdict(o)
-        if isinstance(o, (tuple, set)):
-            return list(o)
-        raise TypeError(f"cannot store {type(o).__name__} as JSON")
-
-    return json.loads(json.dumps(obj, default=default))
-
-
-def cache_key(parts: dict) -> str:
-    """16 hex digits of the SHA-256 of `parts` as canonical JSON."""
-    text = json.dumps(jsonable(parts), sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-_MEMO: dict[str, weakref.WeakKeyDictionary] = {"param_sum": weakref.WeakKeyDictionary(),
-                                               "fingerprint": weakref.WeakKeyDictionary()}
-
-
-def _memoized(kind: str, model: torch.nn.Module, compute):
-    """compute(model), remembered while the model lives and none of its tensors is replaced or
-    changed in place.
-
-    A sum over 135M weights takes seconds on a busy laptop, and the same reference and reward model
-    are fingerprinted for every policy. The memo holds the model weakly (a freed model's entry goes
-    with it, so a new model at the same address is never mistaken for it) and checks each tensor's
-    identity, storage and version counter, which every in-place update (an optimizer step,
-    `load_state_dict`) increments.
-    """
-    state = (*model.parameters(), *model.buffers())
-    signature = tuple((id(t), t.data_ptr(), t._version, tuple(t.shape)) for t in state)
-    hit = _MEMO[kind].get(model)
-    if hit is not None and hit[0] == signature:
-        return hit[1]
-    value = compute(model)
-    _MEMO[kind][model] = (signature, value)
-    return value
-
-
-@torch.no_grad()
-def param_sum(model: torch.nn.Module) -> float:
-    """Sum of every parameter in float64 (shared weights once), as `PPOTrainer.fingerprint` computes."""
-    return _memoized("param_sum", model, lambda m: float(sum(p.double().sum() for p in m.parameters())))
-
-
-@torch.no_grad()
-def fingerprint(model: torch.nn.Module) -> str:
-    """The float64 sum of every parameter and buffer, to 12 significant digits: other weights, other
-    string. Notebooks: 06_dpo_grpo.ipynb, 07_evaluation.ipynb"""
-
-    def compute(m):
-        total = sum(t.double().sum() for t in m.state_dict().values() if t.is_floating_point())
-        return f"{float(total):.11e}"
-
-    return _memoized("fingerprint", model, compute)
-
-
 # --------------------------------------------------------------------------- saving and loading policies
 
 
@@ -257,10 +192,10 @@ def policy_dir(name: str) -> Path:
 
 
 def save_policy(model, tokenizer, name: str, *, preset: str, config, reference=None, extra: dict | None = None) -> Path:
-    """Save a trained policy to artifacts/<name>/ with `sft.save_checkpoint` (safetensors) and a
+    """Save a trained policy to artifacts/<name>/ with `checkpoints.save_checkpoint` (safetensors) and a
     run_info.json holding the preset, the config, the reference's fingerprint and `extra` (history,
     seconds). `load_policy` checks the first three. Notebook: 06_dpo_grpo.ipynb"""
-    from rlhf_edu.sft import save_checkpoint
+    from rlhf_edu.checkpoints import save_checkpoint
 
     info = {"preset": preset, "config": jsonable(config), **jsonable(extra or {})}
     if reference is not None:

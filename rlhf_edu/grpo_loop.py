@@ -12,7 +12,6 @@ R response tokens.
 from __future__ import annotations
 
 import contextlib
-import random
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -34,8 +33,16 @@ from rlhf_edu.grpo import (
 )
 from rlhf_edu.logprobs import masked_mean, masked_sum, per_token_logps, zero_where_masked
 from rlhf_edu.ppo import missing_eos_penalty
-from rlhf_edu.ppo_loop import check_finite, trim_padding, warn_if_first_ratio_off
-from rlhf_edu.sft import linear_schedule
+from rlhf_edu.training import (
+    check_finite,
+    clip_and_step,
+    freeze_lower_layers,
+    linear_schedule,
+    prompts_for_step,
+    step_generator,
+    trim_padding,
+    warn_if_first_ratio_off,
+)
 
 # --------------------------------------------------------------------------- config
 
@@ -125,18 +132,6 @@ class GRPOConfig:
 # --------------------------------------------------------------------------- the trainer
 
 
-def prompts_for_step(prompts: list[str], step: int, n: int, seed: int) -> list[str]:
-    """The `n` prompts of iteration `step`: consecutive slices of a seeded shuffle per pass."""
-    out, position = [], step * n
-    while len(out) < n:
-        epoch, offset = divmod(position, len(prompts))
-        order = random.Random(seed * 1_000_003 + epoch).sample(range(len(prompts)), len(prompts))
-        take = min(n - len(out), len(prompts) - offset)
-        out += [prompts[i] for i in order[offset : offset + take]]
-        position += take
-    return out
-
-
 class RewardModelScorer:
     """A `reward.RewardModel` as GRPO's reward (built by `reward_model_scorer`).
 
@@ -200,7 +195,6 @@ class GRPOTrainer:
     def __init__(self, policy, reference, reward_fn, tokenizer, train_prompts: list[str],
                  config: GRPOConfig = GRPOConfig(), *, setup=None):
         from rlhf_edu.models import autocast, device_setup, disable_dropout, logps_autocast
-        from rlhf_edu.reward import freeze_lower_layers
 
         if not train_prompts:
             raise ValueError("GRPOTrainer needs at least one training prompt")
@@ -324,13 +318,7 @@ class GRPOTrainer:
                     stats["policy/clipfrac"].append(float(masked_mean(clipped.float(), r_mask)))
                     stats["policy/approxkl"].append(float(0.5 * masked_mean(log_ratio**2, r_mask)))
                     stats["policy/ratio_max"].append(float(zero_where_masked(log_ratio.exp(), r_mask).max()))
-                self.scaler.unscale_(self.optimizer)
-                grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
-                if not self.scaler.is_enabled():  # with fp16's scaler, a non-finite norm skips the step
-                    check_finite("the gradient norm", grad_norm, step, "GRPO")
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-                self.optimizer.zero_grad(set_to_none=True)
+                grad_norm = clip_and_step(self.optimizer, self.scaler, self.params, cfg.max_grad_norm, step, "GRPO")
                 stats["loss"].append(mb_loss)
                 stats["policy/grad_norm"].append(float(grad_norm))
         out = {k: (max(v) if k == "policy/ratio_max" else sum(v) / len(v)) for k, v in stats.items()}
@@ -345,7 +333,7 @@ class GRPOTrainer:
         groups whose scores are all equal: their score advantage is 0, only the KL term moves them."""
         cfg, step = self.config, self.step_count
         t0 = time.perf_counter()
-        generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+        generator = step_generator(cfg.seed, step)
         prompts = prompts_for_step(self.train_prompts, step, cfg.prompts_per_step, cfg.seed)
         rollout = self.rollout(prompts, generator)
         mask = rollout.response_mask.to(rollout.old_logps.dtype)  # (B, R)

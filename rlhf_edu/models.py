@@ -83,7 +83,7 @@ def check_checkpoint(path: str | Path, *, extra: tuple[str, ...] = (), fix: str 
     if fix is None:
         notebooks = [ARTIFACT_NOTEBOOKS[p] for p in path.parts[-2:] if p in ARTIFACT_NOTEBOOKS]
         fix = (f"notebook {notebooks[-1]} writes it: run that notebook first" if notebooks
-               else "save one there with save_pretrained, e.g. sft.save_checkpoint")
+               else "save one there with save_pretrained, e.g. checkpoints.save_checkpoint")
     if not path.is_dir():
         raise FileNotFoundError(f"no saved model at {path}: the folder does not exist ({fix})")
     for needed in [("config.json",), WEIGHT_FILES, TOKENIZER_FILES, *[(name,) for name in extra]]:

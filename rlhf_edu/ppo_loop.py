@@ -35,7 +35,6 @@ notebook 04 and the README):
 from __future__ import annotations
 
 import copy
-import random
 import time
 import warnings
 from collections import defaultdict
@@ -64,6 +63,16 @@ from rlhf_edu.ppo import (
     explained_variance,
     missing_eos_penalty,
     per_token_rewards,
+)
+from rlhf_edu.store import param_sum
+from rlhf_edu.training import (
+    check_finite,
+    clip_and_step,
+    freeze_lower_layers,
+    prompts_for_step,
+    step_generator,
+    trim_padding,
+    warn_if_first_ratio_off,
 )
 from rlhf_edu.trunk import FrozenTrunk
 
@@ -202,41 +211,6 @@ class Rollout:
     None when the trainer runs full forwards."""
 
 
-def check_finite(name: str, tensor: torch.Tensor, step: int, stage: str = "PPO") -> None:
-    """Stop the run with a message naming the stage, step and quantity when it holds NaN or inf."""
-    if not bool(torch.isfinite(tensor).all()):
-        bad = int((~torch.isfinite(tensor)).sum())
-        raise FloatingPointError(
-            f"{stage} step {step}: {name} has {bad} non-finite value(s) (NaN or inf). Lower the "
-            f"learning rate or the KL coefficient, or check the inputs (scores, reference log-probs)."
-        )
-
-
-def warn_if_first_ratio_off(first_ratio_dev: float, tolerance: float, step: int, stage: str = "PPO") -> None:
-    """The health check of an update's first minibatch (docs/implementation_details.md#ratio-check):
-    nothing has changed yet, so max |ratio - 1| must be 0 up to rounding; past `tolerance`, warn and
-    name the usual causes."""
-    if first_ratio_dev > tolerance:
-        warnings.warn(
-            f"{stage} step {step}: the first minibatch's ratio is off 1 by {first_ratio_dev:.2e} "
-            f"(> {tolerance:g}); old and new log-probs do not come from the same forward "
-            f"(dropout on? a different dtype or temperature?)",
-            stacklevel=3,
-        )
-
-
-def trim_padding(rollout_ids: torch.Tensor, attention_mask: torch.Tensor, P: int, rows: torch.Tensor):
-    """The rows `rows` of a (B, P+R) batch, without columns that are padding in all of them.
-
-    Returns (input_ids, attention_mask, context_length, response slice): fewer columns, same
-    numbers, since padding is masked out of attention and positions come from the mask.
-    """
-    ids, mask = rollout_ids[rows], attention_mask[rows]  # (b, P+R)
-    first = int(mask[:, :P].any(dim=0).long().argmax())  # first prompt column with a real token
-    n_response = int(mask[:, P:].sum(dim=1).max())  # longest response among these rows
-    return ids[:, first : P + n_response], mask[:, first : P + n_response], P - first, n_response
-
-
 class PPOTrainer:
     """PPO against a learned reward model with a per-token KL penalty to a frozen reference.
 
@@ -278,7 +252,6 @@ class PPOTrainer:
         for model in (reference, reward_model):
             model.eval()
             model.requires_grad_(False)
-        from rlhf_edu.reward import freeze_lower_layers
 
         freeze_lower_layers(policy, config.trainable_layers)
         self.trunk = FrozenTrunk(policy, config.trainable_layers, reference)
@@ -310,25 +283,15 @@ class PPOTrainer:
 
     def prompts_for_step(self, step: int) -> list[str]:
         """The batch of prompts of iteration `step`: a seeded shuffle per pass over the prompts."""
-        n, size = len(self.train_prompts), self.config.batch_size
-        out = []
-        position = step * size
-        while len(out) < size:
-            epoch, offset = divmod(position, n)
-            order = random.Random(self.config.seed * 1_000_003 + epoch).sample(range(n), n)
-            take = min(size - len(out), n - offset)
-            out += [self.train_prompts[i] for i in order[offset : offset + take]]
-            position += take
-        return out
+        return prompts_for_step(self.train_prompts, step, self.config.batch_size, self.config.seed)
 
     def generator_for_step(self, step: int) -> torch.Generator:
         """The random generator of iteration `step` (sampling, then minibatch shuffles)."""
-        return torch.Generator().manual_seed(self.config.seed * 1_000_003 + step)
+        return step_generator(self.config.seed, step)
 
     def fingerprint(self) -> list[float]:
         """Sums of the reference's and the reward model's weights: a resumed run must use the same."""
-        with torch.no_grad():
-            return [float(sum(p.double().sum() for p in m.parameters())) for m in (self.reference, self.reward_model)]
+        return [param_sum(m) for m in (self.reference, self.reward_model)]
 
     def forward(self, input_ids, attention_mask, context_length, trunk=None):
         """New log-probs and values of the policy and critic: -> (logps (B, R), values (B, R)).
@@ -485,13 +448,7 @@ class PPOTrainer:
                         "policy/ratio_max": float(zero_where_masked(ratio, r_mask).max()),
                     }.items():
                         stats[key].append(value)
-                self.scaler.unscale_(self.optimizer)
-                grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
-                if not self.scaler.is_enabled():  # with fp16's scaler, an overflow only skips the step
-                    check_finite("the gradient norm", grad_norm, step)
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-                self.optimizer.zero_grad(set_to_none=True)
+                grad_norm = clip_and_step(self.optimizer, self.scaler, self.params, cfg.max_grad_norm, step, "PPO")
                 stats["policy/grad_norm"].append(float(grad_norm))  # one per optimizer step
         out = {k: (max(v) if k == "policy/ratio_max" else sum(v) / len(v)) for k, v in stats.items()}
         warn_if_first_ratio_off(first_ratio_dev, self.ratio_tolerance, step)
@@ -614,11 +571,11 @@ class PPOTrainer:
     def save_checkpoint(self, out_dir: str | Path) -> Path:
         """The policy (save_pretrained, safetensors), the critic (safetensors), and the optimizer,
         scheduler, scaler and trainer state. Written to a temporary folder and swapped in with two
-        renames (`sft.save_training_checkpoint`), so a run killed at any moment leaves one complete
+        renames (`checkpoints.save_training_checkpoint`), so a run killed at any moment leaves one complete
         checkpoint."""
         from safetensors.torch import save_file
 
-        from rlhf_edu.sft import save_training_checkpoint
+        from rlhf_edu.checkpoints import save_training_checkpoint
 
         def write_weights(folder: Path) -> None:
             self.policy.save_pretrained(folder / "policy", safe_serialization=True)
@@ -639,7 +596,7 @@ class PPOTrainer:
         from safetensors.torch import load_file
         from transformers import AutoModelForCausalLM
 
-        from rlhf_edu.sft import find_checkpoint
+        from rlhf_edu.checkpoints import find_checkpoint
 
         out_dir = Path(out_dir)
         if find_checkpoint(out_dir) is None:

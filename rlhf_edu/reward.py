@@ -42,16 +42,12 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from rlhf_edu.checkpoints import resume_training, rows_fingerprint, save_training_checkpoint
 from rlhf_edu.generation import check_prompts
 from rlhf_edu.logprobs import check_context_length, last_token_index, position_ids_from_mask
-from rlhf_edu.sft import (
-    build_sft_batch,
-    jsonable,
-    linear_schedule,
-    resume_training,
-    rows_fingerprint,
-    save_training_checkpoint,
-)
+from rlhf_edu.sft import build_sft_batch
+from rlhf_edu.store import jsonable
+from rlhf_edu.training import clip_and_step, freeze_lower_layers, linear_schedule
 
 HEAD_FILE = "reward_head.safetensors"
 
@@ -382,39 +378,6 @@ class RewardConfig:
             raise ValueError(f"lr must be >= 0, got {self.lr}")
 
 
-def transformer_blocks(backbone: torch.nn.Module) -> torch.nn.ModuleList:
-    """The stack of transformer blocks: `layers` (Llama), `h` (GPT-2) or `layers` (GPT-NeoX)."""
-    for name in ("layers", "h", "blocks"):
-        blocks = getattr(backbone, name, None)
-        if isinstance(blocks, torch.nn.ModuleList):
-            return blocks
-    raise ValueError(f"cannot find the transformer blocks of {type(backbone).__name__}")
-
-
-def freeze_lower_layers(model: torch.nn.Module, trainable_layers: int | None) -> None:
-    """requires_grad False on the embeddings and all but the top `trainable_layers` blocks.
-
-    `model` is a RewardModel or a critic (its `backbone`) or a causal LM (its `base_model`). None (or at least
-    as many as there are blocks) leaves everything trainable. The final norm and the reward head
-    always train; a causal LM's `lm_head` trains unless it is tied to the (frozen) embeddings.
-    Notebooks: 03_reward_model.ipynb, 04_ppo.ipynb
-    """
-    for p in model.parameters():
-        p.requires_grad_(True)
-    backbone = model.backbone if hasattr(model, "backbone") else backbone_of(model)
-    blocks = transformer_blocks(backbone)
-    if trainable_layers is None or trainable_layers >= len(blocks):
-        return
-    if trainable_layers < 0:
-        raise ValueError(f"trainable_layers must be >= 0 or None, got {trainable_layers}")
-    top = {id(p) for block in list(blocks)[len(blocks) - trainable_layers :] for p in block.parameters()}
-    block_params = {id(p) for p in blocks.parameters()}
-    for name, p in backbone.named_parameters():
-        in_blocks = id(p) in block_params
-        if (in_blocks and id(p) not in top) or (not in_blocks and "norm" not in name and "ln_f" not in name):
-            p.requires_grad_(False)
-
-
 def total_steps(config: RewardConfig, n_train: int) -> int:
     """`config.max_steps`, or `epochs` passes of ceil(n_train / batch_size) steps.
 
@@ -507,16 +470,7 @@ def train_reward_model(
             )
         # 3. Backward, clip, step (with fp16's grad scaler, a non-finite norm only skips the step).
         scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
-        if not scaler.is_enabled() and not torch.isfinite(grad_norm):
-            raise FloatingPointError(
-                f"reward-model gradient norm (train/grad_norm) is {float(grad_norm)} at step {step}; "
-                f"lower the learning rate"
-            )
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
+        grad_norm = clip_and_step(optimizer, scaler, trainable, config.max_grad_norm, step, "reward-model")
         record = {
             "step": step + 1,
             "train/loss": loss.item(),

@@ -2,16 +2,23 @@
 
 `artifacts_dir()` is `$RLHF_EDU_ARTIFACTS`, else `artifacts/` in the repository (found from the
 package's location), else `./artifacts`. Each notebook calls `record_metrics("01_sft", {...})`;
-`make course` gathers those files into `artifacts/course_summary.json`.
+`make course` gathers those files into `artifacts/course_summary.json`. Cached results are named by
+`cache_key` of what they were computed from; weights are named by `fingerprint`.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import os
 import resource
 import sys
+import weakref
+from dataclasses import asdict
 from pathlib import Path
+
+import torch
 
 ARTIFACTS_ENV = "RLHF_EDU_ARTIFACTS"
 
@@ -53,3 +60,72 @@ def record_metrics(notebook: str, metrics: dict) -> Path:
 def load_metrics(notebook: str) -> dict | None:
     path = artifacts_dir() / "metrics" / f"{notebook}.json"
     return json.loads(path.read_text()) if path.exists() else None
+
+
+# --------------------------------------------------------------------------- keys and fingerprints
+
+
+def jsonable(obj):
+    """`obj` as plain JSON values (dataclasses as dicts, tuples as lists), as it reads back from disk."""
+
+    def default(o):
+        if dataclasses.is_dataclass(o) and not isinstance(o, type):
+            return asdict(o)
+        if isinstance(o, (tuple, set)):
+            return list(o)
+        if isinstance(o, Path):
+            return str(o)
+        raise TypeError(f"cannot store {type(o).__name__} as JSON")
+
+    return json.loads(json.dumps(obj, default=default))
+
+
+def cache_key(*parts) -> str:
+    """16 hex digits of the SHA-256 of `parts` as canonical JSON (dataclasses as dicts, sorted
+    keys): the name of a cached result, which changes when anything it was computed from changes.
+
+    Notebooks: 05_reward_kl_tradeoffs.ipynb, 07_evaluation.ipynb"""
+    text = json.dumps(jsonable(list(parts)), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+_MEMO: dict[str, weakref.WeakKeyDictionary] = {"param_sum": weakref.WeakKeyDictionary(),
+                                               "fingerprint": weakref.WeakKeyDictionary()}
+
+
+def _memoized(kind: str, model: torch.nn.Module, compute):
+    """compute(model), remembered while the model lives and none of its tensors is replaced or
+    changed in place.
+
+    A sum over 135M weights takes seconds on a busy laptop, and the same reference and reward model
+    are fingerprinted for every policy. The memo holds the model weakly (a freed model's entry goes
+    with it, so a new model at the same address is never mistaken for it) and checks each tensor's
+    identity, storage and version counter, which every in-place update (an optimizer step,
+    `load_state_dict`) increments.
+    """
+    state = (*model.parameters(), *model.buffers())
+    signature = tuple((id(t), t.data_ptr(), t._version, tuple(t.shape)) for t in state)
+    hit = _MEMO[kind].get(model)
+    if hit is not None and hit[0] == signature:
+        return hit[1]
+    value = compute(model)
+    _MEMO[kind][model] = (signature, value)
+    return value
+
+
+@torch.no_grad()
+def param_sum(model: torch.nn.Module) -> float:
+    """Sum of every parameter in float64 (shared weights once), (a resumed PPO run checks its reference's and reward model's)."""
+    return _memoized("param_sum", model, lambda m: float(sum(p.double().sum() for p in m.parameters())))
+
+
+@torch.no_grad()
+def fingerprint(model: torch.nn.Module) -> str:
+    """The float64 sum of every parameter and buffer, to 12 significant digits: other weights, other
+    string. Notebooks: 06_dpo_grpo.ipynb, 07_evaluation.ipynb"""
+
+    def compute(m):
+        total = sum(t.double().sum() for t in m.state_dict().values() if t.is_floating_point())
+        return f"{float(total):.11e}"
+
+    return _memoized("fingerprint", model, compute)

@@ -35,7 +35,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import gc
-import hashlib
 import json
 import random
 import shutil
@@ -47,9 +46,6 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from rlhf_edu.final_eval import (
-    fingerprint,  # one weight checksum, remembered while the weights are unchanged
-)
 from rlhf_edu.generation import SamplingConfig, encode_prompts, sample
 from rlhf_edu.ppo_loop import PPOConfig, PPOTrainer
 from rlhf_edu.reward import (
@@ -60,6 +56,7 @@ from rlhf_edu.reward import (
     train_reward_model,
 )
 from rlhf_edu.rubric import COMPONENTS, score_batch
+from rlhf_edu.store import cache_key, fingerprint
 from rlhf_edu.tradeoffs import best_of_n, bon_curve
 
 
@@ -200,22 +197,6 @@ def tradeoff_config(preset: str) -> TradeoffConfig:
 
 
 # ---------------------------------------------------------------------------------------- caching
-
-
-def _jsonable(obj):
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return asdict(obj)
-    if isinstance(obj, (tuple, set)):
-        return list(obj)
-    return str(obj)
-
-
-def cache_key(*parts) -> str:
-    """12 hex digits of the SHA-256 of `parts` as canonical JSON (dataclasses as dicts, sorted keys).
-
-    Notebook: 05_reward_kl_tradeoffs.ipynb"""
-    text = json.dumps(parts, sort_keys=True, default=_jsonable)
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 class RunCache:

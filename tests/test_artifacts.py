@@ -5,9 +5,10 @@ it differs."""
 import json
 from dataclasses import asdict
 
+from rlhf_edu.checkpoints import rows_fingerprint
 from rlhf_edu.presets import get_preset
 from rlhf_edu.reward import reward_model_key
-from rlhf_edu.sft import rows_fingerprint, sft_checkpoint_mismatch, sft_run_id
+from rlhf_edu.sft import sft_checkpoint_mismatch, sft_run_id
 
 
 def write_sft_info(folder, **info):

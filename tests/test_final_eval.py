@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from rlhf_edu import final_eval as fe
+from rlhf_edu import store
 from rlhf_edu.generation import SamplingConfig
 from rlhf_edu.models import tiny_model_and_tokenizer
 from rlhf_edu.presets import PRESETS, get_preset
@@ -86,23 +87,23 @@ def test_a_budget_without_dpo_steps_is_rejected():
 
 def test_fingerprint_follows_the_weights(models):
     policy, reference, _, _ = models
-    assert fe.fingerprint(policy) == fe.fingerprint(reference)
-    assert fe.fingerprint(perturb(copy.deepcopy(policy))) != fe.fingerprint(reference)
-    before, before_sum = fe.fingerprint(policy), fe.param_sum(policy)  # remembered from here on
+    assert store.fingerprint(policy) == store.fingerprint(reference)
+    assert store.fingerprint(perturb(copy.deepcopy(policy))) != store.fingerprint(reference)
+    before, before_sum = store.fingerprint(policy), store.param_sum(policy)  # remembered from here on
     optimizer = torch.optim.SGD(policy.parameters(), lr=0.1)
     policy(input_ids=torch.tensor([[5, 6, 7]])).logits.sum().backward()
     optimizer.step()  # an in-place update: the remembered values must not be reused
-    assert fe.fingerprint(policy) != before and fe.param_sum(policy) != before_sum
+    assert store.fingerprint(policy) != before and store.param_sum(policy) != before_sum
     policy.load_state_dict(reference.state_dict())
-    assert fe.fingerprint(policy) == fe.fingerprint(reference) and fe.param_sum(policy) == before_sum
+    assert store.fingerprint(policy) == store.fingerprint(reference) and store.param_sum(policy) == before_sum
     import gc
 
     gone = perturb(copy.deepcopy(policy))
-    fe.fingerprint(gone)
-    remembered = len(fe._MEMO["fingerprint"])
+    store.fingerprint(gone)
+    remembered = len(store._MEMO["fingerprint"])
     del gone
     gc.collect()
-    assert len(fe._MEMO["fingerprint"]) == remembered - 1  # a freed model is forgotten: its address may be reused
+    assert len(store._MEMO["fingerprint"]) == remembered - 1  # a freed model is forgotten: its address may be reused
 
 
 def test_save_and_load_a_policy_checks_preset_config_and_reference(artifacts, models):
@@ -116,7 +117,7 @@ def test_save_and_load_a_policy_checks_preset_config_and_reference(artifacts, mo
     assert info["preset"] == "smoke" and info["seconds"] == 1.5
     loaded, _, info, message = fe.load_policy("dpo", preset, budget, reference=reference)
     assert loaded is not None and "loaded" in message
-    assert fe.fingerprint(loaded) == fe.fingerprint(trained)
+    assert store.fingerprint(loaded) == store.fingerprint(trained)
     # another preset, another config, another reference: not this run's policy
     assert fe.load_policy("dpo", get_preset("cpu"), budget)[0] is None
     assert fe.load_policy("dpo", preset, fe.final_eval_budget("cpu"))[0] is None
@@ -133,16 +134,16 @@ def test_load_ppo_needs_a_finished_run_against_the_same_models(artifacts, models
     ppo = perturb(copy.deepcopy(policy), seed=5)
     ppo.save_pretrained(root / "policy")
     tok.save_pretrained(root / "policy")
-    state = {"config": fe.jsonable(preset.ppo), "step": preset.ppo.steps,
-             "fingerprint": [fe.param_sum(reference), fe.param_sum(reward_model)]}
+    state = {"config": store.jsonable(preset.ppo), "step": preset.ppo.steps,
+             "fingerprint": [store.param_sum(reference), store.param_sum(reward_model)]}
     (root / "trainer_state.json").write_text(json.dumps(state))
     loaded, _, _, message = fe.load_policy("ppo", preset, budget, reference=reference, reward_model=reward_model)
     assert loaded is not None, message
-    assert fe.fingerprint(loaded) == fe.fingerprint(ppo)
+    assert store.fingerprint(loaded) == store.fingerprint(ppo)
     assert "another reference" in fe.load_policy("ppo", preset, budget, reference=ppo)[3]
     (root / "trainer_state.json").write_text(json.dumps({**state, "step": 1}))
     assert "stopped at step 1" in fe.load_policy("ppo", preset, budget)[3]
-    (root / "trainer_state.json").write_text(json.dumps({**state, "config": fe.jsonable(get_preset("cpu").ppo)}))
+    (root / "trainer_state.json").write_text(json.dumps({**state, "config": store.jsonable(get_preset("cpu").ppo)}))
     assert "another PPOConfig" in fe.load_policy("ppo", preset, budget)[3]
 
 

@@ -24,12 +24,12 @@ from rlhf_edu.grpo import (
 from rlhf_edu.grpo_loop import (
     GRPOConfig,
     GRPOTrainer,
-    prompts_for_step,
     reward_model_scorer,
     train_grpo,
 )
 from rlhf_edu.logprobs import masked_sum
 from rlhf_edu.models import device_setup, tiny_model_and_tokenizer
+from rlhf_edu.training import prompts_for_step
 
 CPU = device_setup("cpu")  # this CPU's dtype rule, or RLHF_EDU_DTYPE
 F64 = torch.float64
@@ -388,7 +388,7 @@ def test_first_minibatch_ratio_is_one_while_training_moves_the_policy():
 
 def test_ratio_health_check_warns_when_old_and_new_log_probs_differ():
     """Dropout switched back on after the trainer disabled it: the first minibatch's ratio is off 1
-    and GRPO warns, with PPO's check (`ppo_loop.warn_if_first_ratio_off`)."""
+    and GRPO warns, with PPO's check (`training.warn_if_first_ratio_off`)."""
     trainer = make_trainer(small_config(steps=1, epochs=1))
     for module in trainer.policy.modules():
         if hasattr(module, "attention_dropout"):

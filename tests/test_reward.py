@@ -270,7 +270,8 @@ def test_cut_off_responses_are_scored_without_eos(tiny):
 
 
 def test_freeze_lower_layers_trains_only_the_top(tiny):
-    from rlhf_edu.reward import RewardModel, freeze_lower_layers, transformer_blocks
+    from rlhf_edu.reward import RewardModel
+    from rlhf_edu.training import freeze_lower_layers, transformer_blocks
 
     model, _ = tiny
     rm = RewardModel.from_causal_lm(model)

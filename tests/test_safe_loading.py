@@ -43,11 +43,11 @@ def test_checkpoints_are_safetensors(tmp_path):
     """SFT, reward-model and PPO checkpoints hold no pickle of weights."""
     import copy
 
+    from rlhf_edu.checkpoints import save_checkpoint
     from rlhf_edu.generation import SamplingConfig
     from rlhf_edu.models import device_setup, tiny_model_and_tokenizer
     from rlhf_edu.ppo_loop import PPOConfig, PPOTrainer
     from rlhf_edu.reward import RewardModel, save_reward_model
-    from rlhf_edu.sft import save_checkpoint
 
     model, tok = tiny_model_and_tokenizer()
     save_checkpoint(model, tok, tmp_path / "sft")

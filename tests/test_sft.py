@@ -3,7 +3,8 @@ import torch.nn.functional as F
 
 from rlhf_edu.logprobs import per_token_logps
 from rlhf_edu.models import load_model
-from rlhf_edu.sft import SFTConfig, build_sft_batch, linear_schedule, sft_loss, train_sft
+from rlhf_edu.sft import SFTConfig, build_sft_batch, sft_loss, train_sft
+from rlhf_edu.training import linear_schedule
 
 ROWS = [
     {"prompt": f"Explain thing {i} to a 10-year-old.", "response": f"Thing {i} is nice. It is fun."}

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from rlhf_edu import store
 from rlhf_edu import tradeoff_runs as tr
 from rlhf_edu.generation import SamplingConfig
 from rlhf_edu.metrics import evaluate_policy
@@ -106,20 +107,20 @@ def test_inconsistent_budgets_are_refused():
 
 
 def test_cache_keys_and_records(tmp_path):
-    assert tr.cache_key({"a": 1, "b": 2}, tiny_ppo()) == tr.cache_key({"b": 2, "a": 1}, tiny_ppo())
-    assert tr.cache_key(tiny_ppo()) != tr.cache_key(tiny_ppo(kl_coef=0.1))
-    assert len(tr.cache_key("x")) == 12
+    assert store.cache_key({"a": 1, "b": 2}, tiny_ppo()) == store.cache_key({"b": 2, "a": 1}, tiny_ppo())
+    assert store.cache_key(tiny_ppo()) != store.cache_key(tiny_ppo(kl_coef=0.1))
+    assert len(store.cache_key("x")) == 16
     cache = tr.RunCache(tmp_path / "t")
     assert cache.load("ppo", "abc") is None
     cache.save("ppo", "abc", {"points": [1.5, 2.0]})
     assert cache.load("ppo", "abc") == {"points": [1.5, 2.0], "key": "abc"}
 
     model, _ = tiny_model_and_tokenizer()
-    before = tr.fingerprint(model)
-    assert tr.fingerprint(copy.deepcopy(model)) == before
+    before = store.fingerprint(model)
+    assert store.fingerprint(copy.deepcopy(model)) == before
     with torch.no_grad():
         next(model.parameters())[0, 0] += 1e-3
-    assert tr.fingerprint(model) != before
+    assert store.fingerprint(model) != before
 
 
 def test_lazy_builds_once_and_only_when_called():
@@ -134,7 +135,7 @@ def test_lazy_builds_once_and_only_when_called():
 
 def test_trajectory_starts_at_kl_zero_and_summarizes_its_rows():
     ctx = context()
-    reference_before = tr.fingerprint(ctx.sft)
+    reference_before = store.fingerprint(ctx.sft)
     trainer = tr.make_trainer(ctx, tiny_ppo())
     points = tr.train_and_evaluate(trainer, 3, EVAL, 2, progress=False)
     assert [p["step"] for p in points] == [0, 2, 3] and trainer.step_count == 3
@@ -145,7 +146,7 @@ def test_trajectory_starts_at_kl_zero_and_summarizes_its_rows():
         assert p["proxy"] == pytest.approx(np.mean([r["rm"] for r in p["rows"]]))
         assert p["kl"] == pytest.approx(np.mean([r["kl"] for r in p["rows"]]))
     assert points[-1]["kl"] > 1e-4, "the policy did not move"
-    assert tr.fingerprint(ctx.sft) == reference_before, "training changed the shared reference"
+    assert store.fingerprint(ctx.sft) == reference_before, "training changed the shared reference"
 
 
 def test_ppo_run_is_cached_and_never_rebuilds_the_reward_model(tmp_path):
@@ -239,7 +240,7 @@ def test_ppo_entries_use_the_units_and_clip_negative_kl():
 
 def test_weak_proxy_is_normalized_on_its_own_pairs_and_leaves_the_sft_policy_alone():
     sft, tok = tiny_model_and_tokenizer()
-    before = tr.fingerprint(sft)
+    before = store.fingerprint(sft)
     rm, history = tr.train_weak_proxy(sft, tok, ROWS, RewardConfig(lr=1e-3, batch_size=2, max_steps=2), seed=0,
                                       setup=CPU, progress=False)
     assert len(history) == 2 and all(math.isfinite(h["train/loss"]) for h in history)
@@ -249,7 +250,7 @@ def test_weak_proxy_is_normalized_on_its_own_pairs_and_leaves_the_sft_policy_alo
     scores = score_texts(rm, tok, prompts, texts, eos=eos)
     assert float(scores.mean()) == pytest.approx(0.0, abs=1e-5)
     assert float(scores.std(correction=0)) == pytest.approx(1.0, abs=1e-4)
-    assert tr.fingerprint(sft) == before and not any(p.requires_grad for p in rm.parameters())
+    assert store.fingerprint(sft) == before and not any(p.requires_grad for p in rm.parameters())
 
 
 class AlwaysFirst:
@@ -263,7 +264,7 @@ class AlwaysFirst:
 
 def test_online_refresh_runs_two_paired_arms_from_the_base_run(tmp_path):
     ctx, cache, tc = context(), tr.RunCache(tmp_path), tiny_tradeoffs()
-    stale_before = tr.fingerprint(ctx.reward_model)
+    stale_before = store.fingerprint(ctx.reward_model)
     config = tc.sweep_config(tc.refresh_kl_coef)
     # no checkpoint kept: online_refresh trains the base run again to make one
     base = tr.ppo_run(ctx, config, tc.sweep_steps, tc.sweep_steps, cache, label="base", progress=False)
@@ -283,6 +284,6 @@ def test_online_refresh_runs_two_paired_arms_from_the_base_run(tmp_path):
                             progress=False)
     assert stale["history"][0]["objective/kl"] == pytest.approx(continuous["history"][-1]["objective/kl"], abs=1e-5)
     assert stale["points"][-1]["rows"] == continuous["points"][-1]["rows"]
-    assert tr.fingerprint(ctx.reward_model) == stale_before, "the refresh changed the stale reward model"
+    assert store.fingerprint(ctx.reward_model) == stale_before, "the refresh changed the stale reward model"
     assert not (tmp_path / f"checkpoint-{base['key']}").exists(), "the base checkpoint was not cleaned up"
     assert tr.online_refresh(ctx, tc, base, cache, old_rows=ROWS[:2], annotator=AlwaysFirst())["cached"]

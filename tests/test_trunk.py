@@ -10,7 +10,8 @@ from rlhf_edu.generation import SamplingConfig, sample
 from rlhf_edu.logprobs import per_token_logps
 from rlhf_edu.models import tiny_model_and_tokenizer
 from rlhf_edu.ppo_loop import PPOTrainer
-from rlhf_edu.reward import RewardModel, freeze_lower_layers
+from rlhf_edu.reward import RewardModel
+from rlhf_edu.training import freeze_lower_layers
 from rlhf_edu.trunk import FrozenTrunk
 
 

@@ -1,0 +1,123 @@
+"""Training plumbing every stage shares: the learning-rate schedule, one optimizer step (clip,
+finite check, step), freezing the lower blocks, trimming padding, and the seeded order of prompts
+and random generators. Stage modules (sft, reward, dpo, ppo_loop, grpo_loop) import it; it imports
+no stage.
+"""
+
+from __future__ import annotations
+
+import random
+import warnings
+
+import torch
+
+
+def step_seed(seed: int, step: int) -> int:
+    """The seed of iteration (or pass) `step` of a run seeded with `seed`: distinct for every pair."""
+    return seed * 1_000_003 + step
+
+
+def step_generator(seed: int, step: int) -> torch.Generator:
+    """The random generator of iteration `step` (sampling, then minibatch shuffles)."""
+    return torch.Generator().manual_seed(step_seed(seed, step))
+
+
+def prompts_for_step(prompts: list[str], step: int, n: int, seed: int) -> list[str]:
+    """The `n` prompts of iteration `step`: consecutive slices of a seeded shuffle per pass."""
+    out, position = [], step * n
+    while len(out) < n:
+        epoch, offset = divmod(position, len(prompts))
+        order = random.Random(step_seed(seed, epoch)).sample(range(len(prompts)), len(prompts))
+        take = min(n - len(out), len(prompts) - offset)
+        out += [prompts[i] for i in order[offset : offset + take]]
+        position += take
+    return out
+
+
+def linear_schedule(step: int, warmup_steps: int, max_steps: int) -> float:
+    """Learning-rate multiplier: linear warm-up, then linear decay to 0."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    return max(0.0, (max_steps - step) / max(1, max_steps - warmup_steps))
+
+
+def clip_and_step(optimizer, scaler, params, max_grad_norm: float, step: int, stage: str) -> torch.Tensor:
+    """After `scaler.scale(loss).backward()`: unscale, clip the gradients' global norm to
+    `max_grad_norm`, stop on a non-finite norm (with fp16's grad scaler, it only skips the step),
+    step, update the scaler and zero the gradients. Returns the norm before clipping."""
+    scaler.unscale_(optimizer)
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+    if not scaler.is_enabled():
+        check_finite("the gradient norm (train/grad_norm)", grad_norm, step, stage)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    return grad_norm
+
+
+def check_finite(name: str, tensor: torch.Tensor, step: int, stage: str = "PPO") -> None:
+    """Stop the run with a message naming the stage, step and quantity when it holds NaN or inf."""
+    if not bool(torch.isfinite(tensor).all()):
+        bad = int((~torch.isfinite(tensor)).sum())
+        raise FloatingPointError(
+            f"{stage} step {step}: {name} has {bad} non-finite value(s) (NaN or inf). Lower the "
+            f"learning rate or the KL coefficient, or check the inputs (scores, reference log-probs)."
+        )
+
+
+def warn_if_first_ratio_off(first_ratio_dev: float, tolerance: float, step: int, stage: str = "PPO") -> None:
+    """The health check of an update's first minibatch (docs/implementation_details.md#ratio-check):
+    nothing has changed yet, so max |ratio - 1| must be 0 up to rounding; past `tolerance`, warn and
+    name the usual causes."""
+    if first_ratio_dev > tolerance:
+        warnings.warn(
+            f"{stage} step {step}: the first minibatch's ratio is off 1 by {first_ratio_dev:.2e} "
+            f"(> {tolerance:g}); old and new log-probs do not come from the same forward "
+            f"(dropout on? a different dtype or temperature?)",
+            stacklevel=3,
+        )
+
+
+def trim_padding(rollout_ids: torch.Tensor, attention_mask: torch.Tensor, P: int, rows: torch.Tensor):
+    """The rows `rows` of a (B, P+R) batch, without columns that are padding in all of them.
+
+    Returns (input_ids, attention_mask, context_length, response slice): fewer columns, same
+    numbers, since padding is masked out of attention and positions come from the mask.
+    """
+    ids, mask = rollout_ids[rows], attention_mask[rows]  # (b, P+R)
+    first = int(mask[:, :P].any(dim=0).long().argmax())  # first prompt column with a real token
+    n_response = int(mask[:, P:].sum(dim=1).max())  # longest response among these rows
+    return ids[:, first : P + n_response], mask[:, first : P + n_response], P - first, n_response
+
+
+def transformer_blocks(backbone: torch.nn.Module) -> torch.nn.ModuleList:
+    """The stack of transformer blocks: `layers` (Llama), `h` (GPT-2) or `layers` (GPT-NeoX)."""
+    for name in ("layers", "h", "blocks"):
+        blocks = getattr(backbone, name, None)
+        if isinstance(blocks, torch.nn.ModuleList):
+            return blocks
+    raise ValueError(f"cannot find the transformer blocks of {type(backbone).__name__}")
+
+
+def freeze_lower_layers(model: torch.nn.Module, trainable_layers: int | None) -> None:
+    """requires_grad False on the embeddings and all but the top `trainable_layers` blocks.
+
+    `model` is a RewardModel or a critic (its `backbone`) or a causal LM (its `base_model`). None (or at least
+    as many as there are blocks) leaves everything trainable. The final norm and the reward head
+    always train; a causal LM's `lm_head` trains unless it is tied to the (frozen) embeddings.
+    Notebooks: 03_reward_model.ipynb, 04_ppo.ipynb
+    """
+    for p in model.parameters():
+        p.requires_grad_(True)
+    backbone = model.backbone if hasattr(model, "backbone") else model.base_model
+    blocks = transformer_blocks(backbone)
+    if trainable_layers is None or trainable_layers >= len(blocks):
+        return
+    if trainable_layers < 0:
+        raise ValueError(f"trainable_layers must be >= 0 or None, got {trainable_layers}")
+    top = {id(p) for block in list(blocks)[len(blocks) - trainable_layers :] for p in block.parameters()}
+    block_params = {id(p) for p in blocks.parameters()}
+    for name, p in backbone.named_parameters():
+        in_blocks = id(p) in block_params
+        if (in_blocks and id(p) not in top) or (not in_blocks and "norm" not in name and "ln_f" not in name):
+            p.requires_grad_(False)
