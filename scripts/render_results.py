@@ -1,12 +1,17 @@
-"""Render README's results block from the runs' JSON, so no figure in it is typed by hand.
+"""Render every results table of README.md and docs/results.md from the runs' JSON, so that no figure
+in them is typed by hand.
 
     .venv/bin/python scripts/render_results.py --save artifacts/course_summary.json   # keep a cpu run's summary
-    .venv/bin/python scripts/render_results.py                                        # rewrite the README block
+    .venv/bin/python scripts/render_results.py --bench artifacts/bench.json            # keep a `make bench` run
+    .venv/bin/python scripts/render_results.py                                        # rewrite the blocks
 
-Reads bench/results/course_cpu.json (a copy of `make course PRESET=cpu`'s artifacts/course_summary.json,
-saved with --save), bench/results/ppo_seeds_cpu.json (bench/ppo_seeds.py) and data/quality_rates.json
-(scripts/quality_rates.py), and writes the block between `<!-- results:start -->` and
-`<!-- results:end -->` in README.md. tests/test_docs_links.py checks that the block is up to date.
+Reads, when present: bench/results/course_cpu.json (a copy of `make course PRESET=cpu`'s
+artifacts/course_summary.json, saved with --save), bench/results/bench_cpu.json (a copy of `make
+bench`'s artifacts/bench.json, saved with --bench), bench/results/ppo_seeds_cpu.json
+(bench/ppo_seeds.py), bench/results/first_ratio.json (bench/first_ratio.py), the GPU measurements of
+bench/gpu.py and data/quality_rates.json (scripts/quality_rates.py). Each block lies between
+`<!-- NAME:start -->` and `<!-- NAME:end -->` in its page; tests/test_docs_links.py fails when a
+committed block differs from what this script renders.
 """
 
 from __future__ import annotations
@@ -19,14 +24,19 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-COURSE = ROOT / "bench" / "results" / "course_cpu.json"
-SEEDS = ROOT / "bench" / "results" / "ppo_seeds_cpu.json"
+RESULTS = ROOT / "bench" / "results"
+COURSE = RESULTS / "course_cpu.json"
+BENCH = RESULTS / "bench_cpu.json"
+SEEDS = RESULTS / "ppo_seeds_cpu.json"
+FIRST_RATIO = RESULTS / "first_ratio.json"
+GPU_ESTIMATE = RESULTS / "gpu_memory_estimate.json"
+GPU_MEASURED = RESULTS / "gpu_memory_h200.json"
 RATES = ROOT / "data" / "quality_rates.json"
-START, END = "<!-- results:start -->", "<!-- results:end -->"
 PREFERENCE = ("comparison", "speaks_to_child", "everyday_detail")
+NOT_YET = "*Not measured yet.* "
 
 
-def _load(path: Path) -> dict | None:
+def _load(path: Path):
     return json.loads(path.read_text()) if path.exists() else None
 
 
@@ -34,72 +44,177 @@ def _metrics(course: dict, notebook: str) -> dict:
     return (course.get("notebooks", {}).get(notebook) or {}).get("metrics") or {}
 
 
-def render() -> str:
-    course, seeds, rates = _load(COURSE), _load(SEEDS), _load(RATES)
+def _table(header: tuple, rows: list[tuple], align: str | None = None) -> list[str]:
+    align = align or "---|" * len(header)
+    return ["| " + " | ".join(header) + " |", "|" + align] + ["| " + " | ".join(map(str, r)) + " |" for r in rows]
+
+
+def quality_rates() -> list[str]:
+    rates = _load(RATES)
+    if not rates:
+        return [NOT_YET + "`scripts/quality_rates.py` writes data/quality_rates.json."]
+    demo, sft = rates["demonstrations"], rates["sft_samples"].get("0.7")
+    return [
+        "**The preference qualities** (`scripts/quality_rates.py`): share of texts that show each, "
+        f"in the {demo['n']} demonstrations and in {sft['n']} SFT samples at the evaluation temperature 0.7.",
+        "",
+        *_table(("quality", "demonstrations", "SFT samples"),
+                [(q, f"{demo[q]:.0%}", f"{sft[q]:.0%}") for q in PREFERENCE], "---|---:|---:|"),
+    ]
+
+
+HEADLINES = {
+    "01_sft": lambda m: f"gold base {m['gold_base_mean']:.3f} -> SFT {m['gold_sft_mean']:.3f}, z = {m['gold_delta_z']:.1f}",
+    "03_reward_model": lambda m: (f"held-out accuracy {m['rm_heldout_accuracy']:.1%}, "
+                                  f"noise ceiling {m['noise_ceiling_accuracy']:.1%}"),
+    "04_ppo": lambda m: (f"gold SFT {m['gold_sft_mean']:.3f} -> PPO {m['gold_ppo_mean']:.3f}, "
+                         f"z = {m['gold_delta_z']:.1f}; win rate {m['win_rate_vs_sft']:.0%}; KL {m['kl_mean']:.2f}"),
+    "05_reward_kl_tradeoffs": lambda m: (f"over-optimization gold drop z = {m['overopt_gold_drop_z']:.1f}; "
+                                         f"online refresh z = {m['online_refresh_gold_z']:.1f}"),
+    "06_dpo_grpo": lambda m: (f"gold DPO z = {m['gold_dpo_z']:.1f}, " + ", ".join(
+        f"{k[5:-2].upper()} z = {v:.1f}" for k, v in m.items()
+        if k.startswith("gold_") and k.endswith("_z") and k not in ("gold_dpo_z", "gold_ppo_z"))),
+    "07_evaluation": lambda m: " ".join(m.get("verdict", [])[:1]),
+}
+
+
+def course_table() -> list[str]:
+    course = _load(COURSE)
+    if not course:
+        return [NOT_YET + "`make course PRESET=cpu`, then `scripts/render_results.py --save "
+                "artifacts/course_summary.json`."]
+    n_eval = _metrics(course, "01_sft").get("n_eval", "?")
+    rows = []
+    for name, entry in course.get("notebooks", {}).items():
+        m = entry.get("metrics") or {}
+        try:
+            head = HEADLINES[name](m) if name in HEADLINES else ""
+        except KeyError:
+            head = "(not recorded)"
+        if "error" in entry:
+            rows.append((name, "failed", entry["error"].splitlines()[-1][:120]))
+        else:
+            rows.append((name, f"{entry['seconds']:.0f} s", head))
+    return [
+        f"**`make course PRESET=cpu`** on {course.get('machine', 'an unnamed machine')}, "
+        f"{course.get('dtype', '?')}; every policy on the same {n_eval} eval prompts at temperature 0.7 "
+        "(`rlhf_edu.yardstick`).",
+        "",
+        *_table(("notebook", "wall time", "headline"), rows, "---|---:|---|"),
+    ]
+
+
+def seeds_line() -> list[str]:
+    seeds = _load(SEEDS)
+    if not seeds:
+        return [NOT_YET + "`bench/ppo_seeds.py` writes the 3-seed spread of notebook 04's gain."]
+    s = seeds["summary"]
+    return [
+        f"**PPO over {len(seeds['runs'])} seeds** (`bench/ppo_seeds.py`, cpu preset, {seeds['dtype']}): "
+        f"gold gain {s['gold_delta']['mean']:+.3f} ± {s['gold_delta']['sd']:.3f} (mean ± sd), "
+        f"z = {s['gold_delta_z']['mean']:.1f} ± {s['gold_delta_z']['sd']:.1f}, "
+        f"win rate against SFT {s['win_rate_vs_sft']['mean']:.0%} ± {s['win_rate_vs_sft']['sd']:.0%}, "
+        f"KL {s['kl_mean']['mean']:.2f} ± {s['kl_mean']['sd']:.2f} nats."
+    ]
+
+
+def bench_tables() -> list[str]:
+    bench = _load(BENCH)
+    if not bench:
+        return [NOT_YET + "`make bench`, then `scripts/render_results.py --bench artifacts/bench.json`: "
+                "the compute dtypes of this CPU, PPO against TRL's `PPOTrainer` at equal settings "
+                "(seconds per step and the step's split by part), and peak memory per notebook."]
     out = []
-    if rates:
-        demo, sft = rates["demonstrations"], rates["sft_samples"].get("0.7")
-        out.append("**The preference qualities** (`scripts/quality_rates.py`): share of texts that show each, "
-                   f"in the {demo['n']} demonstrations and in {sft['n']} SFT samples at the evaluation "
-                   "temperature 0.7.\n")
-        out.append("| quality | demonstrations | SFT samples |\n|---|---:|---:|")
-        for q in PREFERENCE:
-            out.append(f"| {q} | {demo[q]:.0%} | {sft[q]:.0%} |")
-        out.append("")
-    if course:
-        out.append(f"**`make course PRESET=cpu`** on {course.get('machine', 'an unnamed machine')}, "
-                   f"{course.get('dtype', '?')}; every policy on the same {_metrics(course, '01_sft').get('n_eval', '?')} "
-                   "eval prompts at temperature 0.7 (`rlhf_edu.yardstick`).\n")
-        rows = [("notebook", "wall time", "headline")]
-        heads = {
-            "01_sft": lambda m: f"gold base {m['gold_base_mean']:.3f} -> SFT {m['gold_sft_mean']:.3f}, z = {m['gold_delta_z']:.1f}",
-            "03_reward_model": lambda m: f"held-out accuracy {m['rm_heldout_accuracy']:.1%}, noise ceiling {m['noise_ceiling_accuracy']:.1%}",
-            "04_ppo": lambda m: (f"gold SFT {m['gold_sft_mean']:.3f} -> PPO {m['gold_ppo_mean']:.3f}, z = {m['gold_delta_z']:.1f}; "
-                                 f"win rate {m['win_rate_vs_sft']:.0%}; KL {m['kl_mean']:.2f}"),
-            "05_reward_kl_tradeoffs": lambda m: (f"over-optimization gold drop z = {m['overopt_gold_drop_z']:.1f}; "
-                                                 f"online refresh z = {m['online_refresh_gold_z']:.1f}"),
-            "06_dpo_grpo": lambda m: (f"gold DPO z = {m['gold_dpo_z']:.1f}, "
-                                      + ", ".join(f"{k[5:-2].upper()} z = {v:.1f}" for k, v in m.items()
-                                                  if k.startswith("gold_") and k.endswith("_z") and k not in ("gold_dpo_z", "gold_ppo_z"))),
-            "07_evaluation": lambda m: " ".join(m.get("verdict", [])[:1]),
-        }
-        for name, entry in course.get("notebooks", {}).items():
-            m = entry.get("metrics") or {}
-            try:
-                head = heads[name](m) if name in heads else ""
-            except KeyError:
-                head = "(not recorded)"
-            if "error" in entry:
-                rows.append((name, "failed", entry["error"].splitlines()[-1][:120]))
-            else:
-                rows.append((name, f"{entry['seconds']:.0f} s", head))
-        out.append("| " + " | ".join(rows[0]) + " |\n|---|---:|---|")
-        out += ["| " + " | ".join(r) + " |" for r in rows[1:]]
-        out.append("")
-    if seeds:
-        s = seeds["summary"]
-        out.append(f"**PPO over {len(seeds['runs'])} seeds** (`bench/ppo_seeds.py`, cpu preset, {seeds['dtype']}): "
-                   f"gold gain {s['gold_delta']['mean']:+.3f} ± {s['gold_delta']['sd']:.3f} (mean ± sd), "
-                   f"z = {s['gold_delta_z']['mean']:.1f} ± {s['gold_delta_z']['sd']:.1f}, "
-                   f"win rate against SFT {s['win_rate_vs_sft']['mean']:.0%} ± {s['win_rate_vs_sft']['sd']:.0%}, "
-                   f"KL {s['kl_mean']['mean']:.2f} ± {s['kl_mean']['sd']:.2f} nats.")
-        out.append("")
-    return "\n".join(out).rstrip("\n")
+    dtype = bench.get("dtype_cpu")
+    if dtype:
+        out += [f"**Compute dtypes on this CPU** ({dtype['chosen']}):", "",
+                *_table(("dtype", "generate (s)", "forward (s)", "SFT step (s)"),
+                        [(r["dtype"], f"{r['generate_s']:.2f}", f"{r['forward_s']:.2f}", f"{r['sft_step_s']:.2f}")
+                         for r in dtype["rows"]], "---|---:|---:|---:|"), ""]
+    trl = bench.get("trl")
+    if trl:
+        rows = [(name, "" if sec is None else f"{sec:.1f}", f"{trl['gold'][name]:.3f}", f"{trl['rm_score'][name]:+.2f}",
+                 f"{trl['kl'][name]:.2f}") for name, sec in [("sft", None), *trl["seconds_per_step"].items()]]
+        out += [f"**PPO against TRL** (`bench/trl_ppo.py`, trl {trl['versions']['trl']}, {trl['threads']} threads): "
+                f"ours is {trl['ppo_speedup_vs_trl']:.2f}x TRL's speed.", "",
+                *_table(("run", "s/step", "gold", "RM score", "KL (nats)"), rows, "---|---:|---:|---:|---:|"), ""]
+    peaks = bench.get("peak_rss_gb")
+    if peaks:
+        out += ["**Peak memory per notebook** at the cpu preset (GB):", "",
+                *_table(("notebook", "peak RSS (GB)"), [(k, f"{v:.2f}") for k, v in peaks.items()], "---|---:|"), ""]
+    return out[:-1] if out and out[-1] == "" else out
+
+
+def gpu_tables() -> list[str]:
+    estimate, measured = _load(GPU_ESTIMATE), _load(GPU_MEASURED)
+    if not estimate:
+        return [NOT_YET + "`bench/gpu.py estimate` and, on a CUDA machine, `bench/gpu.py measure`."]
+    by_arch: dict[str, dict] = {}
+    for row in measured or []:
+        by_arch.setdefault(row["arch"], {})[row["dtype"]] = row
+    dtypes = sorted({row["dtype"] for row in measured or []})
+    device = (measured or [{}])[0].get("device", "a CUDA device")
+    rows = []
+    for e in estimate:
+        got = by_arch.get(e["arch"], {})
+        rows.append((e["arch"], f"{e['total_gib']:.1f} GiB",
+                     *[f"{got[d]['peak_gib']:.1f} GiB, {got[d]['seconds_per_step_after_first']:.1f} s/step"
+                       if d in got else "not measured" for d in dtypes]))
+    return [f"**GPU memory of PPO at the `gpu` preset** (`bench/gpu.py`; measured on an {device} with randomly "
+            "initialized models of the same shapes, every response 64 tokens):", "",
+            *_table(("model", "estimate", *[f"measured ({d})" for d in dtypes]), rows)]
+
+
+def first_ratio_table() -> list[str]:
+    fr = _load(FIRST_RATIO)
+    if not fr:
+        return [NOT_YET + "`bench/first_ratio.py`."]
+    rows = [(r["dtype"], r["ratio_logps"], f"{r['first_ratio_dev_max']:.2g}", f"{r['seconds']:.0f} s") for r in fr["rows"]]
+    return [f"**PPO's first-minibatch ratio** (`bench/first_ratio.py`, {fr['preset']} preset, {fr['machine']}): "
+            "max |ratio - 1| before any update, which must be 0 up to rounding.", "",
+            *_table(("compute dtype", "log-probs of the ratio", "max abs(ratio - 1)", "time"), rows, "---|---|---:|---:|")]
+
+
+def blocks() -> dict[tuple[str, str], str]:
+    """(page, block name) -> the rendered text of the block."""
+    join = lambda *parts: "\n\n".join("\n".join(p) for p in parts if p)  # noqa: E731
+    return {
+        ("README.md", "results"): join(quality_rates(), course_table()),
+        ("docs/results.md", "course"): join(quality_rates(), course_table(), seeds_line()),
+        ("docs/results.md", "bench"): join(bench_tables(), first_ratio_table()),
+        ("docs/results.md", "gpu"): join(gpu_tables()),
+    }
+
+
+def markers(name: str) -> tuple[str, str]:
+    return f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+
+
+def committed_block(page: str, name: str) -> str:
+    text = (ROOT / page).read_text(encoding="utf-8")
+    start, end = markers(name)
+    if start not in text or end not in text:
+        raise ValueError(f"{page} has no {start} ... {end} block")
+    return text[text.index(start) + len(start) : text.index(end)].strip("\n")
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--save", type=Path, help="copy this course_summary.json to bench/results/course_cpu.json first")
+    ap.add_argument("--bench", type=Path, help="copy this bench.json to bench/results/bench_cpu.json first")
     args = ap.parse_args(argv)
     if args.save:
         shutil.copyfile(args.save, COURSE)
-    readme = ROOT / "README.md"
-    text = readme.read_text()
-    block = f"{START}\n{render()}\n{END}"
-    if START not in text:
-        raise SystemExit(f"README.md has no {START} marker: add one where the results belong")
-    readme.write_text(re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: block, text, flags=re.DOTALL))
-    print(block)
+    if args.bench:
+        shutil.copyfile(args.bench, BENCH)
+    for (page, name), body in blocks().items():
+        path = ROOT / page
+        committed_block(page, name)  # the markers must be there
+        start, end = markers(name)
+        text = re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: f"{start}\n{body}\n{end}",
+                      path.read_text(encoding="utf-8"), flags=re.DOTALL)
+        path.write_text(text, encoding="utf-8")
+        print(f"{page}: {name} ({len(body)} characters)")
     return 0
 
 

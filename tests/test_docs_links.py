@@ -203,13 +203,36 @@ def _script(name: str):
     return module
 
 
-def test_readme_results_are_rendered_from_the_runs_json():
-    """The README's results block is what scripts/render_results.py renders from the committed JSON:
-    no figure in it was typed, and none is stale."""
+def test_results_tables_are_rendered_from_the_runs_json():
+    """Every results block of README.md and docs/results.md is what scripts/render_results.py renders
+    from the committed JSON: no figure in them was typed, and none is stale."""
     render = _script("render_results")
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
-    block = text[text.index(render.START) + len(render.START) : text.index(render.END)].strip("\n")
-    assert block == render.render(), "README's results are stale: run scripts/render_results.py"
+    rendered = render.blocks()
+    assert {page for page, _ in rendered} == {"README.md", "docs/results.md"}
+    for (page, name), body in rendered.items():
+        assert render.committed_block(page, name) == body, (
+            f"{page}'s {name} block is stale: run scripts/render_results.py"
+        )
+
+
+def test_a_stale_results_table_is_caught(tmp_path, monkeypatch):
+    """The check above can fail: a course summary with another figure renders another block."""
+    render = _script("render_results")
+    summary = {"machine": "m", "dtype": "fp32", "preset": "cpu", "notebooks": {
+        "01_sft": {"seconds": 100.0, "metrics": {"n_eval": 128, "gold_base_mean": 0.39, "gold_sft_mean": 0.61,
+                                                 "gold_delta_z": 12.0}}}}
+    path = tmp_path / "course_cpu.json"
+    path.write_text(json.dumps(summary))
+    monkeypatch.setattr(render, "COURSE", path)
+    block = render.blocks()[("README.md", "results")]
+    assert "gold base 0.390 -> SFT 0.610, z = 12.0" in block and "100 s" in block
+    assert block != render.committed_block("README.md", "results")
+
+
+def test_readme_is_a_newcomers_page():
+    """The README stays short enough to read: what to do first, the rest linked."""
+    size = len((ROOT / "README.md").read_text(encoding="utf-8"))
+    assert size <= 12_000, f"README.md has {size} characters; move reference material to docs/"
 
 
 def test_data_readme_rates_are_rendered_from_the_data():
