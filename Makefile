@@ -1,6 +1,6 @@
 # rlhf-edu: two commands set everything up on a fresh machine.
 #   make lab     set up, then JupyterLab on notebooks/
-#   make test    set up, then every test (unit, widgets, notebooks under nbval)
+#   make test    set up, then lint and every test (unit, widgets, notebooks under nbval)
 #   make course PRESET=smoke|cpu|gpu    run every notebook headless, write artifacts/course_summary.json
 #   make bench   benchmarks, printed as a table
 
@@ -44,6 +44,7 @@ lab: setup
 	$(VENV)/bin/jupyter lab notebooks/ $$([ "$$(id -u)" = 0 ] && echo --allow-root)
 
 test: setup
+	$(MAKE) lint
 	$(PY) -m pytest -q tests
 	$(MAKE) test-widgets-ipywidgets7
 	$(MAKE) test-notebooks
@@ -104,8 +105,10 @@ $(BENCH_STAMP): pyproject.toml Makefile
 bench: setup bench-env
 	$(PY) bench/run.py
 
+# ruff's rules and line length are in pyproject.toml; `ruff format rlhf_edu tests bench scripts` fixes the format.
 lint: setup
-	$(VENV)/bin/ruff check rlhf_edu tests bench
+	$(VENV)/bin/ruff check rlhf_edu tests bench scripts
+	$(VENV)/bin/ruff format --check rlhf_edu tests bench scripts
 
 clean:
 	rm -rf $(VENV) $(BENCH_VENV) .nbval-artifacts $(IPYW7)

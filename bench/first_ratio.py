@@ -40,18 +40,24 @@ def measure(dtype: str, fp32_logps: bool, policy, tokenizer, prompts) -> dict:
     setup = choose_device_setup("cpu", dtype=dtype)
     torch.manual_seed(0)
     reward_model = RewardModel.from_causal_lm(copy.deepcopy(policy))
-    trainer = PPOTrainer(copy.deepcopy(policy), copy.deepcopy(policy).eval(), reward_model, tokenizer,
-                         prompts, cfg, setup=setup)
+    trainer = PPOTrainer(
+        copy.deepcopy(policy), copy.deepcopy(policy).eval(), reward_model, tokenizer, prompts, cfg, setup=setup
+    )
     if not fp32_logps:  # the behaviour before: every log-prob under the autocast context
         trainer.logps_ctx = autocast(setup)
     start = time.perf_counter()
     generator = trainer.generator_for_step(0)
     rollout = trainer.rollout(trainer.prompts_for_step(0), generator)
     stats = trainer.update(rollout, generator)
-    return {"dtype": dtype, "ratio_logps": "fp32" if fp32_logps or dtype == "fp32" else dtype,
-            "first_ratio_dev_max": stats["health/first_ratio_dev"],
-            "first_ratio_dev_mean": stats["health/first_ratio_dev_mean"],
-            "clip_range": cfg.clip_range, "trunk": trainer.trunk.reason, "seconds": round(time.perf_counter() - start, 1)}
+    return {
+        "dtype": dtype,
+        "ratio_logps": "fp32" if fp32_logps or dtype == "fp32" else dtype,
+        "first_ratio_dev_max": stats["health/first_ratio_dev"],
+        "first_ratio_dev_mean": stats["health/first_ratio_dev_mean"],
+        "clip_range": cfg.clip_range,
+        "trunk": trainer.trunk.reason,
+        "seconds": round(time.perf_counter() - start, 1),
+    }
 
 
 def main() -> int:
@@ -66,8 +72,18 @@ def main() -> int:
     from rlhf_edu.course import machine_description
 
     OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps({"machine": machine_description(), "policy": "sft" if (sft / "config.json").exists()
-                               else "base", "preset": "cpu", "rows": rows}, indent=1) + "\n")
+    OUT.write_text(
+        json.dumps(
+            {
+                "machine": machine_description(),
+                "policy": "sft" if (sft / "config.json").exists() else "base",
+                "preset": "cpu",
+                "rows": rows,
+            },
+            indent=1,
+        )
+        + "\n"
+    )
     print(f"wrote {OUT}")
     return 0
 

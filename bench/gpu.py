@@ -60,15 +60,27 @@ def estimate_gib(arch: str, micro_batch: int, tokens: int, response_tokens: int)
     activations = layers * (34 * tokens * micro_batch * hidden + 5 * heads * tokens**2 * micro_batch)
     logits = 2 * 4 * micro_batch * response_tokens * VOCAB
     total = weights + activations + logits + 0.5 * GIB
-    return {"arch": arch, "params_m": round(n / 1e6, 1), "weights_and_optimizer_gib": round(weights / GIB, 2),
-            "activations_gib": round((activations + logits) / GIB, 2), "total_gib": round(total / GIB, 2),
-            "fits_t4_16gb": total < 15 * GIB}
+    return {
+        "arch": arch,
+        "params_m": round(n / 1e6, 1),
+        "weights_and_optimizer_gib": round(weights / GIB, 2),
+        "activations_gib": round((activations + logits) / GIB, 2),
+        "total_gib": round(total / GIB, 2),
+        "fits_t4_16gb": total < 15 * GIB,
+    }
 
 
 def config_for(arch: str, base: dict) -> dict:
     hidden, layers, heads, kv, inter = ARCHS[arch]
-    return {**base, "hidden_size": hidden, "num_hidden_layers": layers, "num_attention_heads": heads,
-            "num_key_value_heads": kv, "intermediate_size": inter, "head_dim": hidden // heads}
+    return {
+        **base,
+        "hidden_size": hidden,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv,
+        "intermediate_size": inter,
+        "head_dim": hidden // heads,
+    }
 
 
 class LengthReward(torch.nn.Module):
@@ -94,8 +106,14 @@ def measure(config_dir: Path, steps: int, device: str = "cuda", batch: int | Non
     ppo = get_preset("gpu").ppo
     ppo = replace(ppo, steps=steps, eval_every=10_000)
     if batch is not None:  # a dry run on a CPU
-        ppo = replace(ppo, batch_size=batch, mini_batch_size=batch, micro_batch_size=batch, ppo_epochs=1,
-                      sampling=SamplingConfig(8, 0.7, batch))
+        ppo = replace(
+            ppo,
+            batch_size=batch,
+            mini_batch_size=batch,
+            micro_batch_size=batch,
+            ppo_epochs=1,
+            sampling=SamplingConfig(8, 0.7, batch),
+        )
     cuda = device == "cuda"
     prompts = [f"Explain concept number {i} to a 10-year-old." for i in range(ppo.batch_size * steps)]
     rows = []
@@ -120,12 +138,19 @@ def measure(config_dir: Path, steps: int, device: str = "cuda", batch: int | Non
                 if cuda:
                     torch.cuda.synchronize()
                 times.append(time.perf_counter() - t0)
-            rows.append({
-                "arch": arch, "dtype": label, "peak_gib": round(torch.cuda.max_memory_allocated() / GIB, 2) if cuda else None,
-                "seconds_per_step_after_first": round(sum(times[1:]) / max(1, len(times) - 1), 2),
-                "response_length": m["response/length"], "batch": ppo.batch_size, "micro_batch": ppo.micro_batch_size,
-                "first_ratio_dev": m["health/first_ratio_dev"], "device": torch.cuda.get_device_name() if cuda else "cpu",
-            })
+            rows.append(
+                {
+                    "arch": arch,
+                    "dtype": label,
+                    "peak_gib": round(torch.cuda.max_memory_allocated() / GIB, 2) if cuda else None,
+                    "seconds_per_step_after_first": round(sum(times[1:]) / max(1, len(times) - 1), 2),
+                    "response_length": m["response/length"],
+                    "batch": ppo.batch_size,
+                    "micro_batch": ppo.micro_batch_size,
+                    "first_ratio_dev": m["health/first_ratio_dev"],
+                    "device": torch.cuda.get_device_name() if cuda else "cpu",
+                }
+            )
             print(rows[-1], flush=True)
             del trainer, policy, reward
     return rows
@@ -144,17 +169,35 @@ def check(device: str = "cuda") -> dict:
         model, tok = tiny_model_and_tokenizer()
         model = model.to(device)
         rows = [{"prompt": f"q{i}", "response": "a short answer."} for i in range(12)]
-        hist = train_sft(model, tok, rows, SFTConfig(max_steps=3, batch_size=4, n_heldout=2, eval_every=3), setup=setup, progress=False)
+        hist = train_sft(
+            model,
+            tok,
+            rows,
+            SFTConfig(max_steps=3, batch_size=4, n_heldout=2, eval_every=3),
+            setup=setup,
+            progress=False,
+        )
         rm = RewardModel.from_causal_lm(copy.deepcopy(model)).to(device)
         pairs = [{"prompt": f"q{i}", "chosen": "good answer.", "rejected": "bad"} for i in range(8)]
-        rm_hist = train_reward_model(rm, tok, pairs, pairs[:4], RewardConfig(max_steps=2, batch_size=4, eval_every=2), setup=setup, progress=False)
+        rm_hist = train_reward_model(
+            rm,
+            tok,
+            pairs,
+            pairs[:4],
+            RewardConfig(max_steps=2, batch_size=4, eval_every=2),
+            setup=setup,
+            progress=False,
+        )
         ppo = replace(get_preset("smoke").ppo, trainable_layers=None, sampling=SamplingConfig(12, 0.7, 4))
         trainer = PPOTrainer(model, copy.deepcopy(model), rm, tok, [f"q{i}" for i in range(8)], ppo, setup=setup)
         metrics = [trainer.step() for _ in range(2)]
-        out[label] = {"sft_loss": hist[-1]["train/loss"], "rm_eval_accuracy": rm_hist[-1]["eval/accuracy"],
-                      "ppo_first_ratio_dev": max(m["health/first_ratio_dev"] for m in metrics),
-                      "ppo_kl": metrics[-1]["objective/kl"], "ppo_finite": all(
-                          all(math.isfinite(v) for v in m.values() if isinstance(v, float)) for m in metrics)}
+        out[label] = {
+            "sft_loss": hist[-1]["train/loss"],
+            "rm_eval_accuracy": rm_hist[-1]["eval/accuracy"],
+            "ppo_first_ratio_dev": max(m["health/first_ratio_dev"] for m in metrics),
+            "ppo_kl": metrics[-1]["objective/kl"],
+            "ppo_finite": all(all(math.isfinite(v) for v in m.values() if isinstance(v, float)) for m in metrics),
+        }
     print(json.dumps(out, indent=1))
     return out
 
@@ -170,7 +213,10 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     ppo = get_preset("gpu").ppo
     if args.what == "estimate":
-        result = [estimate_gib(a, ppo.micro_batch_size, 40 + ppo.sampling.max_new_tokens, ppo.sampling.max_new_tokens) for a in ARCHS]
+        result = [
+            estimate_gib(a, ppo.micro_batch_size, 40 + ppo.sampling.max_new_tokens, ppo.sampling.max_new_tokens)
+            for a in ARCHS
+        ]
         for row in result:
             print(row)
     elif args.what == "check":

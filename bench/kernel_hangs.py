@@ -99,9 +99,7 @@ def widget_notebook(busy_seconds: float):
     nb.cells = [
         nbformat.v4.new_code_cell(BUSY_CELL.format(busy_seconds=busy_seconds)),
         nbformat.v4.new_code_cell(WIDGET_CELL),
-        nbformat.v4.new_code_cell(
-            "import sys, ipykernel\nprint(ipykernel.__version__, sys.executable)"
-        ),
+        nbformat.v4.new_code_cell("import sys, ipykernel\nprint(ipykernel.__version__, sys.executable)"),
     ]
     return nb
 
@@ -110,9 +108,7 @@ class NoFreshPollClient(WatchedClient):
     """The stall check without the fresh poll: nbclient's own poll gets `lost_reply_grace` seconds
     after the idle status, then the reply counts as lost."""
 
-    async def _async_poll_for_reply(
-        self, msg_id, cell, timeout, task_poll_output_msg, task_poll_kernel_alive
-    ):
+    async def _async_poll_for_reply(self, msg_id, cell, timeout, task_poll_output_msg, task_poll_kernel_alive):
         reply = asyncio.ensure_future(
             NotebookClient._async_poll_for_reply(
                 self, msg_id, cell, timeout, task_poll_output_msg, task_poll_kernel_alive
@@ -166,9 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--grace", type=float, default=120.0, help="seconds from idle to reply")
     parser.add_argument("--timeout", type=int, default=600, help="seconds per cell")
     parser.add_argument("--no-fresh-poll", action="store_true", help="wait on nbclient's poll only")
-    parser.add_argument(
-        "--out", type=Path, default=ROOT / "bench" / "results" / "kernel_hangs.json"
-    )
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "kernel_hangs.json")
     args = parser.parse_args(argv)
 
     entry = {
@@ -202,11 +196,13 @@ def main(argv: list[str] | None = None) -> int:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=1) + "\n")
         print(
-            f"[{args.label}] run {i + 1}/{args.runs}: {result['outcome']} in {result['seconds']} s, {result['recovered']} recovered",
+            f"[{args.label}] run {i + 1}/{args.runs}: {result['outcome']} in {result['seconds']} s, "
+            f"{result['recovered']} recovered",
             flush=True,
         )
     print(
-        f"[{args.label}] {entry['hangs']} hangs, {entry['recovered']} recovered, {entry['failures']} failures in {entry['runs']} runs"
+        f"[{args.label}] {entry['hangs']} hangs, {entry['recovered']} recovered, "
+        f"{entry['failures']} failures in {entry['runs']} runs"
     )
     return 0
 

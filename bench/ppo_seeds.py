@@ -46,14 +46,30 @@ def run_seed(seed: int, preset, setup, sft, tokenizer, reward_model, sft_rows) -
     start = time.perf_counter()
     history = trainer.train(progress=False)
     train_s = time.perf_counter() - start
-    rows, _ = yardstick.evaluate(f"ppo_seed{seed}", policy, tokenizer, preset, setup, reference=sft,
-                                 reward_model=reward_model)
+    rows, _ = yardstick.evaluate(
+        f"ppo_seed{seed}", policy, tokenizer, preset, setup, reference=sft, reward_model=reward_model
+    )
     head = yardstick.headline(rows, sft_rows, seed=preset.seed)
     kl_mean, _ = mean_and_se([r["kl"] for r in rows])
-    return {"seed": seed, "steps": len(history), "train_seconds": round(train_s, 1), "kl_mean": kl_mean,
-            **{k: head[k] for k in ("gold_mean", "gold_sft_mean", "gold_delta", "gold_delta_z", "win_rate_vs_sft",
-                                    "win_rate_low", "win_rate_high")},
-            "components": head["components"]}
+    return {
+        "seed": seed,
+        "steps": len(history),
+        "train_seconds": round(train_s, 1),
+        "kl_mean": kl_mean,
+        **{
+            k: head[k]
+            for k in (
+                "gold_mean",
+                "gold_sft_mean",
+                "gold_delta",
+                "gold_delta_z",
+                "win_rate_vs_sft",
+                "win_rate_low",
+                "win_rate_high",
+            )
+        },
+        "components": head["components"],
+    }
 
 
 def main(argv=None) -> int:
@@ -74,15 +90,35 @@ def main(argv=None) -> int:
     for seed in args.seeds:
         done[seed] = run_seed(seed, preset, setup, sft, tokenizer, reward_model, sft_rows)
         r = done[seed]
-        print(f"seed {seed}: gold {r['gold_sft_mean']:.3f} -> {r['gold_mean']:.3f} ({r['gold_delta']:+.3f}, "
-              f"z = {r['gold_delta_z']:.1f}), win rate {r['win_rate_vs_sft']:.0%}, KL {r['kl_mean']:.2f}, "
-              f"{r['train_seconds']:.0f} s", flush=True)
+        print(
+            f"seed {seed}: gold {r['gold_sft_mean']:.3f} -> {r['gold_mean']:.3f} ({r['gold_delta']:+.3f}, "
+            f"z = {r['gold_delta_z']:.1f}), win rate {r['win_rate_vs_sft']:.0%}, KL {r['kl_mean']:.2f}, "
+            f"{r['train_seconds']:.0f} s",
+            flush=True,
+        )
         runs = [done[s] for s in sorted(done)]
-        summary = {k: {"mean": statistics.mean(r[k] for r in runs),
-                       "sd": statistics.stdev(r[k] for r in runs) if len(runs) > 1 else 0.0} for k in KEYS}
+        summary = {
+            k: {
+                "mean": statistics.mean(r[k] for r in runs),
+                "sd": statistics.stdev(r[k] for r in runs) if len(runs) > 1 else 0.0,
+            }
+            for k in KEYS
+        }
         RESULTS.mkdir(exist_ok=True)
-        out.write_text(json.dumps({"preset": args.preset, "dtype": setup.dtype_name, "n_eval": preset.n_eval,
-                                   "peak_rss_gb": peak_rss_gb(), "runs": runs, "summary": summary}, indent=2) + "\n")
+        out.write_text(
+            json.dumps(
+                {
+                    "preset": args.preset,
+                    "dtype": setup.dtype_name,
+                    "n_eval": preset.n_eval,
+                    "peak_rss_gb": peak_rss_gb(),
+                    "runs": runs,
+                    "summary": summary,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
     print(f"wrote {out}")
     return 0
 

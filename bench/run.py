@@ -43,8 +43,14 @@ def timed(fn, repeats: int = 2) -> float:
 
 def time_one_dtype(name, setup, model, tok, prompts, batch, optimizer) -> dict:
     def generate():
-        sample(model, tok, prompts, SamplingConfig(max_new_tokens=GEN_TOKENS, batch_size=B),
-               generator=torch.Generator().manual_seed(0), autocast_ctx=autocast(setup))
+        sample(
+            model,
+            tok,
+            prompts,
+            SamplingConfig(max_new_tokens=GEN_TOKENS, batch_size=B),
+            generator=torch.Generator().manual_seed(0),
+            autocast_ctx=autocast(setup),
+        )
 
     def forward():
         with torch.no_grad(), autocast(setup):
@@ -69,12 +75,16 @@ def main() -> None:
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.0)
     rows = [
         time_one_dtype(name, setup, model, tok, prompts, batch, optimizer)
-        for name, setup in [("fp32", choose_device_setup("cpu", cpu_bf16=False)),
-                            ("bf16 autocast", choose_device_setup("cpu", cpu_bf16=True))]
+        for name, setup in [
+            ("fp32", choose_device_setup("cpu", cpu_bf16=False)),
+            ("bf16 autocast", choose_device_setup("cpu", cpu_bf16=True)),
+        ]
     ]
     chosen = device_setup()
-    print(f"SmolLM2-135M, batch {B}: generate {GEN_TOKENS} new tokens (stops early if all end); "
-          f"forward and SFT step on {batch['input_ids'].shape[1]} tokens. torch threads: {torch.get_num_threads()}")
+    print(
+        f"SmolLM2-135M, batch {B}: generate {GEN_TOKENS} new tokens (stops early if all end); "
+        f"forward and SFT step on {batch['input_ids'].shape[1]} tokens. torch threads: {torch.get_num_threads()}"
+    )
     print(f"{'dtype':15s} {'generate s':>11s} {'forward s':>10s} {'SFT step s':>11s}")
     for r in rows:
         print(f"{r['dtype']:15s} {r['generate_s']:11.2f} {r['forward_s']:10.2f} {r['sft_step_s']:11.2f}")
@@ -106,15 +116,26 @@ def trl_comparison(steps: int = 3, critics: str = "shared,reward_model,shared_fu
         return None
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "trl.json"
-        cmd = [str(BENCH_PYTHON), str(Path(__file__).with_name("trl_ppo.py")), "--steps", str(steps),
-               "--critics", critics, "--json", str(out)]
+        cmd = [
+            str(BENCH_PYTHON),
+            str(Path(__file__).with_name("trl_ppo.py")),
+            "--steps",
+            str(steps),
+            "--critics",
+            critics,
+            "--json",
+            str(out),
+        ]
         subprocess.run(cmd, check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
         result = json.loads(out.read_text())
     print("\nour PPO step, mean seconds per part (steps 2..N):")
     print(f"{'run':24s}" + "".join(f"{p:>10s}" for p in PARTS) + f"{'step':>8s}{'tok/s':>8s}")
     for name, prof in result["profile"].items():
-        print(f"{name:24s}" + "".join(f"{prof.get(f'time/{p}_s', 0.0):10.2f}" for p in PARTS)
-              + f"{prof['time/step_s']:8.2f}{prof['time/tokens_per_s']:8.0f}")
+        print(
+            f"{name:24s}"
+            + "".join(f"{prof.get(f'time/{p}_s', 0.0):10.2f}" for p in PARTS)
+            + f"{prof['time/step_s']:8.2f}{prof['time/tokens_per_s']:8.0f}"
+        )
     return result
 
 
@@ -125,8 +146,11 @@ def notebook_memory_table() -> dict:
     if summary.get("preset") != "cpu":
         print(f"peak memory per notebook: no cpu course summary at {path} (make course PRESET=cpu)", file=sys.stderr)
         return {}
-    peaks = {name: nb["metrics"]["peak_rss_gb"] for name, nb in summary["notebooks"].items()
-             if "peak_rss_gb" in nb.get("metrics", {})}
+    peaks = {
+        name: nb["metrics"]["peak_rss_gb"]
+        for name, nb in summary["notebooks"].items()
+        if "peak_rss_gb" in nb.get("metrics", {})
+    }
     print("\npeak RSS per notebook at the cpu preset (GB, from the last cpu course run):")
     for name, gb in peaks.items():
         print(f"  {name:26s} {gb:5.2f}")

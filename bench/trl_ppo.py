@@ -44,20 +44,30 @@ OURS = {"shared": "rlhf_edu", "reward_model": "rlhf_edu_rm_critic", "shared_full
 critic of TRL's layout, and the default with full forwards (`rlhf_edu.trunk` switched off)."""
 
 UNMATCHED = [
-    ("critic: ours by default a zero-initialized value head on the policy (one forward and backward "
-     "for both losses); TRL a separate value model (the reward model's weights, top 8 blocks "
-     "trainable), the layout of our critic='reward_model' (rlhf_edu_rm_critic)"),
+    (
+        "critic: ours by default a zero-initialized value head on the policy (one forward and backward "
+        "for both losses); TRL a separate value model (the reward model's weights, top 8 blocks "
+        "trainable), the layout of our critic='reward_model' (rlhf_edu_rm_critic)"
+    ),
     "gradient clipping: ours at global norm 1.0; TRL's PPO loop never clips (max_grad_norm unused)",
     "optimizer: ours torch Adam; TRL the Trainer's AdamW (adamw_torch_fused), weight decay 0, eps 1e-5",
-    ("old log-probs: ours recomputed by the training forward (one more forward per rollout, first "
-     "ratio exactly 1); TRL's from generate's scores"),
-    ("sampling: ours a KV-cached loop, TRL model.generate (top_k 0, top_p 1, the same T + 1e-7): the "
-     "same distribution, different random draws"),
-    ("rollout forwards: ours sample 16 at a time, no-grad forwards 8 at a time; TRL both 16 at a "
-     "time (local_rollout_forward_batch_size)"),
+    (
+        "old log-probs: ours recomputed by the training forward (one more forward per rollout, first "
+        "ratio exactly 1); TRL's from generate's scores"
+    ),
+    (
+        "sampling: ours a KV-cached loop, TRL model.generate (top_k 0, top_p 1, the same T + 1e-7): the "
+        "same distribution, different random draws"
+    ),
+    (
+        "rollout forwards: ours sample 16 at a time, no-grad forwards 8 at a time; TRL both 16 at a "
+        "time (local_rollout_forward_batch_size)"
+    ),
     "padding: ours trims all-padding columns per micro-batch; TRL forwards the full width",
-    ("score placement: ours on the last response token (EOS); TRL on the pad slot after it, which "
-     "its value loss also covers"),
+    (
+        "score placement: ours on the last response token (EOS); TRL on the pad slot after it, which "
+        "its value loss also covers"
+    ),
     "pad detection: TRL by token id (a sampled <|endoftext|> counts as padding); ours by masks",
     "logging: TRL computes the full-vocabulary entropy of every micro-batch",
 ]
@@ -109,8 +119,9 @@ def _count_optimizer_steps(optimizer: torch.optim.Optimizer) -> list[int]:
     return counter
 
 
-def train_ours(sft, reward_model, tokenizer, prompts: list[str], config, setup, steps: int,
-               trunk: bool = True) -> tuple:
+def train_ours(
+    sft, reward_model, tokenizer, prompts: list[str], config, setup, steps: int, trunk: bool = True
+) -> tuple:
     """`steps` PPO steps of rlhf_edu from a copy of `sft`: -> (policy, step seconds, trainer,
     [optimizer steps, trainable parameters], per-step [score after the EOS penalty, KL]).
     trunk=False runs full forwards (no frozen-trunk reuse)."""
@@ -126,8 +137,9 @@ def train_ours(sft, reward_model, tokenizer, prompts: list[str], config, setup, 
     return policy, [h["time/step_s"] for h in trainer.history], trainer, counter, curve
 
 
-def train_trl(sft, reward_model, tokenizer, batches: list[list[str]], config, out_dir: str,
-              progress: bool = False) -> tuple:
+def train_trl(
+    sft, reward_model, tokenizer, batches: list[list[str]], config, out_dir: str, progress: bool = False
+) -> tuple:
     """One TRL PPO step per prompt batch from a copy of `sft`: -> (policy, step seconds,
     [optimizer steps, trainable parameters], per-step [score after the EOS penalty, KL])."""
     from datasets import Dataset
@@ -149,17 +161,38 @@ def train_trl(sft, reward_model, tokenizer, batches: list[list[str]], config, ou
     dataset = Dataset.from_dict({"input_ids": ids})
     s = config.sampling
     args = TRLConfig(
-        output_dir=out_dir, seed=config.seed, report_to="none", save_strategy="no", eval_strategy="no",
-        num_sample_generations=0, bf16=False, fp16=False,  # TRL's default is bf16; ours fp32 here
-        per_device_train_batch_size=config.batch_size, gradient_accumulation_steps=1,
-        num_mini_batches=config.batch_size // config.mini_batch_size, num_ppo_epochs=config.ppo_epochs,
-        total_episodes=len(prompts), local_rollout_forward_batch_size=s.batch_size,
-        response_length=s.max_new_tokens, temperature=s.temperature, stop_token="eos",
-        missing_eos_penalty=config.missing_eos_penalty, kl_coef=config.kl_coef, kl_estimator="k1",
-        cliprange=config.clip_range, cliprange_value=config.clip_range_value, vf_coef=config.vf_coef,
-        gamma=config.gamma, lam=config.lam, whiten_rewards=config.whiten_rewards,
-        learning_rate=config.lr, adam_epsilon=config.adam_eps, weight_decay=0.0,
-        lr_scheduler_type="linear", max_grad_norm=config.max_grad_norm, dataloader_num_workers=0,
+        output_dir=out_dir,
+        seed=config.seed,
+        report_to="none",
+        save_strategy="no",
+        eval_strategy="no",
+        num_sample_generations=0,
+        bf16=False,
+        fp16=False,  # TRL's default is bf16; ours fp32 here
+        per_device_train_batch_size=config.batch_size,
+        gradient_accumulation_steps=1,
+        num_mini_batches=config.batch_size // config.mini_batch_size,
+        num_ppo_epochs=config.ppo_epochs,
+        total_episodes=len(prompts),
+        local_rollout_forward_batch_size=s.batch_size,
+        response_length=s.max_new_tokens,
+        temperature=s.temperature,
+        stop_token="eos",
+        missing_eos_penalty=config.missing_eos_penalty,
+        kl_coef=config.kl_coef,
+        kl_estimator="k1",
+        cliprange=config.clip_range,
+        cliprange_value=config.clip_range_value,
+        vf_coef=config.vf_coef,
+        gamma=config.gamma,
+        lam=config.lam,
+        whiten_rewards=config.whiten_rewards,
+        learning_rate=config.lr,
+        adam_epsilon=config.adam_eps,
+        weight_decay=0.0,
+        lr_scheduler_type="linear",
+        max_grad_norm=config.max_grad_norm,
+        dataloader_num_workers=0,
     )
 
     class StepTimer(TrainerCallback):
@@ -179,15 +212,22 @@ def train_trl(sft, reward_model, tokenizer, batches: list[list[str]], config, ou
 
     timer = StepTimer()
     trainer = TRLTrainer(
-        args=args, processing_class=tokenizer, model=policy, ref_model=sft, reward_model=scorer,
-        train_dataset=dataset, value_model=value_model, callbacks=[timer],
+        args=args,
+        processing_class=tokenizer,
+        model=policy,
+        ref_model=sft,
+        reward_model=scorer,
+        train_dataset=dataset,
+        value_model=value_model,
+        callbacks=[timer],
     )
     if not progress:
         trainer.remove_callback(PrinterCallback)
         trainer.remove_callback(ProgressCallback)
     # our prompt batches, in our order (TRL's own dataloader shuffles)
-    trainer.dataloader = DataLoader(dataset, batch_size=config.batch_size, shuffle=False,
-                                    collate_fn=trainer.data_collator, drop_last=True)
+    trainer.dataloader = DataLoader(
+        dataset, batch_size=config.batch_size, shuffle=False, collate_fn=trainer.data_collator, drop_last=True
+    )
     counter = _count_optimizer_steps(getattr(trainer.optimizer, "optimizer", trainer.optimizer))
     trainer.train()
     return policy, [b - a for a, b in zip(timer.marks, timer.marks[1:])], counter, timer.curve
@@ -202,8 +242,13 @@ def evaluate(model, tokenizer, prompts, sampling, sft, reward_model) -> dict[str
     return {k: [r[k] for r in rows] for k in ("gold", "rm", "kl", "tokens")}
 
 
-def run(steps: int = 3, n_eval: int = 32, critics: tuple[str, ...] = ("shared", "reward_model"),
-        preset: str = "cpu", progress: bool = False) -> dict:
+def run(
+    steps: int = 3,
+    n_eval: int = 32,
+    critics: tuple[str, ...] = ("shared", "reward_model"),
+    preset: str = "cpu",
+    progress: bool = False,
+) -> dict:
     """Time `steps` PPO steps of ours (one run per critic in `critics`) and of TRL, then evaluate.
 
     Returns {ppo_speedup_vs_trl, seconds_per_step, step_seconds, gold, rm_score, kl, ...}; see the
@@ -243,21 +288,26 @@ def run(steps: int = 3, n_eval: int = 32, critics: tuple[str, ...] = ("shared", 
     profile: dict[str, dict[str, float]] = {}
     order = [c for c in critics if c == "shared"] + ["trl"] + [c for c in critics if c != "shared"]
     # our prompt batch of every step (a pure function of the prompts, the seed and the batch size)
-    batches = [PPOTrainer.prompts_for_step(SimpleNamespace(train_prompts=train_prompts, config=p.ppo), i)
-               for i in range(steps)]
+    batches = [
+        PPOTrainer.prompts_for_step(SimpleNamespace(train_prompts=train_prompts, config=p.ppo), i) for i in range(steps)
+    ]
     with tempfile.TemporaryDirectory() as tmp:
         for name in order:
             if name == "trl":
-                policy, times["trl"], n, curves["trl"] = train_trl(sft, reward_model, tok, batches, p.ppo, tmp, progress)
+                policy, times["trl"], n, curves["trl"] = train_trl(
+                    sft, reward_model, tok, batches, p.ppo, tmp, progress
+                )
             else:
                 critic = "shared" if name == "shared_full" else name
                 config = dataclasses.replace(p.ppo, steps=steps, critic=critic)  # lr decays over `steps`
                 policy, times[OURS[name]], trainer, n, curves[OURS[name]] = train_ours(
-                    sft, reward_model, tok, train_prompts, config, setup, steps, trunk=name != "shared_full")
+                    sft, reward_model, tok, train_prompts, config, setup, steps, trunk=name != "shared_full"
+                )
                 assert [trainer.prompts_for_step(i) for i in range(steps)] == batches
                 later = trainer.history[1:] or trainer.history
-                profile[OURS[name]] = {k: statistics.fmean(h[k] for h in later)
-                                       for k in later[0] if k.startswith("time/")}
+                profile[OURS[name]] = {
+                    k: statistics.fmean(h[k] for h in later) for k in later[0] if k.startswith("time/")
+                }
                 del trainer
             name = OURS.get(name, name)
             opt_steps[name], trainable[name] = n[0] / steps, n[1]
@@ -269,38 +319,60 @@ def run(steps: int = 3, n_eval: int = 32, critics: tuple[str, ...] = ("shared", 
     s = p.ppo.sampling
     return {
         "ppo_speedup_vs_trl": per_step["trl"] / per_step[ours],
-        "ppo_speedup_vs_trl_same_critic": (per_step["trl"] / per_step["rlhf_edu_rm_critic"]
-                                           if "rlhf_edu_rm_critic" in per_step else None),
+        "ppo_speedup_vs_trl_same_critic": (
+            per_step["trl"] / per_step["rlhf_edu_rm_critic"] if "rlhf_edu_rm_critic" in per_step else None
+        ),
         "seconds_per_step": per_step,
         "timing": "mean seconds per PPO step over steps 2..N (rollout + update); step_seconds has every step",
         "step_seconds": times,
-        "optimizer_steps_per_ppo_step": opt_steps, "trainable_params": trainable,
+        "optimizer_steps_per_ppo_step": opt_steps,
+        "trainable_params": trainable,
         "train_score_kl": curves,
-        "profile": profile,  # ours: mean seconds per step in each part (time/*), steps 2..N  # per step: [mean score after the missing-EOS penalty, KL nats]
-        "gold": mean["gold"], "rm_score": mean["rm"], "kl": mean["kl"], "response_tokens": mean["tokens"],
-        "gold_vs_trl": {n: paired_difference(evals[n]["gold"], evals["trl"]["gold"])
-                        for n in evals if n not in ("trl", "sft")},
-        "steps": steps, "n_eval": n_eval, "preset": preset, "sources": [sft_source, rm_source],
+        "profile": profile,  # ours: mean seconds per step in each part (time/*), steps 2..N
+        "gold": mean["gold"],
+        "rm_score": mean["rm"],
+        "kl": mean["kl"],
+        "response_tokens": mean["tokens"],
+        "gold_vs_trl": {
+            n: paired_difference(evals[n]["gold"], evals["trl"]["gold"]) for n in evals if n not in ("trl", "sft")
+        },
+        "steps": steps,
+        "n_eval": n_eval,
+        "preset": preset,
+        "sources": [sft_source, rm_source],
         "settings": {
-            "model": p.model_name + " after SFT (artifacts/sft)", "reward_model": "artifacts/reward_model",
-            "batch_size": p.ppo.batch_size, "mini_batch_size": p.ppo.mini_batch_size,
-            "micro_batch_size": p.ppo.micro_batch_size, "ppo_epochs": p.ppo.ppo_epochs,
-            "response_length": s.max_new_tokens, "temperature": s.temperature, "top_k_top_p": "off",
-            "lr": p.ppo.lr, "lr_schedule": f"linear to 0 over the {steps} steps run, no warm-up",
-            "adam_eps": p.ppo.adam_eps, "kl_coef": p.ppo.kl_coef, "kl_estimator": "k1",
-            "missing_eos_penalty": p.ppo.missing_eos_penalty, "stop": "truncate after the first EOS",
-            "clip_range": p.ppo.clip_range, "clip_range_value": p.ppo.clip_range_value,
-            "vf_coef": p.ppo.vf_coef, "gamma": p.ppo.gamma, "lam": p.ppo.lam,
-            "whiten_rewards": p.ppo.whiten_rewards, "advantages": "whitened over the batch",
-            "trainable_layers": p.ppo.trainable_layers, "dtype": str(setup.autocast_dtype or "fp32"),
+            "model": p.model_name + " after SFT (artifacts/sft)",
+            "reward_model": "artifacts/reward_model",
+            "batch_size": p.ppo.batch_size,
+            "mini_batch_size": p.ppo.mini_batch_size,
+            "micro_batch_size": p.ppo.micro_batch_size,
+            "ppo_epochs": p.ppo.ppo_epochs,
+            "response_length": s.max_new_tokens,
+            "temperature": s.temperature,
+            "top_k_top_p": "off",
+            "lr": p.ppo.lr,
+            "lr_schedule": f"linear to 0 over the {steps} steps run, no warm-up",
+            "adam_eps": p.ppo.adam_eps,
+            "kl_coef": p.ppo.kl_coef,
+            "kl_estimator": "k1",
+            "missing_eos_penalty": p.ppo.missing_eos_penalty,
+            "stop": "truncate after the first EOS",
+            "clip_range": p.ppo.clip_range,
+            "clip_range_value": p.ppo.clip_range_value,
+            "vf_coef": p.ppo.vf_coef,
+            "gamma": p.ppo.gamma,
+            "lam": p.ppo.lam,
+            "whiten_rewards": p.ppo.whiten_rewards,
+            "advantages": "whitened over the batch",
+            "trainable_layers": p.ppo.trainable_layers,
+            "dtype": str(setup.autocast_dtype or "fp32"),
             "prompt_batches": "identical per step (ours prompts_for_step fed to TRL in order)",
             "trl": "per_device_train_batch_size 16, gradient_accumulation_steps 1, num_mini_batches 2 "
-                   "(one optimizer step per minibatch of 8, as ours); lower blocks of policy and value "
-                   "model frozen by requires_grad",
+            "(one optimizer step per minibatch of 8, as ours); lower blocks of policy and value "
+            "model frozen by requires_grad",
         },
         "unmatched": UNMATCHED,
-        "versions": {"trl": trl.__version__, "transformers": transformers.__version__,
-                     "torch": torch.__version__},
+        "versions": {"trl": trl.__version__, "transformers": transformers.__version__, "torch": torch.__version__},
         "threads": torch.get_num_threads(),
         "total_s": time.perf_counter() - start,
     }
@@ -321,8 +393,10 @@ def main() -> None:
     print(f"{'':22}{'s/step':>8}{'gold':>8}{'RM':>8}{'KL':>8}")
     for name in ["sft", *result["seconds_per_step"]]:
         sec = result["seconds_per_step"].get(name)
-        print(f"{name:22}{'' if sec is None else f'{sec:.1f}':>8}{result['gold'][name]:8.3f}"
-              f"{result['rm_score'][name]:8.3f}{result['kl'][name]:8.2f}")
+        print(
+            f"{name:22}{'' if sec is None else f'{sec:.1f}':>8}{result['gold'][name]:8.3f}"
+            f"{result['rm_score'][name]:8.3f}{result['kl'][name]:8.2f}"
+        )
     print(f"ppo_speedup_vs_trl = {result['ppo_speedup_vs_trl']:.2f}x; total {result['total_s']:.0f} s")
     if a.json:
         with open(a.json, "w") as f:

@@ -81,9 +81,7 @@ class ABEvaluator(PreferenceLabeler):
         self.names = tuple(names)
         pairs = [
             {"pair_id": _pair_id(i, p, rx, ry), "prompt": p, "responses": [rx, ry], "eos": [ex, ey]}
-            for i, (p, rx, ry, ex, ey) in enumerate(
-                zip(prompts, responses_x, responses_y, eos_x, eos_y)
-            )
+            for i, (p, rx, ry, ex, ey) in enumerate(zip(prompts, responses_x, responses_y, eos_x, eos_y))
         ]
         for k, d in enumerate(LabelStore(store_path).decisions()):
             if k >= len(pairs) or d.get("pair_id") != pairs[k]["pair_id"]:
@@ -91,9 +89,7 @@ class ABEvaluator(PreferenceLabeler):
                     f"{store_path} holds labels for other prompts or responses (decision {k}); "
                     "use a new file for this comparison"
                 )
-        super().__init__(
-            pairs, store_path, annotator=annotator, seed=seed, min_interval=min_interval
-        )
+        super().__init__(pairs, store_path, annotator=annotator, seed=seed, min_interval=min_interval)
 
     def autopilot(self, annotator, n: int | None = None) -> int:
         """Judge the next `n` items (all remaining if None) unattended, e.g. with
@@ -165,9 +161,7 @@ def winrate_matrix(
     names = list(policies)
     for name, answers in policies.items():
         if len(answers) != len(prompts):
-            raise ValueError(
-                f"policy {name!r} has {len(answers)} responses for {len(prompts)} prompts"
-            )
+            raise ValueError(f"policy {name!r} has {len(answers)} responses for {len(prompts)} prompts")
     if not prompts:
         raise ValueError("winrate_matrix needs at least one prompt")
     m = {a: {b: 0.5 for b in names} for a in names}
@@ -175,9 +169,7 @@ def winrate_matrix(
         wins = ties = 0
         for i, prompt in enumerate(prompts):
             swapped = random.Random(f"{seed}|{i}|{a}|{b}").random() < 0.5
-            first, second = (
-                (policies[b][i], policies[a][i]) if swapped else (policies[a][i], policies[b][i])
-            )
+            first, second = (policies[b][i], policies[a][i]) if swapped else (policies[a][i], policies[b][i])
             choice = annotator.label(prompt, first[0], second[0], first[1], second[1])
             index = screen_to_index(choice, swapped)  # 0: a, 1: b, None: tie
             wins += index == 0

@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 
 CONSTITUTION = (
-    "Explain it the way a good parent would: talk to me as \"you\", compare it with something from "
+    'Explain it the way a good parent would: talk to me as "you", compare it with something from '
     "everyday life (\"It's like ...\"), and mention a thing from a child's day, like school, lunch or a bike."
 )
 
@@ -37,7 +37,9 @@ def guided_prompt(prompt: str, constitution: str = CONSTITUTION) -> str:
     return f"{prompt} {constitution}"
 
 
-def response_logps(model, tokenizer, rows: list[dict], batch_size: int = 16, autocast_ctx=None) -> tuple[torch.Tensor, torch.Tensor]:
+def response_logps(
+    model, tokenizer, rows: list[dict], batch_size: int = 16, autocast_ctx=None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Sequence log-probs (temperature 1) of both sides of preference rows {prompt, chosen, rejected,
     chosen_eos?, rejected_eos?}: -> (chosen (N,), rejected (N,)) fp32 on the CPU (`dpo.rows_logps`)."""
     from rlhf_edu.dpo import rows_logps
@@ -45,8 +47,9 @@ def response_logps(model, tokenizer, rows: list[dict], batch_size: int = 16, aut
     return rows_logps(model, tokenizer, rows, batch_size, 1024, autocast_ctx)
 
 
-def constitution_preferences(model, tokenizer, rows: list[dict], constitution: str = CONSTITUTION,
-                             batch_size: int = 16, autocast_ctx=None) -> dict[str, torch.Tensor]:
+def constitution_preferences(
+    model, tokenizer, rows: list[dict], constitution: str = CONSTITUTION, batch_size: int = 16, autocast_ctx=None
+) -> dict[str, torch.Tensor]:
     """The constitution judge on preference rows. Returns (N,) tensors:
 
     - "chosen_gain", "rejected_gain": g(x, y) of each side (nats);

@@ -70,7 +70,7 @@ class SimulatedAnnotator:
         return score(prompt, response_a, eos_a)[0] - score(prompt, response_b, eos_b)[0]
 
     def label(self, prompt: str, response_a: str, response_b: str, eos_a: bool = True, eos_b: bool = True) -> str:
-        """"A", "B" or "tie" for the pair as shown (A first)."""
+        """ "A", "B" or "tie" for the pair as shown (A first)."""
         gap = self.gold_gap(prompt, response_a, response_b, eos_a, eos_b)
         if abs(gap) < self.config.tie_threshold:
             return "tie"
@@ -78,7 +78,9 @@ class SimulatedAnnotator:
         rng = random.Random(f"{self.config.seed}|{prompt}|{response_a}|{response_b}")
         return "A" if rng.random() < p_a else "B"
 
-    def noiseless_label(self, prompt: str, response_a: str, response_b: str, eos_a: bool = True, eos_b: bool = True) -> str:
+    def noiseless_label(
+        self, prompt: str, response_a: str, response_b: str, eos_a: bool = True, eos_b: bool = True
+    ) -> str:
         """What the rubric alone says: the better gold score, or a tie within the threshold."""
         gap = self.gold_gap(prompt, response_a, response_b, eos_a, eos_b)
         if abs(gap) < self.config.tie_threshold:
@@ -94,7 +96,9 @@ def noise_ceiling(rows: list[dict], annotator: SimulatedAnnotator) -> tuple[floa
     Notebooks: 02_label_preferences.ipynb, 03_reward_model.ipynb
     """
     verdicts = [
-        annotator.noiseless_label(r["prompt"], r["chosen"], r["rejected"], r.get("chosen_eos", True), r.get("rejected_eos", True))
+        annotator.noiseless_label(
+            r["prompt"], r["chosen"], r["rejected"], r.get("chosen_eos", True), r.get("rejected_eos", True)
+        )
         for r in rows
     ]
     n = sum(v != "tie" for v in verdicts)

@@ -110,7 +110,9 @@ def load_training_checkpoint(folder: Path, run: dict, optimizer, scheduler, scal
             f"to resume it, or delete the folder to start over"
         )
     if not (folder / OPTIMIZER_FILE).exists():
-        raise FileNotFoundError(f"the {run['stage']} checkpoint in {folder} has no {OPTIMIZER_FILE}; delete the folder to start over")
+        raise FileNotFoundError(
+            f"the {run['stage']} checkpoint in {folder} has no {OPTIMIZER_FILE}; delete the folder to start over"
+        )
     states = torch.load(folder / OPTIMIZER_FILE, weights_only=True, map_location="cpu")
     optimizer.load_state_dict(states["optimizer"])
     scheduler.load_state_dict(states["scheduler"])

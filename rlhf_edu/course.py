@@ -56,11 +56,7 @@ def figure_cells(nb) -> list[int]:
         i
         for i, cell in enumerate(nb.cells)
         if cell.cell_type == "code"
-        and any(
-            DRAWS_A_FIGURE.search(line)
-            for line in cell.source.splitlines()
-            if not line.lstrip().startswith("#")
-        )
+        and any(DRAWS_A_FIGURE.search(line) for line in cell.source.splitlines() if not line.lstrip().startswith("#"))
     ]
 
 
@@ -133,8 +129,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default=os.environ.get("RLHF_EDU_PRESET", "cpu"), choices=["smoke", "cpu", "gpu"])
     parser.add_argument("--only", nargs="*", default=None, help="notebook number prefixes, e.g. 00 01")
-    parser.add_argument("--timeout", type=int, default=None, help="seconds per cell (default: the preset's cell_timeout)")
-    parser.add_argument("--lost-reply-grace", type=float, default=LOST_REPLY_GRACE, help="seconds from a cell's idle status to its reply before the reply counts as lost")
+    parser.add_argument(
+        "--timeout", type=int, default=None, help="seconds per cell (default: the preset's cell_timeout)"
+    )
+    parser.add_argument(
+        "--lost-reply-grace",
+        type=float,
+        default=LOST_REPLY_GRACE,
+        help="seconds from a cell's idle status to its reply before the reply counts as lost",
+    )
     parser.add_argument("--notebooks-dir", type=Path, default=NOTEBOOKS_DIR)
     args = parser.parse_args(argv)
     os.environ["RLHF_EDU_PRESET"] = args.preset
@@ -146,8 +149,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.only:
         notebooks = [nb for nb in notebooks if nb.name[:2] in args.only]
     summary_path = artifacts / "course_summary.json"
-    summary = {"preset": args.preset, "machine": machine_description(), "dtype": device_setup().dtype_name,
-               "notebooks": {}}
+    summary = {
+        "preset": args.preset,
+        "machine": machine_description(),
+        "dtype": device_setup().dtype_name,
+        "notebooks": {},
+    }
     if args.only and summary_path.exists():
         # A partial run (--only) keeps the other notebooks' entries of the same preset.
         previous = json.loads(summary_path.read_text())

@@ -79,8 +79,10 @@ def read_jsonl(path: str | Path, schema: dict, optional: dict | None = None) -> 
                     raise DataError(f"{path}, line {line_no}, field {field!r}: empty string")
             for field, kind in optional.items():
                 if field in row and not isinstance(row[field], kind):
-                    raise DataError(f"{path}, line {line_no}, field {field!r}: expected {kind.__name__}, "
-                                    f"got {type(row[field]).__name__} ({row[field]!r})")
+                    raise DataError(
+                        f"{path}, line {line_no}, field {field!r}: expected {kind.__name__}, "
+                        f"got {type(row[field]).__name__} ({row[field]!r})"
+                    )
             extra = [k for k in row if k not in schema and k not in optional]
             if extra:
                 raise DataError(f"{path}, line {line_no}: unexpected field(s) {extra}; expected {list(schema)}")

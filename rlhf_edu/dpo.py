@@ -192,8 +192,12 @@ def pair_logps(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def check_start_at_reference(
-    policy_logps: torch.Tensor, ref_logps: torch.Tensor, n_tokens: torch.Tensor, loss: float,
-    config: DPOConfig, tolerance: float,
+    policy_logps: torch.Tensor,
+    ref_logps: torch.Tensor,
+    n_tokens: torch.Tensor,
+    loss: float,
+    config: DPOConfig,
+    tolerance: float,
 ) -> float:
     """The step-0 health check: the policy still is the reference, so every log-ratio is 0, the
     implicit rewards and margins are 0 and the loss is its value at z = 0 (log 2 for DPO and cDPO,
@@ -233,14 +237,16 @@ def precompute_reference_logps(
     from rlhf_edu.models import autocast, device_setup, disable_dropout
 
     disable_dropout(reference)
-    chosen, rejected = rows_logps(reference, tokenizer, rows, config.batch_size, config.max_response_tokens,
-                                  autocast(setup or device_setup()))
+    chosen, rejected = rows_logps(
+        reference, tokenizer, rows, config.batch_size, config.max_response_tokens, autocast(setup or device_setup())
+    )
     return {"chosen": chosen, "rejected": rejected}  # (N,), (N,)
 
 
 @torch.no_grad()
-def rows_logps(model, tokenizer, rows: list[dict], batch_size: int, max_response_tokens: int,
-               autocast_ctx=None) -> tuple[torch.Tensor, torch.Tensor]:
+def rows_logps(
+    model, tokenizer, rows: list[dict], batch_size: int, max_response_tokens: int, autocast_ctx=None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Sequence log-probs (temperature 1) of both sides of preference rows, in batches, the model in
     eval mode: -> (chosen (N,), rejected (N,)) fp32 on the CPU. Also the AI judge's (`rlhf_edu.ai_judge`)."""
     import contextlib
@@ -319,14 +325,25 @@ def train_dpo(
             chosen_logps, rejected_logps = pair_logps(policy, batch)  # (B,), (B,)
         # 3. The DPO / cDPO / IPO loss on the log-ratios to the reference, eq. (1)-(4).
         loss, chosen_rewards, rejected_rewards = dpo_loss(
-            chosen_logps, rejected_logps, ref_chosen, ref_rejected,
-            config.beta, config.loss_type, config.label_smoothing,
+            chosen_logps,
+            rejected_logps,
+            ref_chosen,
+            ref_rejected,
+            config.beta,
+            config.loss_type,
+            config.label_smoothing,
         )
         check_finite("the DPO loss", loss.detach(), step, "DPO")
         if step == 0:  # health check: the policy still is the reference
             n_tokens = batch["response_mask"].sum(dim=1).to(device)  # (2B,) chosen rows, then rejected
-            check_start_at_reference(torch.cat([chosen_logps, rejected_logps]), torch.cat([ref_chosen, ref_rejected]),
-                                     n_tokens, loss.item(), config, tolerance)
+            check_start_at_reference(
+                torch.cat([chosen_logps, rejected_logps]),
+                torch.cat([ref_chosen, ref_rejected]),
+                n_tokens,
+                loss.item(),
+                config,
+                tolerance,
+            )
         # 4. Backward, clip, step (with fp16's grad scaler, a non-finite norm only skips the step).
         scaler.scale(loss).backward()
         grad_norm = clip_and_step(optimizer, scaler, trainable, config.max_grad_norm, step, "DPO")

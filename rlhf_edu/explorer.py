@@ -33,9 +33,7 @@ class FrontierExplorer:
     (default "policy") are joined into one curve, in order of KL. `max_samples` rows are shown.
     """
 
-    def __init__(
-        self, runs: list[dict], *, max_samples: int = 5, title: str = "gold and proxy vs sqrt(KL)"
-    ):
+    def __init__(self, runs: list[dict], *, max_samples: int = 5, title: str = "gold and proxy vs sqrt(KL)"):
         if not runs:
             raise ValueError("FrontierExplorer needs at least one run")
         for i, run in enumerate(runs):
@@ -100,11 +98,7 @@ class FrontierExplorer:
             f"proxy = {run['proxy']:.3f}"
         )
         rows = self.rows(i)
-        components = list(
-            dict.fromkeys(
-                k for s in run["samples"][: self.max_samples] for k in s.get("components", {})
-            )
-        )
+        components = list(dict.fromkeys(k for s in run["samples"][: self.max_samples] for k in s.get("components", {})))
         self.table.value = html_table(rows, ["prompt", "response", "gold", "proxy", *components])
         self._render()
 
@@ -117,14 +111,10 @@ class FrontierExplorer:
         self.ax = self.fig.subplots()
         methods = list(dict.fromkeys(r.get("method", "policy") for r in self.runs))
         for m, method in enumerate(methods):
-            members = sorted(
-                (r for r in self.runs if r.get("method", "policy") == method), key=lambda r: r["kl"]
-            )
+            members = sorted((r for r in self.runs if r.get("method", "policy") == method), key=lambda r: r["kl"])
             d = [math.sqrt(r["kl"]) for r in members]
             color = f"C{m}"
-            self.ax.plot(
-                d, [r["gold"] for r in members], "-o", ms=4, color=color, label=f"{method}: gold"
-            )
+            self.ax.plot(d, [r["gold"] for r in members], "-o", ms=4, color=color, label=f"{method}: gold")
             self.ax.plot(
                 d,
                 [r["proxy"] for r in members],
@@ -134,9 +124,7 @@ class FrontierExplorer:
                 alpha=0.6,
                 label=f"{method}: proxy",
             )
-        (self.marker,) = self.ax.plot(
-            [0.0], [0.0], "o", ms=14, mfc="none", mec="red", mew=2, label="selected (gold)"
-        )
+        (self.marker,) = self.ax.plot([0.0], [0.0], "o", ms=14, mfc="none", mec="red", mew=2, label="selected (gold)")
         (self.proxy_marker,) = self.ax.plot([0.0], [0.0], "s", ms=11, mfc="none", mec="red", mew=1)
         self.ax.set_xlabel("sqrt(KL(pi || pi_ref))  [sqrt(nats)]")
         self.ax.set_ylabel("score")

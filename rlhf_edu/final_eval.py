@@ -105,7 +105,7 @@ class FinalEvalBudget:
 
     @property
     def group_algorithm(self) -> str:
-        """"grpo", "dr_grpo" or "rloo": the name of the group-baseline policy."""
+        """ "grpo", "dr_grpo" or "rloo": the name of the group-baseline policy."""
         return self.grpo.advantage
 
 
@@ -117,10 +117,22 @@ BUDGETS: dict[str, FinalEvalBudget] = {
     "smoke": FinalEvalBudget(
         dpo=DPOConfig(beta=0.1, lr=5e-5, batch_size=2, max_steps=2, trainable_layers=2),
         dpo_heldout=4,
-        grpo=GRPOConfig(steps=2, prompts_per_step=2, group_size=2, mini_batch_size=4, micro_batch_size=4,
-                        lr=1e-4, sampling=SamplingConfig(16, 1.0, 4), trainable_layers=2),
-        judge_pairs=4, judge_reward=RewardConfig(lr=3e-5, batch_size=2, max_steps=1, trainable_layers=1),
-        judge_heldout=4, judge_batch_size=4, bon_n=2, ab_items=3,
+        grpo=GRPOConfig(
+            steps=2,
+            prompts_per_step=2,
+            group_size=2,
+            mini_batch_size=4,
+            micro_batch_size=4,
+            lr=1e-4,
+            sampling=SamplingConfig(16, 1.0, 4),
+            trainable_layers=2,
+        ),
+        judge_pairs=4,
+        judge_reward=RewardConfig(lr=3e-5, batch_size=2, max_steps=1, trainable_layers=1),
+        judge_heldout=4,
+        judge_batch_size=4,
+        bon_n=2,
+        ab_items=3,
         notes="every code path with the real model; numbers mean nothing",
     ),
     # cpu, notebook 06, about 8.6 minutes:
@@ -148,12 +160,24 @@ BUDGETS: dict[str, FinalEvalBudget] = {
         dpo_heldout=64,
         # 4 minibatches per batch: 32 optimizer steps in all, a third of PPO's 112 (14 steps x 4 epochs
         # x 2), hence twice its learning rate.
-        grpo=GRPOConfig(steps=8, prompts_per_step=4, group_size=4, mini_batch_size=4, micro_batch_size=4,
-                        epochs=1, lr=2e-4, kl_coef=0.05, sampling=SamplingConfig(64, 1.0, 16),
-                        trainable_layers=8),
-        judge_pairs=48, judge_reward=RewardConfig(lr=1e-4, batch_size=8, max_steps=10, warmup_steps=1,
-                                                  trainable_layers=4),
-        judge_heldout=48, judge_batch_size=16, bon_n=4, ab_items=12,
+        grpo=GRPOConfig(
+            steps=8,
+            prompts_per_step=4,
+            group_size=4,
+            mini_batch_size=4,
+            micro_batch_size=4,
+            epochs=1,
+            lr=2e-4,
+            kl_coef=0.05,
+            sampling=SamplingConfig(64, 1.0, 16),
+            trainable_layers=8,
+        ),
+        judge_pairs=48,
+        judge_reward=RewardConfig(lr=1e-4, batch_size=8, max_steps=10, warmup_steps=1, trainable_layers=4),
+        judge_heldout=48,
+        judge_batch_size=16,
+        bon_n=4,
+        ab_items=12,
         notes="06 measured 7.5 minutes, 07 6.1 (11 s with 06's cached eval rows) on 2 cores",
     ),
     # gpu (Colab T4, fp16 autocast): not timed on a T4; roughly 10-20x the 2-core laptop, so
@@ -162,10 +186,23 @@ BUDGETS: dict[str, FinalEvalBudget] = {
     "gpu": FinalEvalBudget(
         dpo=DPOConfig(beta=0.1, lr=2e-5, batch_size=16, max_steps=96, warmup_steps=8),
         dpo_heldout=256,
-        grpo=GRPOConfig(steps=24, prompts_per_step=8, group_size=8, mini_batch_size=16, micro_batch_size=16,
-                        epochs=1, lr=5e-5, kl_coef=0.05, sampling=SamplingConfig(64, 1.0, 64)),
-        judge_pairs=256, judge_reward=RewardConfig(lr=2e-5, batch_size=16, max_steps=16, warmup_steps=2),
-        judge_heldout=256, judge_batch_size=32, bon_n=16, ab_items=16,
+        grpo=GRPOConfig(
+            steps=24,
+            prompts_per_step=8,
+            group_size=8,
+            mini_batch_size=16,
+            micro_batch_size=16,
+            epochs=1,
+            lr=5e-5,
+            kl_coef=0.05,
+            sampling=SamplingConfig(64, 1.0, 64),
+        ),
+        judge_pairs=256,
+        judge_reward=RewardConfig(lr=2e-5, batch_size=16, max_steps=16, warmup_steps=2),
+        judge_heldout=256,
+        judge_batch_size=32,
+        bon_n=16,
+        ab_items=16,
         notes="a Colab T4: every notebook in 10 minutes or less",
     ),
 }
@@ -246,8 +283,15 @@ def load_policy(name: str, preset, budget: FinalEvalBudget, *, device="cpu", ref
     info = json.loads(info_path.read_text())
     config = budget.dpo if name == "dpo" else budget.grpo
     if info.get("preset") != preset.name or info.get("config") != jsonable(config):
-        return None, None, None, (f"{name}: the policy in {root} was trained at preset {info.get('preset')!r} "
-                                  f"or with another config than this budget's")
+        return (
+            None,
+            None,
+            None,
+            (
+                f"{name}: the policy in {root} was trained at preset {info.get('preset')!r} "
+                f"or with another config than this budget's"
+            ),
+        )
     if reference is not None and info.get("reference") not in (None, fingerprint(reference)):
         return None, None, None, f"{name}: the policy in {root} was trained from another SFT policy"
     model, tok = load_model(str(root), device=device)
@@ -257,8 +301,17 @@ def load_policy(name: str, preset, budget: FinalEvalBudget, *, device="cpu", ref
 # --------------------------------------------------------------------------- eval rows, cached
 
 
-def score_samples(samples: Samples, prompts: list[str], *, reference=None, reward_model=None, policy=None,
-                  temperature: float, batch_size: int = 16, autocast_ctx=None) -> list[dict]:
+def score_samples(
+    samples: Samples,
+    prompts: list[str],
+    *,
+    reference=None,
+    reward_model=None,
+    policy=None,
+    temperature: float,
+    batch_size: int = 16,
+    autocast_ctx=None,
+) -> list[dict]:
     """Rows {prompt, response, tokens, eos, gold, <components>, rm, kl, ref_nll, ref_tokens} for
     sampled responses, scored on the sampled tokens themselves.
 
@@ -274,8 +327,10 @@ def score_samples(samples: Samples, prompts: list[str], *, reference=None, rewar
     Notebooks: 06_dpo_grpo.ipynb, 07_evaluation.ipynb (through `rlhf_edu.yardstick`)
     """
     scored = score_batch(prompts, samples.texts, samples.has_eos.tolist())
-    rows = [{"prompt": p, "response": r, "tokens": int(n), "eos": bool(e), **s}
-            for p, r, n, e, s in zip(prompts, samples.texts, samples.n_tokens, samples.has_eos, scored)]
+    rows = [
+        {"prompt": p, "response": r, "tokens": int(n), "eos": bool(e), **s}
+        for p, r, n, e, s in zip(prompts, samples.texts, samples.n_tokens, samples.has_eos, scored)
+    ]
     models = [m for m in (reference, reward_model) if m is not None]
     if not models:
         return rows
@@ -336,36 +391,75 @@ def cached_rows(name: str, settings: dict, compute, *, refresh: bool = False) ->
     return rows, f"{name}: sampled and scored {len(rows)} eval rows in {seconds:.0f} s (saved to {path})"
 
 
-def eval_settings(name: str, preset_name: str, prompts: list[str], sampling: SamplingConfig, seed: int,
-                  models: dict[str, torch.nn.Module], **extra) -> dict:
+def eval_settings(
+    name: str,
+    preset_name: str,
+    prompts: list[str],
+    sampling: SamplingConfig,
+    seed: int,
+    models: dict[str, torch.nn.Module],
+    **extra,
+) -> dict:
     """Everything the eval rows of policy `name` depend on, for `cached_rows`: the preset, the
     prompts, the sampling settings, the seed and the fingerprint of each model involved."""
     return {
-        "version": CACHE_VERSION, "policy": name, "preset": preset_name, "n_prompts": len(prompts),
-        "prompts": _prompts_digest(prompts), "sampling": sampling, "seed": seed,
-        "models": {k: fingerprint(m) for k, m in models.items()}, **extra,
+        "version": CACHE_VERSION,
+        "policy": name,
+        "preset": preset_name,
+        "n_prompts": len(prompts),
+        "prompts": _prompts_digest(prompts),
+        "sampling": sampling,
+        "seed": seed,
+        "models": {k: fingerprint(m) for k, m in models.items()},
+        **extra,
     }
 
 
-def policy_eval_rows(name: str, model, tokenizer, prompts: list[str], sampling: SamplingConfig, *,
-                     preset_name: str, seed: int, reference, reward_model, autocast_ctx=None,
-                     refresh: bool = False, extra: dict | None = None) -> tuple[list[dict], str]:
+def policy_eval_rows(
+    name: str,
+    model,
+    tokenizer,
+    prompts: list[str],
+    sampling: SamplingConfig,
+    *,
+    preset_name: str,
+    seed: int,
+    reference,
+    reward_model,
+    autocast_ctx=None,
+    refresh: bool = False,
+    extra: dict | None = None,
+) -> tuple[list[dict], str]:
     """One response per prompt from `model`, drawn as `metrics.evaluate_policy` draws it (the same
     seed for every policy), scored by `score_samples`; cached in artifacts/eval_rows/<name>.json.
     Returns (rows, message). Notebooks: 06_dpo_grpo.ipynb, 07_evaluation.ipynb
     """
     models = {"policy": model, "reference": reference, "reward_model": reward_model}
-    settings = eval_settings(name, preset_name, prompts, sampling, seed,
-                             {k: m for k, m in models.items() if m is not None}, **(extra or {}))
+    settings = eval_settings(
+        name, preset_name, prompts, sampling, seed, {k: m for k, m in models.items() if m is not None}, **(extra or {})
+    )
 
     def compute():
         was_training = model.training
         model.eval()
-        samples = sample(model, tokenizer, prompts, sampling, generator=torch.Generator().manual_seed(seed),
-                         autocast_ctx=autocast_ctx)
-        rows = score_samples(samples, prompts, reference=reference, reward_model=reward_model, policy=model,
-                             temperature=sampling.temperature, batch_size=sampling.batch_size,
-                             autocast_ctx=autocast_ctx)
+        samples = sample(
+            model,
+            tokenizer,
+            prompts,
+            sampling,
+            generator=torch.Generator().manual_seed(seed),
+            autocast_ctx=autocast_ctx,
+        )
+        rows = score_samples(
+            samples,
+            prompts,
+            reference=reference,
+            reward_model=reward_model,
+            policy=model,
+            temperature=sampling.temperature,
+            batch_size=sampling.batch_size,
+            autocast_ctx=autocast_ctx,
+        )
         model.train(was_training)
         return rows
 
@@ -373,8 +467,18 @@ def policy_eval_rows(name: str, model, tokenizer, prompts: list[str], sampling: 
 
 
 @torch.no_grad()
-def best_of_n_rows(policy, tokenizer, prompts: list[str], sampling: SamplingConfig, n: int, reward_model, *,
-                   reference=None, seed: int, autocast_ctx=None) -> list[dict]:
+def best_of_n_rows(
+    policy,
+    tokenizer,
+    prompts: list[str],
+    sampling: SamplingConfig,
+    n: int,
+    reward_model,
+    *,
+    reference=None,
+    seed: int,
+    autocast_ctx=None,
+) -> list[dict]:
     """Best-of-n: n samples of `policy` per prompt, the reward model keeps the highest-scoring one.
 
     Rows as `score_samples`' for the kept samples (ref_nll under `reference`, default `policy`),
@@ -384,8 +488,9 @@ def best_of_n_rows(policy, tokenizer, prompts: list[str], sampling: SamplingConf
     from rlhf_edu.tradeoffs import best_of_n, bon_kl_bound
 
     repeated = [p for p in prompts for _ in range(n)]  # prompt-major: rows i*n .. i*n+n-1 answer prompt i
-    pool = sample(policy, tokenizer, repeated, sampling, generator=torch.Generator().manual_seed(seed),
-                  autocast_ctx=autocast_ctx)
+    pool = sample(
+        policy, tokenizer, repeated, sampling, generator=torch.Generator().manual_seed(seed), autocast_ctx=autocast_ctx
+    )
     device = next(reward_model.parameters()).device
     scores = []
     for start in range(0, len(repeated), sampling.batch_size):
@@ -396,29 +501,69 @@ def best_of_n_rows(policy, tokenizer, prompts: list[str], sampling: SamplingConf
     pool_scores = torch.cat(scores).view(len(prompts), n)  # (P, n)
     keep = best_of_n(pool_scores.numpy(), n)  # (P,) index within each prompt's n
     picked = torch.tensor([i * n + int(k) for i, k in enumerate(keep)])  # (P,) rows of the pool
-    kept = Samples(pool.prompt_ids[picked], pool.prompt_mask[picked], pool.response_ids[picked],
-                   pool.response_mask[picked], pool.logps[picked], pool.has_eos[picked],
-                   [pool.texts[int(j)] for j in picked])
-    rows = score_samples(kept, prompts, reference=reference if reference is not None else policy,
-                         temperature=sampling.temperature, batch_size=sampling.batch_size, autocast_ctx=autocast_ctx)
+    kept = Samples(
+        pool.prompt_ids[picked],
+        pool.prompt_mask[picked],
+        pool.response_ids[picked],
+        pool.response_mask[picked],
+        pool.logps[picked],
+        pool.has_eos[picked],
+        [pool.texts[int(j)] for j in picked],
+    )
+    rows = score_samples(
+        kept,
+        prompts,
+        reference=reference if reference is not None else policy,
+        temperature=sampling.temperature,
+        batch_size=sampling.batch_size,
+        autocast_ctx=autocast_ctx,
+    )
     kl = float(bon_kl_bound(n))
     for i, row in enumerate(rows):
         row.update(rm=float(pool_scores[i, keep[i]]), pool_rm=pool_scores[i].tolist(), kl=kl)
     return rows
 
 
-def best_of_n_eval_rows(policy, tokenizer, prompts: list[str], sampling: SamplingConfig, n: int, *,
-                        preset_name: str, seed: int, reference, reward_model, autocast_ctx=None,
-                        refresh: bool = False, extra: dict | None = None) -> tuple[list[dict], str]:
+def best_of_n_eval_rows(
+    policy,
+    tokenizer,
+    prompts: list[str],
+    sampling: SamplingConfig,
+    n: int,
+    *,
+    preset_name: str,
+    seed: int,
+    reference,
+    reward_model,
+    autocast_ctx=None,
+    refresh: bool = False,
+    extra: dict | None = None,
+) -> tuple[list[dict], str]:
     """`best_of_n_rows`, cached in artifacts/eval_rows/best_of_n.json (the key holds n).
     Notebook: 07_evaluation.ipynb"""
-    settings = eval_settings("best_of_n", preset_name, prompts, sampling, seed,
-                             {"policy": policy, "reference": reference, "reward_model": reward_model}, n=n,
-                             **(extra or {}))
+    settings = eval_settings(
+        "best_of_n",
+        preset_name,
+        prompts,
+        sampling,
+        seed,
+        {"policy": policy, "reference": reference, "reward_model": reward_model},
+        n=n,
+        **(extra or {}),
+    )
 
     def compute():
-        return best_of_n_rows(policy, tokenizer, prompts, sampling, n, reward_model, reference=reference,
-                              seed=seed, autocast_ctx=autocast_ctx)
+        return best_of_n_rows(
+            policy,
+            tokenizer,
+            prompts,
+            sampling,
+            n,
+            reward_model,
+            reference=reference,
+            seed=seed,
+            autocast_ctx=autocast_ctx,
+        )
 
     return cached_rows("best_of_n", settings, compute, refresh=refresh)
 
@@ -445,11 +590,17 @@ def scoreboard_row(name: str, rows: list[dict], sft_rows: list[dict] | None = No
         raise ValueError(f"no eval rows for {name!r}")
     mean = lambda key: sum(float(r[key]) for r in rows) / len(rows)
     gold, gold_se = mean_and_se([r["gold"] for r in rows])
-    line = {"policy": name, "gold": gold, "gold_se": gold_se, "components": {c: mean(c) for c in COMPONENTS},
-            "rm": mean("rm") if all("rm" in r for r in rows) else float("nan"),
-            "kl": mean("kl") if all("kl" in r for r in rows) else float("nan"),
-            "length": mean("tokens"), "eos_rate": mean("eos"),
-            "distinct2": distinct_n([r["response"] for r in rows], 2)}
+    line = {
+        "policy": name,
+        "gold": gold,
+        "gold_se": gold_se,
+        "components": {c: mean(c) for c in COMPONENTS},
+        "rm": mean("rm") if all("rm" in r for r in rows) else float("nan"),
+        "kl": mean("kl") if all("kl" in r for r in rows) else float("nan"),
+        "length": mean("tokens"),
+        "eos_rate": mean("eos"),
+        "distinct2": distinct_n([r["response"] for r in rows], 2),
+    }
     if all("ref_nll" in r for r in rows):
         tokens = sum(r["ref_tokens"] for r in rows)
         line["perplexity"] = math.exp(sum(r["ref_nll"] for r in rows) / max(tokens, 1))
@@ -492,8 +643,9 @@ def judge_prompt(prompt: str, first: str, second: str, first_eos: bool = True, s
     A response that ran out of tokens is marked "[cut off]", as a reader would see it stop.
     Notebook: 06_dpo_grpo.ipynb"""
     mark = lambda text, eos: text if eos else text + CUT_OFF
-    return JUDGE_TEMPLATE.format(prompt=prompt, criteria=JUDGE_CRITERIA,
-                                 first=mark(first, first_eos), second=mark(second, second_eos))
+    return JUDGE_TEMPLATE.format(
+        prompt=prompt, criteria=JUDGE_CRITERIA, first=mark(first, first_eos), second=mark(second, second_eos)
+    )
 
 
 def choice_token_ids(tokenizer) -> tuple[int, int]:
@@ -522,8 +674,13 @@ def judge_margins(model, tokenizer, requests: list[str], batch_size: int = 8, au
         ids, mask = encode_prompts(tokenizer, requests[start : start + batch_size])  # (b, P) left-padded
         ids, mask = ids.to(device), mask.to(device)
         with autocast_ctx or contextlib.nullcontext():
-            logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask),
-                           use_cache=False, logits_to_keep=1).logits[:, -1]  # (b, V): the next token
+            logits = model(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=position_ids_from_mask(mask),
+                use_cache=False,
+                logits_to_keep=1,
+            ).logits[:, -1]  # (b, V): the next token
         logps = torch.log_softmax(logits.float(), dim=-1)  # (b, V)
         margins.append((logps[:, id_a] - logps[:, id_b]).cpu())  # (b,)
     return torch.cat(margins)  # (N,)
@@ -547,8 +704,7 @@ def ai_preferences(model, tokenizer, rows: list[dict], batch_size: int = 8, auto
         backward.append(judge_prompt(r["prompt"], r["rejected"], r["chosen"], re_, ce))
     margins = judge_margins(model, tokenizer, forward + backward, batch_size, autocast_ctx)  # (2N,)
     first, second = margins[: len(rows)], margins[len(rows) :]  # (N,), (N,)
-    return {"first": first, "second": second, "preference": (first - second) / 2,
-            "position_bias": (first + second) / 2}
+    return {"first": first, "second": second, "preference": (first - second) / 2, "position_bias": (first + second) / 2}
 
 
 def relabel(rows: list[dict], preference: torch.Tensor) -> list[dict]:
@@ -561,7 +717,13 @@ def relabel(rows: list[dict], preference: torch.Tensor) -> list[dict]:
         if p >= 0:
             out.append(dict(r))
         else:
-            out.append({**r, "chosen": r["rejected"], "rejected": r["chosen"],
-                        "chosen_eos": r.get("rejected_eos", True), "rejected_eos": r.get("chosen_eos", True)})
+            out.append(
+                {
+                    **r,
+                    "chosen": r["rejected"],
+                    "rejected": r["chosen"],
+                    "chosen_eos": r.get("rejected_eos", True),
+                    "rejected_eos": r.get("chosen_eos", True),
+                }
+            )
     return out
-

@@ -129,8 +129,12 @@ def sample_tokens(
     cache = DynamicCache(config=model.config)  # filled in place by every forward below
     position_ids = position_ids_from_mask(prompt_mask)  # (B, P)
     out = model(
-        input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=position_ids,
-        use_cache=True, logits_to_keep=1, **{cache_kwarg: cache},
+        input_ids=prompt_ids,
+        attention_mask=prompt_mask,
+        position_ids=position_ids,
+        use_cache=True,
+        logits_to_keep=1,
+        **{cache_kwarg: cache},
     )
     next_position = position_ids[:, -1:] + 1  # (B, 1)
     attention_mask = prompt_mask
@@ -147,8 +151,11 @@ def sample_tokens(
             break
         attention_mask = torch.cat([attention_mask, attention_mask.new_ones(B, 1)], dim=1)  # (B, P+t+1)
         out = model(
-            input_ids=tokens[-1][:, None], attention_mask=attention_mask, position_ids=next_position,
-            use_cache=True, **{cache_kwarg: cache},
+            input_ids=tokens[-1][:, None],
+            attention_mask=attention_mask,
+            position_ids=next_position,
+            use_cache=True,
+            **{cache_kwarg: cache},
         )
         next_position = next_position + 1
     return torch.stack(tokens, dim=1), torch.stack(logps, dim=1)  # (B, R), (B, R)
@@ -183,12 +190,18 @@ def sample(
         prompt_ids, prompt_mask = encode_prompts(tokenizer, prompts[start : start + config.batch_size])
         with autocast_ctx or contextlib.nullcontext():
             raw, logps = sample_tokens(
-                model, prompt_ids.to(device), prompt_mask.to(device),
-                max_new_tokens=config.max_new_tokens, temperature=config.temperature,
-                eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                model,
+                prompt_ids.to(device),
+                prompt_mask.to(device),
+                max_new_tokens=config.max_new_tokens,
+                temperature=config.temperature,
+                eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id,
                 generator=generator,
             )
-        response_ids, response_mask, has_eos = truncate_after_eos(raw.cpu(), tokenizer.eos_token_id, tokenizer.pad_token_id)
+        response_ids, response_mask, has_eos = truncate_after_eos(
+            raw.cpu(), tokenizer.eos_token_id, tokenizer.pad_token_id
+        )
         chunks.append((prompt_ids, prompt_mask, response_ids, response_mask, logps.cpu() * response_mask, has_eos))
     return _concat(chunks, tokenizer)
 

@@ -25,7 +25,8 @@ token to the loss; k3's expected gradient is that of the FORWARD KL(ref || pi), 
 KL(pi || ref) that RLHF means. The default here, `kl_penalty="k1_reward"`, subtracts kl_coef times
 the summed k1 = log pi - log pi_ref from each response's score before the advantages (TRL's RLOO):
 the score-function gradient of that is the gradient of the sequence-level reverse
-KL, unbiased. GRPO's std division then applies to the score part only (see the deviations). The options "k2_loss" (0.5 * k1^2 per token in the loss: on samples of pi, the
+KL, unbiased. GRPO's std division then applies to the score part only (see the deviations). The
+options "k2_loss" (0.5 * k1^2 per token in the loss: on samples of pi, the
 gradient of the reverse KL of each token's distribution at the visited prefixes, the same gradient
 as TRL's bias-corrected k3) and "k3_loss" (the original GRPO) let a notebook show the difference;
 tests/test_grpo.py checks all three gradients by exact enumeration on one token

@@ -99,8 +99,12 @@ class GRPOConfig:
     None takes the dtype's (`DeviceSetup.ratio_tolerance`: 1e-4 in fp32 and bf16)."""
 
     def __post_init__(self):
-        for name, allowed in [("advantage", ADVANTAGES), ("loss_aggregation", (None, *AGGREGATIONS)),
-                              ("kl_penalty", KL_PENALTIES), ("missing_eos_mode", ("subtract", "replace"))]:
+        for name, allowed in [
+            ("advantage", ADVANTAGES),
+            ("loss_aggregation", (None, *AGGREGATIONS)),
+            ("kl_penalty", KL_PENALTIES),
+            ("missing_eos_mode", ("subtract", "replace")),
+        ]:
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.group_size < 2:
@@ -192,8 +196,17 @@ class GRPOTrainer:
     iteration and returns a flat metrics dict; `train()` loops. Notebook: 06_dpo_grpo.ipynb
     """
 
-    def __init__(self, policy, reference, reward_fn, tokenizer, train_prompts: list[str],
-                 config: GRPOConfig = GRPOConfig(), *, setup=None):
+    def __init__(
+        self,
+        policy,
+        reference,
+        reward_fn,
+        tokenizer,
+        train_prompts: list[str],
+        config: GRPOConfig = GRPOConfig(),
+        *,
+        setup=None,
+    ):
         from rlhf_edu.models import autocast, device_setup, disable_dropout, logps_autocast
 
         if not train_prompts:
@@ -214,7 +227,8 @@ class GRPOTrainer:
         self.params = [p for p in policy.parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(self.params, lr=config.lr, eps=config.adam_eps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: linear_schedule(s, 0, config.steps)  # linear decay, no warm-up
+            self.optimizer,
+            lambda s: linear_schedule(s, 0, config.steps),  # linear decay, no warm-up
         )
         self.scaler = torch.amp.GradScaler(self.setup.device, enabled=self.setup.grad_scaler)
         self.step_count = 0
@@ -232,8 +246,9 @@ class GRPOTrainer:
         cfg, step, K = self.config, self.step_count, self.config.group_size
         # 1. K samples per prompt from the exact policy at temperature T, rows group-major.
         repeated = [p for p in prompts for _ in range(K)]
-        samples = sample(self.policy, self.tokenizer, repeated, cfg.sampling, generator=generator,
-                         autocast_ctx=self.autocast_ctx)
+        samples = sample(
+            self.policy, self.tokenizer, repeated, cfg.sampling, generator=generator, autocast_ctx=self.autocast_ctx
+        )
         ids, mask = samples.input_ids.to(self.device), samples.attention_mask.to(self.device)  # (B, P+R)
         response_mask = samples.response_mask.to(self.device)  # (B, R)
         # 2. Scores (missing-EOS penalty first); old log-probs with the training forward (ratio 1 on
@@ -267,8 +282,9 @@ class GRPOTrainer:
         advantages = kl_penalized_advantages(scores.view(-1, K), kl.view(-1, K), kl_coef, cfg.advantage)  # (G, K)
         advantages = advantages.reshape(-1)  # (B,)
         check_finite("the advantages", advantages, step, "GRPO")
-        return GroupRollout(repeated, samples, ids, mask, old_logps, ref_logps, raw_scores, scores,
-                            rewards, advantages, response_mask)
+        return GroupRollout(
+            repeated, samples, ids, mask, old_logps, ref_logps, raw_scores, scores, rewards, advantages, response_mask
+        )
 
     def micro_batch_loss(self, rollout: GroupRollout, rows: torch.Tensor):
         """Step 4: the loss of the responses `rows` (b,), aggregated over them alone.
@@ -362,22 +378,29 @@ class GRPOTrainer:
         """Run until `steps` iterations in total (default `config.steps`); returns the history.
         `callback(step, metrics)` is called after each step (a `plots.LivePlot.update` fits)."""
         steps = self.config.steps if steps is None else steps
-        bar = tqdm(total=steps, initial=self.step_count, desc=self.config.advantage.upper(),
-                   disable=not progress)
+        bar = tqdm(total=steps, initial=self.step_count, desc=self.config.advantage.upper(), disable=not progress)
         while self.step_count < steps:
             metrics = self.step()
             bar.update(1)
-            bar.set_postfix({"score": f"{metrics['objective/score']:+.2f}",
-                             "kl": f"{metrics['objective/kl']:.2f}"})
+            bar.set_postfix({"score": f"{metrics['objective/score']:+.2f}", "kl": f"{metrics['objective/kl']:.2f}"})
             if callback is not None:
                 callback(self.step_count, metrics)
         bar.close()
         return self.history
 
 
-def train_grpo(policy, reference, reward_fn, tokenizer, train_prompts: list[str],
-               config: GRPOConfig = GRPOConfig(), *, setup=None, progress: bool = True,
-               callback=None) -> GRPOTrainer:
+def train_grpo(
+    policy,
+    reference,
+    reward_fn,
+    tokenizer,
+    train_prompts: list[str],
+    config: GRPOConfig = GRPOConfig(),
+    *,
+    setup=None,
+    progress: bool = True,
+    callback=None,
+) -> GRPOTrainer:
     """Build a GRPOTrainer and run `config.steps` iterations; returns the trainer (its `history`
     holds one metrics dict per step). Notebook: 06_dpo_grpo.ipynb"""
     trainer = GRPOTrainer(policy, reference, reward_fn, tokenizer, train_prompts, config, setup=setup)

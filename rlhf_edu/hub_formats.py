@@ -143,9 +143,7 @@ def _hh_turns(text: str, field: str, where: _Where) -> list[tuple[str, str]]:
     return turns
 
 
-def from_hh_rlhf(
-    rows: Iterable[Row], *, source: str = "rows", multi_turn: str = "skip"
-) -> list[dict]:
+def from_hh_rlhf(rows: Iterable[Row], *, source: str = "rows", multi_turn: str = "skip") -> list[dict]:
     """Course pairs from Anthropic HH-RLHF rows `{"chosen": transcript, "rejected": transcript}`.
 
     The prompt is the last Human turn; chosen/rejected are the two final Assistant turns. The two
@@ -264,9 +262,7 @@ def _trl_row(row: Row, where: _Where) -> tuple[str, str, str]:
         chosen = _only(_messages(row, "chosen", where), "assistant", "chosen", where)
         rejected = _only(_messages(row, "rejected", where), "assistant", "rejected", where)
         return prompt, chosen, rejected
-    raise where.error(
-        "prompt", f"expected str or a list of messages, got {type(row['prompt']).__name__}"
-    )
+    raise where.error("prompt", f"expected str or a list of messages, got {type(row['prompt']).__name__}")
 
 
 def from_trl(rows: Iterable[Row], *, source: str = "rows") -> list[dict]:
@@ -305,9 +301,7 @@ def detect_format(row: Row) -> str:
         raise DataError(f"expected a dict, got {type(row).__name__}")
     for field in ("chosen", "rejected"):
         if field not in row:
-            raise DataError(
-                f"field {field!r}: missing, so the format is unknown (fields {sorted(row)})"
-            )
+            raise DataError(f"field {field!r}: missing, so the format is unknown (fields {sorted(row)})")
     chosen = row["chosen"]
     if "prompt" not in row:
         hh = isinstance(chosen, str) and chosen.lstrip().startswith("Human:")
@@ -318,7 +312,9 @@ def detect_format(row: Row) -> str:
 
 
 def to_course_pairs(
-    dataset_or_rows: datasets.Dataset | Sequence[Row], fmt: str | None = None, source: str = "rows",
+    dataset_or_rows: datasets.Dataset | Sequence[Row],
+    fmt: str | None = None,
+    source: str = "rows",
     errors: str = "raise",
 ) -> datasets.Dataset:
     """The course's preference pairs as a `datasets.Dataset` with string columns prompt, chosen,
@@ -334,9 +330,7 @@ def to_course_pairs(
     import datasets
 
     if isinstance(dataset_or_rows, datasets.DatasetDict):
-        raise TypeError(
-            f"{source}: got a DatasetDict; pick a split, e.g. load_dataset(..., split='train')"
-        )
+        raise TypeError(f"{source}: got a DatasetDict; pick a split, e.g. load_dataset(..., split='train')")
     if len(dataset_or_rows) == 0:
         raise DataError(f"{source}: no rows")
     if fmt is None:

@@ -73,13 +73,9 @@ class WatchedClient(NotebookClient):
     notebook_name = Unicode("", help="the notebook's file name, for messages").tag(config=True)
     recovered_replies = Integer(0, help="replies found by a fresh poll after a missed wake-up")
 
-    async def _async_poll_for_reply(
-        self, msg_id, cell, timeout, task_poll_output_msg, task_poll_kernel_alive
-    ):
+    async def _async_poll_for_reply(self, msg_id, cell, timeout, task_poll_output_msg, task_poll_kernel_alive):
         reply = asyncio.ensure_future(
-            super()._async_poll_for_reply(
-                msg_id, cell, timeout, task_poll_output_msg, task_poll_kernel_alive
-            )
+            super()._async_poll_for_reply(msg_id, cell, timeout, task_poll_output_msg, task_poll_kernel_alive)
         )
         try:
             await asyncio.wait({reply, task_poll_output_msg}, return_when=asyncio.FIRST_COMPLETED)
@@ -108,9 +104,7 @@ class WatchedClient(NotebookClient):
                 continue
             if msg["parent_header"].get("msg_id") == msg_id:
                 self.recovered_replies += 1
-                self.log.warning(
-                    "%s: reply found by a fresh poll (nbclient #312)", self._where(cell)
-                )
+                self.log.warning("%s: reply found by a fresh poll (nbclient #312)", self._where(cell))
                 if self.record_timing:
                     cell["metadata"]["execution"]["shell.execute_reply"] = timestamp(msg)
                 return msg

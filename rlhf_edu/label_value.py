@@ -35,10 +35,24 @@ def pair_features(reward_model, tokenizer, rows: list[dict], batch_size: int = 1
         raise ValueError("pair_features needs at least one row")
     prompts = [r["prompt"] for r in rows]
     with autocast_ctx or contextlib.nullcontext():
-        chosen = score_texts(reward_model, tokenizer, prompts, [r["chosen"] for r in rows], batch_size,
-                             eos=[r.get("chosen_eos", True) for r in rows], features=True)  # (N, H)
-        rejected = score_texts(reward_model, tokenizer, prompts, [r["rejected"] for r in rows], batch_size,
-                               eos=[r.get("rejected_eos", True) for r in rows], features=True)  # (N, H)
+        chosen = score_texts(
+            reward_model,
+            tokenizer,
+            prompts,
+            [r["chosen"] for r in rows],
+            batch_size,
+            eos=[r.get("chosen_eos", True) for r in rows],
+            features=True,
+        )  # (N, H)
+        rejected = score_texts(
+            reward_model,
+            tokenizer,
+            prompts,
+            [r["rejected"] for r in rows],
+            batch_size,
+            eos=[r.get("rejected_eos", True) for r in rows],
+            features=True,
+        )  # (N, H)
     return chosen - rejected  # (N, H)
 
 
@@ -84,8 +98,15 @@ def label_value(train_diffs: dict[str, torch.Tensor], heldout_diffs: torch.Tenso
     return out
 
 
-def accuracy_curve(diffs: torch.Tensor, heldout_diffs: torch.Tensor, counts: list[int], *, repeats: int = 5,
-                   seed: int = 0, l2: float = 1.0) -> list[tuple[int, float]]:
+def accuracy_curve(
+    diffs: torch.Tensor,
+    heldout_diffs: torch.Tensor,
+    counts: list[int],
+    *,
+    repeats: int = 5,
+    seed: int = 0,
+    l2: float = 1.0,
+) -> list[tuple[int, float]]:
     """Held-out accuracy of linear rewards fit on n randomly drawn training pairs, for each n in
     `counts` (mean over `repeats` draws): how accuracy grows with labels. -> [(n, accuracy)]."""
     rng = random.Random(seed)

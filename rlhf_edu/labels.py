@@ -73,7 +73,9 @@ class LabelStore:
                     if not isinstance(event, dict) or event.get("event") not in EVENTS:
                         raise ValueError("not a label event")
                 except ValueError:
-                    warnings.warn(f"{self.path}, line {line_no}: unreadable label event skipped: {line[:80]!r}", stacklevel=2)
+                    warnings.warn(
+                        f"{self.path}, line {line_no}: unreadable label event skipped: {line[:80]!r}", stacklevel=2
+                    )
                     continue
                 events.append(event)
         return events
@@ -112,8 +114,12 @@ def match_queue(events: list[dict], pairs: list[dict]) -> tuple[list[dict], list
     """
     index = {(p["pair_id"], pair_digest(p)): i for i, p in enumerate(pairs)}
     legacy = [e for e in events if "pair_digest" not in e]
-    legacy_fits = all(isinstance(d.get("item"), int) and 0 <= d["item"] < len(pairs)
-                      and pairs[d["item"]]["pair_id"] == d.get("pair_id") for d in replay(legacy))
+    legacy_fits = all(
+        isinstance(d.get("item"), int)
+        and 0 <= d["item"] < len(pairs)
+        and pairs[d["item"]]["pair_id"] == d.get("pair_id")
+        for d in replay(legacy)
+    )
     mine, other = [], []
     for e in events:
         if "pair_digest" in e:
@@ -134,8 +140,11 @@ def _of_queue(decisions: list[dict], pairs: list[dict]) -> tuple[list[dict], dic
     match the pair's texts too."""
     by_id = {p["pair_id"]: p for p in pairs}
     digests = {pid: pair_digest(p) for pid, p in by_id.items()}
-    kept = [d for d in decisions
-            if d.get("pair_id") in by_id and d.get("pair_digest", digests[d["pair_id"]]) == digests[d["pair_id"]]]
+    kept = [
+        d
+        for d in decisions
+        if d.get("pair_id") in by_id and d.get("pair_digest", digests[d["pair_id"]]) == digests[d["pair_id"]]
+    ]
     return kept, by_id
 
 
@@ -144,10 +153,12 @@ def stale_labels_notice(path: Path, n_other: int, n_kept: int) -> str:
     if not n_other:
         return ""
     kept = f" {n_kept} label(s) match this queue and are used." if n_kept else ""
-    return (f"{path} also holds {n_other} earlier label(s) for pairs that are not in this queue: they were "
-            f"made for another queue (another preset, or an SFT model trained since). They stay in the file, "
-            f"unchanged, and are left out here; they count again if you come back to that queue.{kept} "
-            f"Nothing to do: label this queue as usual.")
+    return (
+        f"{path} also holds {n_other} earlier label(s) for pairs that are not in this queue: they were "
+        f"made for another queue (another preset, or an SFT model trained since). They stay in the file, "
+        f"unchanged, and are left out here; they count again if you come back to that queue.{kept} "
+        f"Nothing to do: label this queue as usual."
+    )
 
 
 def screen_to_index(choice: str, swapped: bool) -> int | None:
@@ -202,14 +213,31 @@ def labels_to_rows(decisions: list[dict], pairs: list[dict], include_ties: bool 
         r0, r1 = pair["responses"]
         if d["choice"] == "tie":
             if include_ties:
-                rows.append({"prompt": pair["prompt"], "chosen": r0, "rejected": r1, "pair_id": base_id,
-                             "annotator": d["annotator"], "tie": True})
+                rows.append(
+                    {
+                        "prompt": pair["prompt"],
+                        "chosen": r0,
+                        "rejected": r1,
+                        "pair_id": base_id,
+                        "annotator": d["annotator"],
+                        "tie": True,
+                    }
+                )
             continue
         win = d["chosen_index"]
         eos = pair.get("eos", [True, True])
-        rows.append({"prompt": pair["prompt"], "chosen": pair["responses"][win], "rejected": pair["responses"][1 - win],
-                     "chosen_eos": eos[win], "rejected_eos": eos[1 - win],
-                     "pair_id": base_id, "annotator": d["annotator"], **({"tie": False} if include_ties else {})})
+        rows.append(
+            {
+                "prompt": pair["prompt"],
+                "chosen": pair["responses"][win],
+                "rejected": pair["responses"][1 - win],
+                "chosen_eos": eos[win],
+                "rejected_eos": eos[1 - win],
+                "pair_id": base_id,
+                "annotator": d["annotator"],
+                **({"tie": False} if include_ties else {}),
+            }
+        )
     return rows
 
 
@@ -250,12 +278,15 @@ def label_feedback(decisions: list[dict], pairs: list[dict], annotator) -> dict:
             first[base] = answer
     n_a = sum(d["choice"] == "A" for d in ab)
     return {
-        "n_pairs": len(pairs), "n_labeled": len(labels), "n_ties": sum(d["choice"] == "tie" for d in labels),
+        "n_pairs": len(pairs),
+        "n_labeled": len(labels),
+        "n_ties": sum(d["choice"] == "tie" for d in labels),
         "n_skipped": sum(d["event"] == "skip" for d in decisions),
         "agreement": agree / n_compared if n_compared else None,
         "agreement_ci": wilson_interval(agree, n_compared) if n_compared else (None, None),
         "n_compared": n_compared,
-        "self_consistency": same / n_repeats if n_repeats else None, "n_repeats": n_repeats,
+        "self_consistency": same / n_repeats if n_repeats else None,
+        "n_repeats": n_repeats,
         "share_A": n_a / len(ab) if ab else None,
         "share_A_ci": wilson_interval(n_a, len(ab)) if ab else (None, None),
     }
@@ -266,26 +297,31 @@ def feedback_text(fb: dict) -> str:
     to measure yet, and what the course does without your labels. Notebook: 02_label_preferences.ipynb"""
     if fb["n_labeled"] == 0:
         skipped = f" ({fb['n_skipped']} skipped)" if fb["n_skipped"] else ""
-        return (f"Nothing labeled yet: 0 of {fb['n_pairs']} pairs{skipped}, so there is no feedback to give and "
-                f"nothing of yours to export. Notebook 03 then trains the reward model on the annotator's "
-                f"labels only. To add yours, label pairs in the widget above and run the cells below again.")
+        return (
+            f"Nothing labeled yet: 0 of {fb['n_pairs']} pairs{skipped}, so there is no feedback to give and "
+            f"nothing of yours to export. Notebook 03 then trains the reward model on the annotator's "
+            f"labels only. To add yours, label pairs in the widget above and run the cells below again."
+        )
     n_ties, n_skipped = fb["n_ties"], fb["n_skipped"]
     lines = [f"labels: {fb['n_labeled']} of {fb['n_pairs']} pairs ({n_ties} ties), skipped: {n_skipped}"]
     if fb["agreement"] is None:
         lines.append("agreement with the rubric: no A/B label on a pair the rubric does not call a tie yet")
     else:
         lo, hi = fb["agreement_ci"]
-        lines.append(f"agreement with the rubric: {fb['agreement']:.0%} of {fb['n_compared']} "
-                     f"(95% CI {lo:.0%} to {hi:.0%})")
+        lines.append(
+            f"agreement with the rubric: {fb['agreement']:.0%} of {fb['n_compared']} (95% CI {lo:.0%} to {hi:.0%})"
+        )
     if fb["self_consistency"] is None:
-        lines.append("self-consistency on repeated pairs: no repeated pair labeled yet "
-                     "(they come at the end of the queue)")
+        lines.append(
+            "self-consistency on repeated pairs: no repeated pair labeled yet (they come at the end of the queue)"
+        )
     else:
         lines.append(f"self-consistency on repeated pairs: {fb['self_consistency']:.0%} of {fb['n_repeats']}")
     if fb["share_A"] is None:
         lines.append("picked the left pane (A): no A/B label yet")
     else:
         lo, hi = fb["share_A_ci"]
-        lines.append(f"picked the left pane (A): {fb['share_A']:.0%} "
-                     f"(95% CI {lo:.0%} to {hi:.0%}; 50% means no position bias)")
+        lines.append(
+            f"picked the left pane (A): {fb['share_A']:.0%} (95% CI {lo:.0%} to {hi:.0%}; 50% means no position bias)"
+        )
     return "\n".join(lines)

@@ -82,8 +82,11 @@ def check_checkpoint(path: str | Path, *, extra: tuple[str, ...] = (), fix: str 
     path = Path(path)
     if fix is None:
         notebooks = [ARTIFACT_NOTEBOOKS[p] for p in path.parts[-2:] if p in ARTIFACT_NOTEBOOKS]
-        fix = (f"notebook {notebooks[-1]} writes it: run that notebook first" if notebooks
-               else "save one there with save_pretrained, e.g. checkpoints.save_checkpoint")
+        fix = (
+            f"notebook {notebooks[-1]} writes it: run that notebook first"
+            if notebooks
+            else "save one there with save_pretrained, e.g. checkpoints.save_checkpoint"
+        )
     if not path.is_dir():
         raise FileNotFoundError(f"no saved model at {path}: the folder does not exist ({fix})")
     for needed in [("config.json",), WEIGHT_FILES, TOKENIZER_FILES, *[(name,) for name in extra]]:
@@ -316,14 +319,29 @@ def tiny_model(arch: str = "llama", seed: int = 0, vocab_size: int = 99):
     torch.manual_seed(seed)
     if arch == "llama":
         config = LlamaConfig(
-            vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-            bos_token_id=1, eos_token_id=2, tie_word_embeddings=True,
+            vocab_size=vocab_size,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=512,
+            bos_token_id=1,
+            eos_token_id=2,
+            tie_word_embeddings=True,
         )
     elif arch == "gpt2":
         config = GPT2Config(
-            vocab_size=vocab_size, n_embd=32, n_layer=2, n_head=2, n_positions=512,
-            bos_token_id=1, eos_token_id=2, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+            vocab_size=vocab_size,
+            n_embd=32,
+            n_layer=2,
+            n_head=2,
+            n_positions=512,
+            bos_token_id=1,
+            eos_token_id=2,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
         )
     else:
         raise ValueError(f"arch must be 'llama' or 'gpt2', got {arch!r}")
@@ -396,7 +414,10 @@ class DeviceSetup:
 
 
 def choose_device_setup(
-    device: str, *, cuda_capability: tuple[int, int] | None = None, cpu_bf16: bool = False,
+    device: str,
+    *,
+    cuda_capability: tuple[int, int] | None = None,
+    cpu_bf16: bool = False,
     dtype: str | None = None,
 ) -> DeviceSetup:
     """The README's dtype rules as a pure function (unit-tested for a T4, an A100 and CPUs).
@@ -414,7 +435,9 @@ def choose_device_setup(
     if dtype is not None:
         dtype = dtype.strip().lower()
         if dtype not in DTYPES:
-            raise ValueError(f"{DTYPE_ENV}={dtype!r} is not a dtype; choose one of {sorted(DTYPES)} (or leave it unset)")
+            raise ValueError(
+                f"{DTYPE_ENV}={dtype!r} is not a dtype; choose one of {sorted(DTYPES)} (or leave it unset)"
+            )
         if dtype == "fp16" and device != "cuda":
             raise ValueError(f"{DTYPE_ENV}=fp16 needs a CUDA GPU; on a CPU choose fp32 or bf16")
         forced = f"{dtype} ({DTYPE_ENV}={dtype})"

@@ -113,9 +113,7 @@ def watched_runtest(runtest):
             pytest.skip(f"skipped after a lost reply in {notebook.lost_reply}")
         kernel = notebook.kernel
         index = next((i for i, c in enumerate(notebook.nb.cells) if c is self.cell), -1)
-        kernel.current_cell = describe_cell(
-            os.path.basename(str(notebook.fspath)), index, self.cell.source
-        )
+        kernel.current_cell = describe_cell(os.path.basename(str(notebook.fspath)), index, self.cell.source)
         kernel.lost_reply_grace = self.config.getoption("lost_reply_grace")
         try:
             return runtest(self)

@@ -71,7 +71,7 @@ class LivePlot:
         rows = -(-len(panels) // cols)
         self.fig = Figure(figsize=(4.2 * cols, 3.0 * rows), layout="constrained")
         self.axes = list(self.fig.subplots(rows, cols, squeeze=False).flat)[: len(panels)]
-        for ax in list(self.fig.axes)[len(panels):]:
+        for ax in list(self.fig.axes)[len(panels) :]:
             ax.set_visible(False)
         if in_notebook():
             from IPython.display import display

@@ -253,9 +253,7 @@ def clipped_value_loss(
     return loss, {"val/clipfrac": clipfrac.item()}
 
 
-def explained_variance(
-    values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor
-) -> torch.Tensor:
+def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """1 - Var[returns - values] / Var[returns] over masked tokens (biased variances, as CleanRL).
 
     values, returns, mask (B, R) -> scalar. 1 is a perfect critic, 0 no better than a constant,

@@ -180,8 +180,10 @@ class ValueModel(torch.nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, context_length: int) -> torch.Tensor:
         hidden = self.backbone(
-            input_ids=input_ids, attention_mask=attention_mask,
-            position_ids=position_ids_from_mask(attention_mask), use_cache=False,
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids_from_mask(attention_mask),
+            use_cache=False,
         ).last_hidden_state[:, context_length - 1 : -1]  # (B, R, H)
         with torch.autocast(device_type=hidden.device.type, enabled=False):
             return self.gain * self.head(hidden.float()).squeeze(-1) + self.bias  # (B, R)
@@ -269,12 +271,14 @@ class PPOTrainer:
         self.params = [p for p in policy.parameters() if p.requires_grad] + value_params
         self.optimizer = torch.optim.Adam(self.params, lr=config.lr, eps=config.adam_eps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: max(0.0, 1.0 - s / config.steps)  # linear decay, no warm-up
+            self.optimizer,
+            lambda s: max(0.0, 1.0 - s / config.steps),  # linear decay, no warm-up
         )
         self.scaler = torch.amp.GradScaler(self.setup.device, enabled=self.setup.grad_scaler)
         self.kl_controller = (
             AdaptiveKLController(config.kl_coef, config.kl_target, config.kl_horizon)
-            if config.kl_target is not None else FixedKLController(config.kl_coef)
+            if config.kl_target is not None
+            else FixedKLController(config.kl_coef)
         )
         self.step_count = 0
         self.history: list[dict] = []
@@ -301,14 +305,23 @@ class PPOTrainer:
         with self.logps_ctx:
             if self.value_head is not None:
                 logps, hidden = policy_logps(
-                    self.policy, input_ids=input_ids, attention_mask=attention_mask,
-                    context_length=context_length, temperature=T, return_hidden=True,
+                    self.policy,
+                    input_ids=input_ids,
+                    attention_mask=attention_mask,
+                    context_length=context_length,
+                    temperature=T,
+                    return_hidden=True,
                 )  # (B, R), (B, R, H)
                 with torch.autocast(device_type=hidden.device.type, enabled=False):
                     values = self.value_head(hidden.float()).squeeze(-1)  # (B, R)
             else:
-                logps = policy_logps(self.policy, input_ids=input_ids, attention_mask=attention_mask,
-                                     context_length=context_length, temperature=T)  # (B, R)
+                logps = policy_logps(
+                    self.policy,
+                    input_ids=input_ids,
+                    attention_mask=attention_mask,
+                    context_length=context_length,
+                    temperature=T,
+                )  # (B, R)
                 values = self.critic(input_ids, attention_mask, context_length)  # (B, R)
         return logps, values.float()
 
@@ -357,9 +370,9 @@ class PPOTrainer:
             lap("policy")
             with self.logps_ctx:
                 if trunk is not None and self.trunk.shared_with_reference:
-                    ref_logps.append(self.trunk.logps(
-                        self.reference, trunk, ids[rows], mask[rows], P, cfg.sampling.temperature
-                    ))
+                    ref_logps.append(
+                        self.trunk.logps(self.reference, trunk, ids[rows], mask[rows], P, cfg.sampling.temperature)
+                    )
                 else:
                     ref_logps.append(
                         per_token_logps(self.reference, ids[rows], mask[rows], P, cfg.sampling.temperature)
@@ -372,8 +385,12 @@ class PPOTrainer:
         old_values = zero_where_masked(torch.cat(old_values), response_mask)  # (B, R)
         ref_logps = zero_where_masked(torch.cat(ref_logps), response_mask)  # (B, R)
         rm_scores = torch.cat(rm_scores)  # (B,)
-        for name, t in [("the reward-model score", rm_scores), ("the policy log-probs", old_logps),
-                        ("the reference log-probs", ref_logps), ("the values", old_values)]:
+        for name, t in [
+            ("the reward-model score", rm_scores),
+            ("the policy log-probs", old_logps),
+            ("the reference log-probs", ref_logps),
+            ("the values", old_values),
+        ]:
             check_finite(name, t, step)
         # 3. The score on the last response token, minus beta * k1 on every token.
         scores = rm_scores
@@ -391,8 +408,19 @@ class PPOTrainer:
         advantages = masked_whiten(advantages, response_mask)  # (B, R), 0 on padding
         check_finite("the advantages", advantages, step)
         return Rollout(
-            prompts, samples, old_logps, ref_logps, old_values, rm_scores, scores, rewards,
-            non_score_reward, advantages, returns, response_mask, timings=dict(timings),
+            prompts,
+            samples,
+            old_logps,
+            ref_logps,
+            old_values,
+            rm_scores,
+            scores,
+            rewards,
+            non_score_reward,
+            advantages,
+            returns,
+            response_mask,
+            timings=dict(timings),
             trunk=torch.cat(trunks) if trunks else None,
         )
 
@@ -443,7 +471,10 @@ class PPOTrainer:
                         first_dev_sum += float(masked_sum((ratio - 1).abs(), r_mask))
                         first_tokens += float(r_mask.sum())
                     for key, value in {
-                        "policy/loss": pg_loss.item(), "val/loss": vf_loss.item(), **pg_stats, **vf_stats,
+                        "policy/loss": pg_loss.item(),
+                        "val/loss": vf_loss.item(),
+                        **pg_stats,
+                        **vf_stats,
                         "policy/ratio_mean": float(masked_mean(ratio, r_mask)),
                         "policy/ratio_max": float(zero_where_masked(ratio, r_mask).max()),
                     }.items():
@@ -452,8 +483,12 @@ class PPOTrainer:
                 stats["policy/grad_norm"].append(float(grad_norm))  # one per optimizer step
         out = {k: (max(v) if k == "policy/ratio_max" else sum(v) / len(v)) for k, v in stats.items()}
         warn_if_first_ratio_off(first_ratio_dev, self.ratio_tolerance, step)
-        return {**out, "health/first_ratio_dev": first_ratio_dev, "health/first_approxkl": first_approxkl,
-                "health/first_ratio_dev_mean": first_dev_sum / max(first_tokens, 1.0)}
+        return {
+            **out,
+            "health/first_ratio_dev": first_ratio_dev,
+            "health/first_approxkl": first_approxkl,
+            "health/first_ratio_dev_mean": first_dev_sum / max(first_tokens, 1.0),
+        }
 
     def evaluate(self) -> dict[str, float]:
         """Gold score, RM score, KL to the reference and length on the fixed eval prompts (the
@@ -479,8 +514,14 @@ class PPOTrainer:
         was_training = model.training
         model.eval()
         rows = evaluate_policy(
-            model, self.tokenizer, prompts, self.eval_sampling, seed=self.config.seed,
-            autocast_ctx=self.autocast_ctx, reference=self.reference, reward_model=self.reward_model,
+            model,
+            self.tokenizer,
+            prompts,
+            self.eval_sampling,
+            seed=self.config.seed,
+            autocast_ctx=self.autocast_ctx,
+            reference=self.reference,
+            reward_model=self.reward_model,
         )
         model.train(was_training)
         return rows
@@ -581,13 +622,24 @@ class PPOTrainer:
             self.policy.save_pretrained(folder / "policy", safe_serialization=True)
             self.tokenizer.save_pretrained(folder / "policy")
             critic = self.value_head if self.value_head is not None else self.critic
-            save_file({k: v.detach().cpu().contiguous() for k, v in critic.state_dict().items()},
-                      str(folder / CRITIC_FILE))
+            save_file(
+                {k: v.detach().cpu().contiguous() for k, v in critic.state_dict().items()}, str(folder / CRITIC_FILE)
+            )
 
-        return save_training_checkpoint(out_dir, write_weights, self.optimizer, self.scheduler, self.scaler, {
-            "step": self.step_count, "kl_coef": self.kl_controller.kl_coef,
-            "config": _config_dict(self.config), "fingerprint": self.fingerprint(), "history": self.history,
-        })
+        return save_training_checkpoint(
+            out_dir,
+            write_weights,
+            self.optimizer,
+            self.scheduler,
+            self.scaler,
+            {
+                "step": self.step_count,
+                "kl_coef": self.kl_controller.kl_coef,
+                "config": _config_dict(self.config),
+                "fingerprint": self.fingerprint(),
+                "history": self.history,
+            },
+        )
 
     def load_checkpoint(self, out_dir: str | Path) -> None:
         """Restore what `save_checkpoint` wrote into this trainer (built with the same config)."""
@@ -652,7 +704,12 @@ def train_ppo(
     train_keys = {"live_plot", "progress", "checkpoint_dir", "checkpoint_every"}
     train_kwargs = {k: v for k, v in kwargs.items() if k in train_keys}
     trainer = PPOTrainer(
-        policy, reference, reward_model, tokenizer, train_prompts, config,
+        policy,
+        reference,
+        reward_model,
+        tokenizer,
+        train_prompts,
+        config,
         **{k: v for k, v in kwargs.items() if k not in train_keys},
     )
     trainer.train(**train_kwargs)

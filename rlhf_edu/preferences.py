@@ -23,15 +23,30 @@ import torch
 from rlhf_edu.data import DataError, data_dir, read_jsonl
 
 PAIR_SCHEMA = {
-    "pair_id": str, "concept": str, "prompt": str, "responses": list, "eos": list, "tokens": list,
-    "gold": list, "label": str,
+    "pair_id": str,
+    "concept": str,
+    "prompt": str,
+    "responses": list,
+    "eos": list,
+    "tokens": list,
+    "gold": list,
+    "label": str,
 }
 PAIR_OPTIONAL = {"temperatures": list}  # each side's sampling temperature, where the pairs mix them
 LABELS = ("0", "1", "tie")
 
 
-def sample_pairs(model, tokenizer, prompts: list[str], sampling, *, seed: int, autocast_ctx=None,
-                 id_prefix: str = "pair", temperatures: tuple[float, ...] | None = None) -> list[dict]:
+def sample_pairs(
+    model,
+    tokenizer,
+    prompts: list[str],
+    sampling,
+    *,
+    seed: int,
+    autocast_ctx=None,
+    id_prefix: str = "pair",
+    temperatures: tuple[float, ...] | None = None,
+) -> list[dict]:
     """Pairs of responses per prompt, scored by the rubric (not yet labeled).
 
     Without `temperatures`: two independent samples per prompt at `sampling.temperature` (both in
@@ -53,13 +68,24 @@ def sample_pairs(model, tokenizer, prompts: list[str], sampling, *, seed: int, a
     if temperatures is None:
         doubled = [p for p in prompts for _ in range(2)]
         samples = sample(model, tokenizer, doubled, sampling, generator=generator, autocast_ctx=autocast_ctx)
-        sides = [[(samples, 2 * i, sampling.temperature), (samples, 2 * i + 1, sampling.temperature)]
-                 for i in range(len(prompts))]
+        sides = [
+            [(samples, 2 * i, sampling.temperature), (samples, 2 * i + 1, sampling.temperature)]
+            for i in range(len(prompts))
+        ]
     else:
         if len(temperatures) < 2:
             raise ValueError(f"temperatures needs at least 2 values, got {temperatures!r}")
-        by_t = [sample(model, tokenizer, prompts, dataclasses.replace(sampling, temperature=t),
-                       generator=generator, autocast_ctx=autocast_ctx) for t in temperatures]
+        by_t = [
+            sample(
+                model,
+                tokenizer,
+                prompts,
+                dataclasses.replace(sampling, temperature=t),
+                generator=generator,
+                autocast_ctx=autocast_ctx,
+            )
+            for t in temperatures
+        ]
         order = random.Random(seed)
         sides = []
         for i in range(len(prompts)):
@@ -104,9 +130,16 @@ def to_preference_rows(pairs: list[dict]) -> list[dict]:
         if pair["label"] == "tie":
             continue
         win = int(pair["label"])
-        rows.append({"prompt": pair["prompt"], "chosen": pair["responses"][win],
-                     "rejected": pair["responses"][1 - win], "pair_id": pair["pair_id"],
-                     "chosen_eos": pair["eos"][win], "rejected_eos": pair["eos"][1 - win]})
+        rows.append(
+            {
+                "prompt": pair["prompt"],
+                "chosen": pair["responses"][win],
+                "rejected": pair["responses"][1 - win],
+                "pair_id": pair["pair_id"],
+                "chosen_eos": pair["eos"][win],
+                "rejected_eos": pair["eos"][1 - win],
+            }
+        )
     return rows
 
 
@@ -154,4 +187,3 @@ def training_data_fingerprint() -> str:
     for path in (data_dir() / "preferences_train.jsonl", artifacts_dir() / "labels" / "you_pairs.jsonl"):
         digest.update(path.read_bytes() if path.exists() else b"-")
     return digest.hexdigest()[:16]
-

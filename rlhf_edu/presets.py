@@ -76,9 +76,21 @@ PRESETS: dict[str, Preset] = {
         n_label_pairs=4,
         n_label_repeats=1,
         reward=RewardConfig(lr=3e-5, batch_size=4, max_steps=2, eval_every=2),
-        reward_pairs=8, reward_heldout=8, reward_probe=4, reward_norm_samples=4,
-        ppo=PPOConfig(steps=2, batch_size=4, mini_batch_size=2, micro_batch_size=2, ppo_epochs=1, lr=1e-5,
-                      sampling=SamplingConfig(16, 1.0, 4), eval_every=2, trainable_layers=2),
+        reward_pairs=8,
+        reward_heldout=8,
+        reward_probe=4,
+        reward_norm_samples=4,
+        ppo=PPOConfig(
+            steps=2,
+            batch_size=4,
+            mini_batch_size=2,
+            micro_batch_size=2,
+            ppo_epochs=1,
+            lr=1e-5,
+            sampling=SamplingConfig(16, 1.0, 4),
+            eval_every=2,
+            trainable_layers=2,
+        ),
     ),
     "cpu": Preset(
         name="cpu",
@@ -88,9 +100,22 @@ PRESETS: dict[str, Preset] = {
         eval_sampling=SamplingConfig(max_new_tokens=64, temperature=0.7, batch_size=16),
         sft=SFTConfig(max_steps=48, batch_size=8, eval_every=16, n_heldout=32, lr=3e-5),
         reward=RewardConfig(lr=1e-4, batch_size=8, eval_every=12, warmup_steps=2),
-        reward_pairs=384, reward_heldout=400, reward_probe=64, reward_norm_samples=64,
-        ppo=PPOConfig(steps=14, batch_size=16, mini_batch_size=8, micro_batch_size=8, ppo_epochs=4, lr=1e-4,
-                      sampling=SamplingConfig(64, 1.0, 16), eval_every=7, eval_subset=16, trainable_layers=8),
+        reward_pairs=384,
+        reward_heldout=400,
+        reward_probe=64,
+        reward_norm_samples=64,
+        ppo=PPOConfig(
+            steps=14,
+            batch_size=16,
+            mini_batch_size=8,
+            micro_batch_size=8,
+            ppo_epochs=4,
+            lr=1e-4,
+            sampling=SamplingConfig(64, 1.0, 16),
+            eval_every=7,
+            eval_subset=16,
+            trainable_layers=8,
+        ),
     ),
     "gpu": Preset(
         name="gpu",
@@ -100,9 +125,21 @@ PRESETS: dict[str, Preset] = {
         eval_sampling=SamplingConfig(max_new_tokens=64, temperature=0.7, batch_size=64),
         sft=SFTConfig(max_steps=160, batch_size=16, eval_every=20, n_heldout=32, lr=3e-5),
         reward=RewardConfig(lr=2e-5, batch_size=16, eval_every=20, warmup_steps=4),
-        reward_pairs=100_000, reward_heldout=400, reward_probe=128, reward_norm_samples=256,
-        ppo=PPOConfig(steps=48, batch_size=64, mini_batch_size=16, micro_batch_size=16, ppo_epochs=4, lr=2e-5,
-                      sampling=SamplingConfig(64, 1.0, 64), eval_every=8, eval_subset=64),
+        reward_pairs=100_000,
+        reward_heldout=400,
+        reward_probe=128,
+        reward_norm_samples=256,
+        ppo=PPOConfig(
+            steps=48,
+            batch_size=64,
+            mini_batch_size=16,
+            micro_batch_size=16,
+            ppo_epochs=4,
+            lr=2e-5,
+            sampling=SamplingConfig(64, 1.0, 64),
+            eval_every=8,
+            eval_subset=64,
+        ),
     ),
 }
 
@@ -112,9 +149,7 @@ def default_preset_name(cuda_available: bool | None = None) -> str:
     name = os.environ.get(PRESET_ENV, "").strip().lower()
     if name:
         if name not in PRESETS:
-            raise ValueError(
-                f"{PRESET_ENV}={name!r} is not a preset; choose one of {sorted(PRESETS)}"
-            )
+            raise ValueError(f"{PRESET_ENV}={name!r} is not a preset; choose one of {sorted(PRESETS)}")
         return name
     if cuda_available is None:
         import torch

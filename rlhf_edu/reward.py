@@ -230,9 +230,7 @@ def build_pair_batch(
     Notebook: 03_reward_model.ipynb
     """
     if not len(prompts) == len(chosen) == len(rejected):
-        raise ValueError(
-            f"got {len(prompts)} prompts, {len(chosen)} chosen, {len(rejected)} rejected"
-        )
+        raise ValueError(f"got {len(prompts)} prompts, {len(chosen)} chosen, {len(rejected)} rejected")
     n = len(prompts)
     eos = (chosen_eos or [True] * n) + (rejected_eos or [True] * n)
     return build_sft_batch(tokenizer, prompts + prompts, chosen + rejected, max_response_tokens, eos=eos)
@@ -255,7 +253,8 @@ def score_texts(
     states the head reads instead: (B, H)).
 
     Each response gets EOS appended, as in training (`build_sft_batch`), unless `eos[i]` is False
-    (cut off at the token budget), so pass decoded text without special tokens. With raw=True, the head output before gain and bias. Wrap the call in
+    (cut off at the token budget), so pass decoded text without special tokens. With raw=True, the
+    head output before gain and bias. Wrap the call in
     `models.autocast(setup)` to score in bf16/fp16 (the head stays fp32).
 
     Notebook: 03_reward_model.ipynb
@@ -267,7 +266,10 @@ def score_texts(
     for start in range(0, len(prompts), batch_size):
         end = start + batch_size
         batch = build_sft_batch(
-            tokenizer, prompts[start:end], responses[start:end], max_response_tokens,
+            tokenizer,
+            prompts[start:end],
+            responses[start:end],
+            max_response_tokens,
             eos=None if eos is None else eos[start:end],
         )
         input_ids = batch["input_ids"].to(device)  # (b, P+R)
@@ -308,9 +310,7 @@ def score_samples(
     return torch.cat(scores)  # (B,)
 
 
-def evaluate_reward_model(
-    reward_model: RewardModel, tokenizer, rows: list[dict], config: RewardConfig
-) -> dict:
+def evaluate_reward_model(reward_model: RewardModel, tokenizer, rows: list[dict], config: RewardConfig) -> dict:
     """Held-out `eval/loss`, `eval/accuracy`, `eval/margin` (mean r_c - r_r) over all pairs.
 
     rows: dicts with `prompt`, `chosen`, `rejected`. Every pair counts once (not batch means).
@@ -321,11 +321,21 @@ def evaluate_reward_model(
     chosen_texts, rejected_texts = [r["chosen"] for r in rows], [r["rejected"] for r in rows]
     size, limit = 2 * config.batch_size, config.max_response_tokens
     chosen = score_texts(
-        reward_model, tokenizer, prompts, chosen_texts, size, max_response_tokens=limit,
+        reward_model,
+        tokenizer,
+        prompts,
+        chosen_texts,
+        size,
+        max_response_tokens=limit,
         eos=[r.get("chosen_eos", True) for r in rows],
     )  # (N,)
     rejected = score_texts(
-        reward_model, tokenizer, prompts, rejected_texts, size, max_response_tokens=limit,
+        reward_model,
+        tokenizer,
+        prompts,
+        rejected_texts,
+        size,
+        max_response_tokens=limit,
         eos=[r.get("rejected_eos", True) for r in rows],
     )  # (N,)
     return {
@@ -369,9 +379,7 @@ class RewardConfig:
 
     def __post_init__(self):
         if self.batch_size < 1 or self.epochs < 1:
-            raise ValueError(
-                f"batch_size and epochs must be >= 1, got {self.batch_size}, {self.epochs}"
-            )
+            raise ValueError(f"batch_size and epochs must be >= 1, got {self.batch_size}, {self.epochs}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"max_steps must be None or >= 1, got {self.max_steps}")
         if self.lr < 0:
@@ -440,11 +448,13 @@ def train_reward_model(
     scaler = torch.amp.GradScaler(setup.device, enabled=setup.grad_scaler)
     optimizer.zero_grad(set_to_none=True)  # an interrupted earlier call may have left gradients
     run = {"stage": "reward model", "config": jsonable(config), "data": rows_fingerprint(train_rows)}
-    start, history = resume_training(checkpoint_dir, run, optimizer, scheduler, scaler,
-                                     partial(load_reward_weights, reward_model), live_plot)
+    start, history = resume_training(
+        checkpoint_dir, run, optimizer, scheduler, scaler, partial(load_reward_weights, reward_model), live_plot
+    )
     batches = itertools.islice(pair_batch_indices(len(train_rows), config.batch_size, config.seed), start, None)
-    for step in tqdm(range(start, max_steps), desc="reward model", initial=start, total=max_steps,
-                     disable=not progress):
+    for step in tqdm(
+        range(start, max_steps), desc="reward model", initial=start, total=max_steps, disable=not progress
+    ):
         # 1. Next batch of pairs (a fresh shuffle at each epoch; the last batch may be smaller).
         chunk = [train_rows[i] for i in next(batches)]
         batch = build_pair_batch(
@@ -492,8 +502,12 @@ def train_reward_model(
             step + 1 == max_steps or (checkpoint_every and (step + 1) % checkpoint_every == 0)
         ):
             save_training_checkpoint(
-                checkpoint_dir, lambda folder: save_reward_model(reward_model, tokenizer, folder),
-                optimizer, scheduler, scaler, {**run, "step": step + 1, "history": history},
+                checkpoint_dir,
+                lambda folder: save_reward_model(reward_model, tokenizer, folder),
+                optimizer,
+                scheduler,
+                scaler,
+                {**run, "step": step + 1, "history": history},
             )
     reward_model.eval()
     return history
@@ -517,9 +531,7 @@ def load_reward_weights(reward_model: RewardModel, folder: Path) -> None:
 # --------------------------------------------------------------------------- saving and loading
 
 
-def save_reward_model(
-    reward_model: RewardModel, tokenizer, out_dir: str | Path, info: dict | None = None
-) -> Path:
+def save_reward_model(reward_model: RewardModel, tokenizer, out_dir: str | Path, info: dict | None = None) -> Path:
     """Save as safetensors only: the backbone (`save_pretrained`), the tokenizer, and
     `reward_head.safetensors` holding head.weight (1, H), head.bias (1,), gain () and bias ().
 
@@ -536,9 +548,7 @@ def save_reward_model(
     reward_model.backbone.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
     head_state = {
-        k: v.detach().cpu().contiguous()
-        for k, v in reward_model.state_dict().items()
-        if not k.startswith("backbone.")
+        k: v.detach().cpu().contiguous() for k, v in reward_model.state_dict().items() if not k.startswith("backbone.")
     }
     save_file(head_state, str(out_dir / HEAD_FILE))
     if info is not None:
@@ -555,9 +565,7 @@ def check_reward_model_dir(out_dir: Path, fix: str | None = None) -> None:
     check_checkpoint(out_dir, extra=(HEAD_FILE,), fix=fix)
 
 
-def load_reward_model(
-    out_dir: str | Path, device: str | torch.device = "cpu"
-) -> tuple[RewardModel, object]:
+def load_reward_model(out_dir: str | Path, device: str | torch.device = "cpu") -> tuple[RewardModel, object]:
     """Load what `save_reward_model` wrote: -> (reward_model in eval mode, tokenizer).
 
     A missing folder or file is a FileNotFoundError naming it (and notebook 03, which writes
@@ -575,13 +583,9 @@ def load_reward_model(
     tokenizer = AutoTokenizer.from_pretrained(out_dir)
     setup_tokenizer(tokenizer)
     reward_model = RewardModel(AutoModel.from_pretrained(out_dir, dtype=torch.float32))
-    missing, unexpected = reward_model.load_state_dict(
-        load_file(str(out_dir / HEAD_FILE)), strict=False
-    )
+    missing, unexpected = reward_model.load_state_dict(load_file(str(out_dir / HEAD_FILE)), strict=False)
     if unexpected or any(not k.startswith("backbone.") for k in missing):
-        raise RuntimeError(
-            f"{out_dir / HEAD_FILE} does not fit: missing {missing}, unexpected {unexpected}"
-        )
+        raise RuntimeError(f"{out_dir / HEAD_FILE} does not fit: missing {missing}, unexpected {unexpected}")
     return reward_model.to(device).eval(), tokenizer
 
 
@@ -595,8 +599,12 @@ def reward_model_key(preset) -> dict:
     from rlhf_edu.preferences import training_data_fingerprint
     from rlhf_edu.sft import sft_run_id
 
-    return {"preset": preset.name, "config": asdict(preset.reward), "data": training_data_fingerprint(),
-            "sft": sft_run_id()}
+    return {
+        "preset": preset.name,
+        "config": asdict(preset.reward),
+        "data": training_data_fingerprint(),
+        "sft": sft_run_id(),
+    }
 
 
 def load_or_train_reward_model(preset, policy, tokenizer, setup=None, *, progress: bool = True):
@@ -634,14 +642,27 @@ def load_or_train_reward_model(preset, policy, tokenizer, setup=None, *, progres
     history = train_reward_model(reward_model, tokenizer, train_rows, [], preset.reward, setup=setup, progress=progress)
     concepts = list(load_concepts("train")["concept"])
     norm_prompts = [make_prompt(c) for c in random.Random(1).sample(concepts, preset.reward_norm_samples)]
-    norm = sample(policy, tokenizer, norm_prompts, preset.eval_sampling,
-                  generator=torch.Generator().manual_seed(preset.seed), autocast_ctx=autocast(setup))
+    norm = sample(
+        policy,
+        tokenizer,
+        norm_prompts,
+        preset.eval_sampling,
+        generator=torch.Generator().manual_seed(preset.seed),
+        autocast_ctx=autocast(setup),
+    )
     with autocast(setup):  # the sampled tokens, as PPO and GRPO will score them
         raw = score_samples(reward_model, norm.input_ids, norm.attention_mask, raw=True)  # (N,)
     reward_model.set_normalization(raw)
-    save_reward_model(reward_model, tokenizer, out_dir, info={
-        **key, "n_train_pairs": len(train_rows), "history": history,
-    })
+    save_reward_model(
+        reward_model,
+        tokenizer,
+        out_dir,
+        info={
+            **key,
+            "n_train_pairs": len(train_rows),
+            "history": history,
+        },
+    )
     return reward_model, (
         f"no reward model for the {preset.name} preset in {out_dir}: trained one now on "
         f"{len(train_rows)} pairs ({n_mine} yours) with {preset.reward}"

@@ -59,10 +59,15 @@ _WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
 _SENTENCE_END = re.compile(r"[.!?]+[\"')\]]*(?=\s|$)")
 _PROMPT = re.compile(r"^\s*explain\s+(.+?)\s+to\s+an?\s+\d+[- ]year[- ]old", re.IGNORECASE)
 _STOPWORDS = frozenset(
-    ["a", "an", "the", "of", "to", "in", "on", "and", "or", "for", "with", "how", "what", "why", "is", "are", "does", "do", "it", "its", "by", "at", "from", "as", "be"]
+    """
+    a an the of to in on and or for with how what why is are does do it its by at from as be
+    """.split()  # noqa: SIM905 (a word list reads best as text)
 )
 INSULTS = frozenset(
-    ["dumb", "dumbass", "dummy", "stupid", "idiot", "idiots", "idiotic", "moron", "morons", "loser", "losers", "jerk", "fool", "foolish", "crap", "damn", "stupidity", "dumber"]
+    """
+    dumb dumbass dummy stupid idiot idiots idiotic moron morons loser losers jerk fool foolish crap
+    damn stupidity dumber
+    """.split()  # noqa: SIM905 (a word list reads best as text)
 )
 PUT_DOWNS = ("don't you know", "do you even", "obviously", "everyone knows", "duh", "even a baby")
 
@@ -183,7 +188,8 @@ def no_repetition_score(response: str) -> float:
 
 
 def polite_score(response: str) -> float:
-    """0 with an insult, 0.5 with a put-down or a hostile tone (VADER compound < -0.9; sad topics score about -0.8), else 1."""
+    """0 with an insult, 0.5 with a put-down or a hostile tone (VADER compound < -0.9; sad topics
+    score about -0.8), else 1."""
     ws = set(words(response))
     lowered = response.lower()
     if ws & INSULTS or "shut up" in lowered:
@@ -197,7 +203,23 @@ def polite_score(response: str) -> float:
 
 # Things a 10-year-old meets in a day: home, school, play, food, body, family and pets, outdoors.
 EVERYDAY = frozenset(
-    ["kitchen", "fridge", "freezer", "oven", "stove", "toaster", "microwave", "sink", "bath", "bathtub", "shower", "towel", "soap", "toothbrush", "toothpaste", "bed", "pillow", "blanket", "sofa", "couch", "chair", "table", "window", "door", "stairs", "garage", "backyard", "garden", "lamp", "flashlight", "cup", "mug", "glass", "spoon", "fork", "plate", "bowl", "jar", "bottle", "straw", "sponge", "mirror", "umbrella", "school", "class", "classroom", "teacher", "desk", "pencil", "crayon", "crayons", "eraser", "ruler", "backpack", "lunchbox", "lunch", "recess", "homework", "notebook", "playground", "library", "bus", "toy", "toys", "ball", "balls", "bike", "bicycle", "skateboard", "scooter", "swing", "swings", "slide", "seesaw", "trampoline", "kite", "balloon", "balloons", "lego", "blocks", "puzzle", "puzzles", "game", "games", "marbles", "sandbox", "sandcastle", "soccer", "basketball", "football", "baseball", "tennis", "hopscotch", "drum", "chalk", "breakfast", "dinner", "snack", "sandwich", "pizza", "cereal", "juice", "milk", "cookie", "cookies", "cake", "candy", "popcorn", "pancake", "pancakes", "apple", "apples", "banana", "orange", "oranges", "lemon", "egg", "eggs", "bread", "toast", "soup", "cheese", "chocolate", "ice-cream", "icecream", "spaghetti", "noodles", "carrot", "carrots", "peas", "rice", "yogurt", "lemonade", "hand", "hands", "finger", "fingers", "feet", "foot", "toes", "knee", "knees", "tummy", "nose", "teeth", "tooth", "hair", "skin", "elbow", "mom", "dad", "mum", "mommy", "daddy", "grandma", "grandpa", "grandparents", "brother", "sister", "friend", "friends", "family", "dog", "dogs", "puppy", "cat", "cats", "kitten", "hamster", "goldfish", "pet", "pets", "puddle", "puddles", "park", "sidewalk", "snowman", "snowball", "sled", "pool", "beach", "sand", "shell", "shells", "leaf", "leaves", "bus", "car", "car's", "bike's", "shoes", "socks", "jacket", "coat", "hat", "mittens", "gloves", "sweater", "birthday", "party", "sleepover"]
+    """
+    kitchen fridge freezer oven stove toaster microwave sink bath bathtub shower towel soap
+    toothbrush toothpaste bed pillow blanket sofa couch chair table window door stairs garage
+    backyard garden lamp flashlight cup mug glass spoon fork plate bowl jar bottle straw sponge
+    mirror umbrella school class classroom teacher desk pencil crayon crayons eraser ruler backpack
+    lunchbox lunch recess homework notebook playground library bus toy toys ball balls bike bicycle
+    skateboard scooter swing swings slide seesaw trampoline kite balloon balloons lego blocks puzzle
+    puzzles game games marbles sandbox sandcastle soccer basketball football baseball tennis
+    hopscotch drum chalk breakfast dinner snack sandwich pizza cereal juice milk cookie cookies cake
+    candy popcorn pancake pancakes apple apples banana orange oranges lemon egg eggs bread toast
+    soup cheese chocolate ice-cream icecream spaghetti noodles carrot carrots peas rice yogurt
+    lemonade hand hands finger fingers feet foot toes knee knees tummy nose teeth tooth hair skin
+    elbow mom dad mum mommy daddy grandma grandpa grandparents brother sister friend friends family
+    dog dogs puppy cat cats kitten hamster goldfish pet pets puddle puddles park sidewalk snowman
+    snowball sled pool beach sand shell shells leaf leaves bus car car's bike's shoes socks jacket
+    coat hat mittens gloves sweater birthday party sleepover
+    """.split()  # noqa: SIM905 (a word list reads best as text)
 )
 _SECOND_PERSON = frozenset(["you", "your", "you're", "you've", "you'll", "you'd", "yourself", "yours"])
 _NOT_ADDRESSING = ("thank you", "you know", "do you even", "don't you know", "see you")
@@ -206,17 +228,52 @@ _COMPARISON_MARKERS = re.compile(
     r"for example|for instance|such as|as if)\b"
 )
 _VAGUE = frozenset(
-    ["big", "small", "tiny", "little", "huge", "giant", "really", "very", "special", "kind", "sort", "type",
-     "thing", "things", "something", "way", "much", "more", "lot", "lots", "this", "that", "these", "those",
-     "one", "ones", "same", "other", "another", "some", "all", "you", "your", "we", "they", "them", "there"]
+    [
+        "big",
+        "small",
+        "tiny",
+        "little",
+        "huge",
+        "giant",
+        "really",
+        "very",
+        "special",
+        "kind",
+        "sort",
+        "type",
+        "thing",
+        "things",
+        "something",
+        "way",
+        "much",
+        "more",
+        "lot",
+        "lots",
+        "this",
+        "that",
+        "these",
+        "those",
+        "one",
+        "ones",
+        "same",
+        "other",
+        "another",
+        "some",
+        "all",
+        "you",
+        "your",
+        "we",
+        "they",
+        "them",
+        "there",
+    ]
 )
 
 
 def _content_words(text: str, concept: set[str]) -> list[str]:
     """Words of `text` that carry meaning: not a stopword, not vague, not a form of the concept."""
     return [
-        w for w in words(text)
-        if len(w) > 2 and w not in _STOPWORDS and w not in _VAGUE and not word_forms(w) & concept
+        w for w in words(text) if len(w) > 2 and w not in _STOPWORDS and w not in _VAGUE and not word_forms(w) & concept
     ]
 
 
@@ -232,7 +289,7 @@ def comparison_score(prompt: str, response: str) -> float:
     for sentence in sentences(response):
         lowered = sentence.lower()
         for match in _COMPARISON_MARKERS.finditer(lowered):
-            other_side = re.split(r"[,;:.!?]", lowered[match.end():], maxsplit=1)[0]
+            other_side = re.split(r"[,;:.!?]", lowered[match.end() :], maxsplit=1)[0]
             if _content_words(other_side, concept):
                 return 1.0
     return 0.0

@@ -91,7 +91,9 @@ def build_sft_batch(
     ended = [True] * len(responses) if eos is None else [bool(e) for e in eos]
     if len(ended) != len(responses):
         raise ValueError(f"got {len(responses)} responses but {len(ended)} eos flags")
-    encoded = [tokenizer(r, add_special_tokens=False).input_ids + ([eos_id] if e else []) for r, e in zip(responses, ended)]
+    encoded = [
+        tokenizer(r, add_special_tokens=False).input_ids + ([eos_id] if e else []) for r, e in zip(responses, ended)
+    ]
     for i, ids in enumerate(encoded):
         if len(ids) > max_response_tokens:
             raise ValueError(f"response {i} is {len(ids)} tokens, more than max_response_tokens={max_response_tokens}")
@@ -129,7 +131,9 @@ def heldout_loss(model, tokenizer, rows: list[dict], config: SFTConfig, autocast
     total, tokens = 0.0, 0
     for start in range(0, len(rows), config.batch_size):
         chunk = rows[start : start + config.batch_size]
-        batch = build_sft_batch(tokenizer, [r["prompt"] for r in chunk], [r["response"] for r in chunk], config.max_response_tokens)
+        batch = build_sft_batch(
+            tokenizer, [r["prompt"] for r in chunk], [r["response"] for r in chunk], config.max_response_tokens
+        )
         batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
         with autocast_ctx or contextlib.nullcontext():
             loss = sft_batch_loss(model, batch)
@@ -201,14 +205,18 @@ def train_sft(
     scaler = torch.amp.GradScaler(setup.device, enabled=setup.grad_scaler)
     optimizer.zero_grad(set_to_none=True)  # an interrupted earlier call may have left gradients
     run = {"stage": "SFT", "config": jsonable(config), "data": rows_fingerprint(rows)}
-    start, history = resume_training(checkpoint_dir, run, optimizer, scheduler, scaler,
-                                     partial(load_causal_lm_weights, model), live_plot)
+    start, history = resume_training(
+        checkpoint_dir, run, optimizer, scheduler, scaler, partial(load_causal_lm_weights, model), live_plot
+    )
     batches = itertools.islice(sft_batch_indices(len(train_rows), config.batch_size, config.seed), start, None)
-    for step in tqdm(range(start, config.max_steps), desc="SFT", initial=start, total=config.max_steps,
-                     disable=not progress):
+    for step in tqdm(
+        range(start, config.max_steps), desc="SFT", initial=start, total=config.max_steps, disable=not progress
+    ):
         # 1. Next batch of demonstrations (reshuffled each epoch).
         chunk = [train_rows[i] for i in next(batches)]
-        batch = build_sft_batch(tokenizer, [r["prompt"] for r in chunk], [r["response"] for r in chunk], config.max_response_tokens)
+        batch = build_sft_batch(
+            tokenizer, [r["prompt"] for r in chunk], [r["response"] for r in chunk], config.max_response_tokens
+        )
         batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
         # 2. Completion-only loss on the response tokens (and EOS).
         model.train()
@@ -238,13 +246,21 @@ def train_sft(
             step + 1 == config.max_steps or (checkpoint_every and (step + 1) % checkpoint_every == 0)
         ):
             save_training_checkpoint(
-                checkpoint_dir, lambda folder: save_checkpoint(model, tokenizer, folder),
-                optimizer, scheduler, scaler, {**run, "step": step + 1, "history": history},
+                checkpoint_dir,
+                lambda folder: save_checkpoint(model, tokenizer, folder),
+                optimizer,
+                scheduler,
+                scaler,
+                {**run, "step": step + 1, "history": history},
             )
     model.eval()
     if out_dir is not None:
-        save_checkpoint(model, tokenizer, out_dir, {"config": asdict(config), "history": history,
-                                                    "data": rows_fingerprint(rows), "base": base})
+        save_checkpoint(
+            model,
+            tokenizer,
+            out_dir,
+            {"config": asdict(config), "history": history, "data": rows_fingerprint(rows), "base": base},
+        )
     return history
 
 

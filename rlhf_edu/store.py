@@ -89,8 +89,10 @@ def cache_key(*parts) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-_MEMO: dict[str, weakref.WeakKeyDictionary] = {"param_sum": weakref.WeakKeyDictionary(),
-                                               "fingerprint": weakref.WeakKeyDictionary()}
+_MEMO: dict[str, weakref.WeakKeyDictionary] = {
+    "param_sum": weakref.WeakKeyDictionary(),
+    "fingerprint": weakref.WeakKeyDictionary(),
+}
 
 
 def _memoized(kind: str, model: torch.nn.Module, compute):
@@ -115,7 +117,8 @@ def _memoized(kind: str, model: torch.nn.Module, compute):
 
 @torch.no_grad()
 def param_sum(model: torch.nn.Module) -> float:
-    """Sum of every parameter in float64 (shared weights once), (a resumed PPO run checks its reference's and reward model's)."""
+    """Sum of every parameter in float64 (shared weights once): a resumed PPO run checks its
+    reference's and its reward model's."""
     return _memoized("param_sum", model, lambda m: float(sum(p.double().sum() for p in m.parameters())))
 
 

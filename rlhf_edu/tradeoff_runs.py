@@ -112,12 +112,16 @@ class TradeoffConfig:
 
     def __post_init__(self):
         if self.ppo.steps != self.sweep_steps + self.refresh_steps:
-            raise ValueError(f"ppo.steps ({self.ppo.steps}) must be sweep_steps + refresh_steps "
-                             f"({self.sweep_steps} + {self.refresh_steps})")
+            raise ValueError(
+                f"ppo.steps ({self.ppo.steps}) must be sweep_steps + refresh_steps "
+                f"({self.sweep_steps} + {self.refresh_steps})"
+            )
         if self.refresh_kl_coef not in self.kl_coefs:
             raise ValueError(f"refresh_kl_coef {self.refresh_kl_coef} is not one of the sweep's {self.kl_coefs}")
         if max(self.bon_ns) > self.pool_size or self.mix_n > self.pool_size or min(self.bon_ns) < 1:
-            raise ValueError(f"every n (bon_ns {self.bon_ns}, mix_n {self.mix_n}) must be in 1..pool_size ({self.pool_size})")
+            raise ValueError(
+                f"every n (bon_ns {self.bon_ns}, mix_n {self.mix_n}) must be in 1..pool_size ({self.pool_size})"
+            )
         if min(self.eval_every, self.overopt_eval_every, self.sweep_steps, self.overopt_steps) < 1 or self.n_eval < 2:
             raise ValueError("eval_every, overopt_eval_every, sweep_steps and overopt_steps must be >= 1, n_eval >= 2")
 
@@ -136,14 +140,35 @@ class TradeoffConfig:
 TRADEOFFS: dict[str, TradeoffConfig] = {
     "smoke": TradeoffConfig(
         kl_coefs=(0.01, 0.1, 0.5),
-        ppo=PPOConfig(steps=3, batch_size=4, mini_batch_size=2, micro_batch_size=2, ppo_epochs=1, lr=1e-4,
-                      sampling=SamplingConfig(16, 0.7, 4), trainable_layers=2),
-        sweep_steps=2, eval_every=1, n_eval=4, pool_size=4, bon_ns=(1, 2, 4),
-        weak_pairs=8, weak_reward=RewardConfig(lr=3e-5, batch_size=4, max_steps=2), heldout_pairs=4,
-        overopt_kl_coef=0.0, overopt_steps=2, overopt_lr=5e-4, overopt_eval_every=1,
-        refresh_kl_coef=0.1, refresh_pairs=8, refresh_old_pairs=4,
-        refresh_reward=RewardConfig(lr=3e-5, batch_size=4, max_steps=2), refresh_steps=1,
-        mix_weights=(0.0, 0.5, 1.0), mix_n=4,
+        ppo=PPOConfig(
+            steps=3,
+            batch_size=4,
+            mini_batch_size=2,
+            micro_batch_size=2,
+            ppo_epochs=1,
+            lr=1e-4,
+            sampling=SamplingConfig(16, 0.7, 4),
+            trainable_layers=2,
+        ),
+        sweep_steps=2,
+        eval_every=1,
+        n_eval=4,
+        pool_size=4,
+        bon_ns=(1, 2, 4),
+        weak_pairs=8,
+        weak_reward=RewardConfig(lr=3e-5, batch_size=4, max_steps=2),
+        heldout_pairs=4,
+        overopt_kl_coef=0.0,
+        overopt_steps=2,
+        overopt_lr=5e-4,
+        overopt_eval_every=1,
+        refresh_kl_coef=0.1,
+        refresh_pairs=8,
+        refresh_old_pairs=4,
+        refresh_reward=RewardConfig(lr=3e-5, batch_size=4, max_steps=2),
+        refresh_steps=1,
+        mix_weights=(0.0, 0.5, 1.0),
+        mix_n=4,
     ),
     # cpu: a first visit measured 1,005 s on the course's 2-core machine (SFT evaluated 22 s, sweep
     # runs 121 / 125 / 129 s, pool 193 s, over-optimization run 137 s, refresh 162 s). The
@@ -163,28 +188,69 @@ TRADEOFFS: dict[str, TradeoffConfig] = {
     # A second visit loads every run from artifacts/tradeoffs/: about 15 s.
     "cpu": TradeoffConfig(
         kl_coefs=(0.01, 0.1, 0.5),
-        ppo=PPOConfig(steps=8, batch_size=16, mini_batch_size=8, micro_batch_size=8, ppo_epochs=2, lr=1e-4,
-                      sampling=SamplingConfig(64, 0.7, 16), trainable_layers=8),
-        sweep_steps=6, eval_every=3, n_eval=28, pool_size=16, bon_ns=(1, 2, 4, 8, 16),
-        weak_pairs=48, weak_reward=RewardConfig(lr=1e-4, batch_size=8, warmup_steps=1), heldout_pairs=32,
-        overopt_kl_coef=0.0, overopt_steps=6, overopt_lr=2e-4, overopt_eval_every=2,
-        refresh_kl_coef=0.1, refresh_pairs=32, refresh_old_pairs=16,
-        refresh_reward=RewardConfig(lr=5e-5, batch_size=8), refresh_steps=2,
-        mix_weights=(0.0, 0.25, 0.5, 0.75, 1.0), mix_n=16,
+        ppo=PPOConfig(
+            steps=8,
+            batch_size=16,
+            mini_batch_size=8,
+            micro_batch_size=8,
+            ppo_epochs=2,
+            lr=1e-4,
+            sampling=SamplingConfig(64, 0.7, 16),
+            trainable_layers=8,
+        ),
+        sweep_steps=6,
+        eval_every=3,
+        n_eval=28,
+        pool_size=16,
+        bon_ns=(1, 2, 4, 8, 16),
+        weak_pairs=48,
+        weak_reward=RewardConfig(lr=1e-4, batch_size=8, warmup_steps=1),
+        heldout_pairs=32,
+        overopt_kl_coef=0.0,
+        overopt_steps=6,
+        overopt_lr=2e-4,
+        overopt_eval_every=2,
+        refresh_kl_coef=0.1,
+        refresh_pairs=32,
+        refresh_old_pairs=16,
+        refresh_reward=RewardConfig(lr=5e-5, batch_size=8),
+        refresh_steps=2,
+        mix_weights=(0.0, 0.25, 0.5, 0.75, 1.0),
+        mix_n=16,
     ),
     # gpu (Colab T4): not timed on a T4. On the H200 of bench/gpu.py a PPO step at batch 64 with 4
     # epochs takes 4 s; a T4 is several times slower: 4 runs x 16 steps plus 16 weak-proxy steps and
     # 2 x 4 refresh steps are 88 steps.
     "gpu": TradeoffConfig(
         kl_coefs=(0.01, 0.05, 0.2, 0.5),
-        ppo=PPOConfig(steps=20, batch_size=64, mini_batch_size=16, micro_batch_size=16, ppo_epochs=2, lr=2e-5,
-                      sampling=SamplingConfig(64, 0.7, 64)),
-        sweep_steps=16, eval_every=4, n_eval=64, pool_size=32, bon_ns=(1, 2, 4, 8, 16, 32),
-        weak_pairs=64, weak_reward=RewardConfig(lr=2e-5, batch_size=16), heldout_pairs=128,
-        overopt_kl_coef=0.0, overopt_steps=16, overopt_lr=5e-5, overopt_eval_every=4,
-        refresh_kl_coef=0.05, refresh_pairs=128, refresh_old_pairs=128,
-        refresh_reward=RewardConfig(lr=1e-5, batch_size=16), refresh_steps=4,
-        mix_weights=(0.0, 0.25, 0.5, 0.75, 1.0), mix_n=32,
+        ppo=PPOConfig(
+            steps=20,
+            batch_size=64,
+            mini_batch_size=16,
+            micro_batch_size=16,
+            ppo_epochs=2,
+            lr=2e-5,
+            sampling=SamplingConfig(64, 0.7, 64),
+        ),
+        sweep_steps=16,
+        eval_every=4,
+        n_eval=64,
+        pool_size=32,
+        bon_ns=(1, 2, 4, 8, 16, 32),
+        weak_pairs=64,
+        weak_reward=RewardConfig(lr=2e-5, batch_size=16),
+        heldout_pairs=128,
+        overopt_kl_coef=0.0,
+        overopt_steps=16,
+        overopt_lr=5e-5,
+        overopt_eval_every=4,
+        refresh_kl_coef=0.05,
+        refresh_pairs=128,
+        refresh_old_pairs=128,
+        refresh_reward=RewardConfig(lr=1e-5, batch_size=16),
+        refresh_steps=4,
+        mix_weights=(0.0, 0.25, 0.5, 0.75, 1.0),
+        mix_n=32,
     ),
 }
 
@@ -269,8 +335,14 @@ class RunContext:
             rubric_digest,  # cached rows hold gold scores: a new rubric, new runs
         )
 
-        self.key = cache_key(self.preset, fingerprint(self.sft), self.eval_prompts, self.eval_sampling,
-                             self.setup.dtype_name, rubric_digest())
+        self.key = cache_key(
+            self.preset,
+            fingerprint(self.sft),
+            self.eval_prompts,
+            self.eval_sampling,
+            self.setup.dtype_name,
+            rubric_digest(),
+        )
         self.reward_model_id = fingerprint(self.reward_model)
 
     def autocast(self):
@@ -283,8 +355,16 @@ def make_trainer(ctx: RunContext, config: PPOConfig, reward_model=None) -> PPOTr
     """A PPOTrainer on a fresh copy of the SFT policy (reference: the SFT policy itself). It has no
     eval prompts of its own: `train_and_evaluate` evaluates on the context's.
     Notebook: 05_reward_kl_tradeoffs.ipynb"""
-    return PPOTrainer(copy.deepcopy(ctx.sft), ctx.sft, reward_model or ctx.reward_model, ctx.tokenizer,
-                      ctx.train_prompts, config, eval_sampling=ctx.eval_sampling, setup=ctx.setup)
+    return PPOTrainer(
+        copy.deepcopy(ctx.sft),
+        ctx.sft,
+        reward_model or ctx.reward_model,
+        ctx.tokenizer,
+        ctx.train_prompts,
+        config,
+        eval_sampling=ctx.eval_sampling,
+        setup=ctx.setup,
+    )
 
 
 def swap_reward_model(trainer: PPOTrainer, reward_model: torch.nn.Module) -> None:
@@ -303,12 +383,26 @@ def summarize(step: int, rows: list[dict]) -> dict:
     proxy (the reward model's score, `rm`) and length, plus the rows themselves.
     Notebook: 05_reward_kl_tradeoffs.ipynb"""
     mean = lambda key: float(np.mean([r[key] for r in rows]))
-    return {"step": step, "kl": mean("kl"), "gold": mean("gold"), "proxy": mean("rm"), "length": mean("tokens"),
-            "rows": rows}
+    return {
+        "step": step,
+        "kl": mean("kl"),
+        "gold": mean("gold"),
+        "proxy": mean("rm"),
+        "length": mean("tokens"),
+        "rows": rows,
+    }
 
 
-def train_and_evaluate(trainer: PPOTrainer, steps: int, prompts: list[str], eval_every: int, *,
-                       initial_rows: list[dict] | None = None, progress: bool = True, desc: str = "PPO") -> list[dict]:
+def train_and_evaluate(
+    trainer: PPOTrainer,
+    steps: int,
+    prompts: list[str],
+    eval_every: int,
+    *,
+    initial_rows: list[dict] | None = None,
+    progress: bool = True,
+    desc: str = "PPO",
+) -> list[dict]:
     """Train `trainer` up to `steps` iterations in all, evaluating on `prompts` at its current step
     (or taking `initial_rows` for it), every `eval_every` steps and at the end. Returns the
     trajectory, a list of `summarize` points. Notebook: 05_reward_kl_tradeoffs.ipynb"""
@@ -325,9 +419,20 @@ def train_and_evaluate(trainer: PPOTrainer, steps: int, prompts: list[str], eval
     return points
 
 
-def ppo_run(ctx: RunContext, config: PPOConfig, steps: int, eval_every: int, cache: RunCache, *, label: str,
-            reward_model=None, reward_model_id: str | None = None, initial_rows: list[dict] | None = None,
-            keep_checkpoint: bool = False, progress: bool = True) -> dict:
+def ppo_run(
+    ctx: RunContext,
+    config: PPOConfig,
+    steps: int,
+    eval_every: int,
+    cache: RunCache,
+    *,
+    label: str,
+    reward_model=None,
+    reward_model_id: str | None = None,
+    initial_rows: list[dict] | None = None,
+    keep_checkpoint: bool = False,
+    progress: bool = True,
+) -> dict:
     """One PPO run and its trajectory on the eval prompts, from the cache when it was run before.
 
     `reward_model` (default: the context's) may be a function that builds it, called only when the
@@ -346,19 +451,29 @@ def ppo_run(ctx: RunContext, config: PPOConfig, steps: int, eval_every: int, cac
         return {**record, "checkpoint": str(checkpoint), "cached": True}
     t0 = time.perf_counter()
     trainer = make_trainer(ctx, config, _get(reward_model) if reward_model is not None else None)
-    points = train_and_evaluate(trainer, steps, ctx.eval_prompts, eval_every, initial_rows=initial_rows,
-                                progress=progress, desc=label)
+    points = train_and_evaluate(
+        trainer, steps, ctx.eval_prompts, eval_every, initial_rows=initial_rows, progress=progress, desc=label
+    )
     if keep_checkpoint:
         trainer.save_checkpoint(checkpoint)
-    record = {"label": label, "kl_coef": config.kl_coef, "config": asdict(config), "steps": steps,
-              "points": points, "history": trainer.history, "seconds": time.perf_counter() - t0,
-              "checkpoint": str(checkpoint)}
+    record = {
+        "label": label,
+        "kl_coef": config.kl_coef,
+        "config": asdict(config),
+        "steps": steps,
+        "points": points,
+        "history": trainer.history,
+        "seconds": time.perf_counter() - t0,
+        "checkpoint": str(checkpoint),
+    }
     del trainer
     gc.collect()
     return {**cache.save("ppo", key, record), "key": key, "cached": False}
 
 
-def evaluate_saved_policy(ctx: RunContext, checkpoint_dir: str | Path, config: PPOConfig, cache: RunCache) -> dict | None:
+def evaluate_saved_policy(
+    ctx: RunContext, checkpoint_dir: str | Path, config: PPOConfig, cache: RunCache
+) -> dict | None:
     """Notebook 04's PPO policy (a `PPOTrainer` checkpoint) evaluated on the eval prompts, as a
     record with one point; None when there is no checkpoint, or when it was trained with another
     config, reference or reward model (a printed line says why). Notebook: 05_reward_kl_tradeoffs.ipynb"""
@@ -376,9 +491,13 @@ def evaluate_saved_policy(ctx: RunContext, checkpoint_dir: str | Path, config: P
         print(f"not using {checkpoint_dir}: {err}")
         return None
     point = summarize(trainer.step_count, trainer.evaluate_rows(prompts=ctx.eval_prompts))
-    record = {"label": f"notebook 04 (kl_coef {config.kl_coef}, T {config.sampling.temperature:g}, "
-                       f"{trainer.step_count} steps)",
-              "kl_coef": config.kl_coef, "config": asdict(config), "points": [point]}
+    record = {
+        "label": f"notebook 04 (kl_coef {config.kl_coef}, T {config.sampling.temperature:g}, "
+        f"{trainer.step_count} steps)",
+        "kl_coef": config.kl_coef,
+        "config": asdict(config),
+        "points": [point],
+    }
     del trainer
     gc.collect()
     return {**cache.save("saved", key, record), "cached": False}
@@ -387,8 +506,9 @@ def evaluate_saved_policy(ctx: RunContext, checkpoint_dir: str | Path, config: P
 # ---------------------------------------------------------------------------------------- best-of-n pool
 
 
-def build_pool(model, tokenizer, prompts: list[str], sampling: SamplingConfig, pool_size: int, *, seed: int,
-               autocast_ctx=None) -> dict:
+def build_pool(
+    model, tokenizer, prompts: list[str], sampling: SamplingConfig, pool_size: int, *, seed: int, autocast_ctx=None
+) -> dict:
     """`pool_size` samples per prompt from `model`, scored by the rubric.
 
     Returns {"prompts": [P], "samples": [P][N] of {response, eos, tokens, ids, gold, <components>},
@@ -397,16 +517,20 @@ def build_pool(model, tokenizer, prompts: list[str], sampling: SamplingConfig, p
     Notebook: 05_reward_kl_tradeoffs.ipynb
     """
     repeated = [p for p in prompts for _ in range(pool_size)]  # P * N, each prompt N times in a row
-    samples = sample(model, tokenizer, repeated, sampling, generator=torch.Generator().manual_seed(seed),
-                     autocast_ctx=autocast_ctx)
+    samples = sample(
+        model, tokenizer, repeated, sampling, generator=torch.Generator().manual_seed(seed), autocast_ctx=autocast_ctx
+    )
     eos = samples.has_eos.tolist()
     scored = score_batch(repeated, samples.texts, eos)
     flat = [
         {"response": text, "eos": bool(e), "tokens": int(n), "ids": samples.response_ids[i, : int(n)].tolist(), **s}
         for i, (text, e, n, s) in enumerate(zip(samples.texts, eos, samples.n_tokens, scored))
     ]
-    return {"prompts": list(prompts), "samples": [flat[i : i + pool_size] for i in range(0, len(flat), pool_size)],
-            "proxy": {}}
+    return {
+        "prompts": list(prompts),
+        "samples": [flat[i : i + pool_size] for i in range(0, len(flat), pool_size)],
+        "proxy": {},
+    }
 
 
 @torch.no_grad()
@@ -452,27 +576,40 @@ def pool_array(pool: dict, key: str) -> np.ndarray:
 
 
 def _sample_view(prompt: str, row: dict, proxy: float) -> dict:
-    return {"prompt": prompt, "response": row["response"], "gold": row["gold"], "proxy": proxy,
-            "components": {c: row[c] for c in COMPONENTS}}
+    return {
+        "prompt": prompt,
+        "response": row["response"],
+        "gold": row["gold"],
+        "proxy": proxy,
+        "components": {c: row[c] for c in COMPONENTS},
+    }
 
 
-def ppo_entries(record: dict, method: str, gold_units: tuple[float, float], proxy_units: tuple[float, float]) -> list[dict]:
+def ppo_entries(
+    record: dict, method: str, gold_units: tuple[float, float], proxy_units: tuple[float, float]
+) -> list[dict]:
     """FrontierExplorer entries, one per evaluated checkpoint of a PPO run. Gold and proxy are given
     as (value - mean) / sd with the (mean, sd) of `gold_units` and `proxy_units` (e.g. of the SFT
     policy's samples); the sample table keeps the raw scores. Notebook: 05_reward_kl_tradeoffs.ipynb"""
     out = []
     for point in record["points"]:
-        out.append({
-            "label": f"{record['label']}, step {point['step']}", "method": method, "kl_coef": record["kl_coef"],
-            "kl": max(point["kl"], 0.0), "gold": (point["gold"] - gold_units[0]) / gold_units[1],
-            "proxy": (point["proxy"] - proxy_units[0]) / proxy_units[1],
-            "samples": [_sample_view(r["prompt"], r, r["rm"]) for r in point["rows"]],
-        })
+        out.append(
+            {
+                "label": f"{record['label']}, step {point['step']}",
+                "method": method,
+                "kl_coef": record["kl_coef"],
+                "kl": max(point["kl"], 0.0),
+                "gold": (point["gold"] - gold_units[0]) / gold_units[1],
+                "proxy": (point["proxy"] - proxy_units[0]) / proxy_units[1],
+                "samples": [_sample_view(r["prompt"], r, r["rm"]) for r in point["rows"]],
+            }
+        )
     return out
 
 
-def bon_entries(pool: dict, proxy: str, ns, method: str, gold_units: tuple[float, float],
-                proxy_units: tuple[float, float]) -> list[dict]:
+def bon_entries(
+    pool: dict, proxy: str, ns, method: str, gold_units: tuple[float, float], proxy_units: tuple[float, float]
+) -> list[dict]:
     """FrontierExplorer entries, one per n: KL is the analytic bound, gold and proxy the unbiased
     best-of-n estimates (`bon_curve`, in the units as in `ppo_entries`), and the samples are the ones
     best-of-n picks among the first n of each prompt's pool. Notebook: 05_reward_kl_tradeoffs.ipynb"""
@@ -481,13 +618,20 @@ def bon_entries(pool: dict, proxy: str, ns, method: str, gold_units: tuple[float
     out = []
     for i, n in enumerate(curve["n"]):
         picks = best_of_n(scores, int(n))  # (P,)
-        out.append({
-            "label": f"best-of-{n} ({proxy} proxy)", "method": method, "n": int(n), "kl": float(curve["kl"][i]),
-            "gold": (float(curve["gold"][i]) - gold_units[0]) / gold_units[1],
-            "proxy": (float(curve["proxy"][i]) - proxy_units[0]) / proxy_units[1],
-            "samples": [_sample_view(p, pool["samples"][j][k], scores[j, k])
-                        for j, (p, k) in enumerate(zip(pool["prompts"], picks.tolist()))],
-        })
+        out.append(
+            {
+                "label": f"best-of-{n} ({proxy} proxy)",
+                "method": method,
+                "n": int(n),
+                "kl": float(curve["kl"][i]),
+                "gold": (float(curve["gold"][i]) - gold_units[0]) / gold_units[1],
+                "proxy": (float(curve["proxy"][i]) - proxy_units[0]) / proxy_units[1],
+                "samples": [
+                    _sample_view(p, pool["samples"][j][k], scores[j, k])
+                    for j, (p, k) in enumerate(zip(pool["prompts"], picks.tolist()))
+                ],
+            }
+        )
     return out
 
 
@@ -506,8 +650,9 @@ def _normalize_on(reward_model, tokenizer, rows: list[dict], autocast_ctx=None) 
     reward_model.set_normalization(raw)
 
 
-def train_weak_proxy(sft, tokenizer, rows: list[dict], config: RewardConfig, *, seed: int, setup,
-                     progress: bool = True) -> tuple[RewardModel, list[dict]]:
+def train_weak_proxy(
+    sft, tokenizer, rows: list[dict], config: RewardConfig, *, seed: int, setup, progress: bool = True
+) -> tuple[RewardModel, list[dict]]:
     """Notebook 03's recipe on only `rows`: a reward model on a copy of the SFT backbone, trained
     on the pairs, its gain and bias set so that the responses it trained on score mean 0, std 1.
     Returns (reward model, training history). Notebook: 05_reward_kl_tradeoffs.ipynb"""
@@ -521,8 +666,9 @@ def train_weak_proxy(sft, tokenizer, rows: list[dict], config: RewardConfig, *, 
     return reward_model, history
 
 
-def label_fresh_pairs(policy, tokenizer, prompts: list[str], sampling: SamplingConfig, annotator, *, seed: int,
-                      autocast_ctx=None) -> list[dict]:
+def label_fresh_pairs(
+    policy, tokenizer, prompts: list[str], sampling: SamplingConfig, annotator, *, seed: int, autocast_ctx=None
+) -> list[dict]:
     """Two samples per prompt from `policy` (`preferences.sample_pairs`), each pair labeled by the
     annotator ("0", "1" or "tie"). Notebook: 05_reward_kl_tradeoffs.ipynb"""
     from rlhf_edu.preferences import label_pair, sample_pairs
@@ -533,8 +679,17 @@ def label_fresh_pairs(policy, tokenizer, prompts: list[str], sampling: SamplingC
     return pairs
 
 
-def refresh_reward_model(stale, tokenizer, fresh_rows: list[dict], old_rows: list[dict], config: RewardConfig, *,
-                         seed: int, setup, progress: bool = True) -> tuple[RewardModel, list[dict]]:
+def refresh_reward_model(
+    stale,
+    tokenizer,
+    fresh_rows: list[dict],
+    old_rows: list[dict],
+    config: RewardConfig,
+    *,
+    seed: int,
+    setup,
+    progress: bool = True,
+) -> tuple[RewardModel, list[dict]]:
     """A copy of the `stale` reward model fine-tuned on fresh pairs plus some old ones, its gain and
     bias set on the fresh responses. Returns (refreshed model, history). The stale one is untouched.
     Notebook: 05_reward_kl_tradeoffs.ipynb"""
@@ -543,15 +698,24 @@ def refresh_reward_model(stale, tokenizer, fresh_rows: list[dict], old_rows: lis
     refreshed = copy.deepcopy(stale)
     rows = list(fresh_rows) + list(old_rows)
     random.Random(seed).shuffle(rows)
-    history = train_reward_model(refreshed, tokenizer, rows, [], dataclasses.replace(config, seed=seed),
-                                 setup=setup, progress=progress)
+    history = train_reward_model(
+        refreshed, tokenizer, rows, [], dataclasses.replace(config, seed=seed), setup=setup, progress=progress
+    )
     _normalize_on(refreshed, tokenizer, fresh_rows, autocast(setup))
     refreshed.eval().requires_grad_(False)
     return refreshed, history
 
 
-def online_refresh(ctx: RunContext, tc: TradeoffConfig, base: dict, cache: RunCache, *, old_rows: list[dict],
-                   annotator, progress: bool = True) -> dict:
+def online_refresh(
+    ctx: RunContext,
+    tc: TradeoffConfig,
+    base: dict,
+    cache: RunCache,
+    *,
+    old_rows: list[dict],
+    annotator,
+    progress: bool = True,
+) -> dict:
     """Continue the sweep run `base` (at tc.refresh_kl_coef) for tc.refresh_steps more steps twice,
     from the same checkpoint and seeds: against the stale reward model, and against a refreshed
     one fine-tuned on pairs sampled from the base policy and labeled by `annotator`.
@@ -562,8 +726,16 @@ def online_refresh(ctx: RunContext, tc: TradeoffConfig, base: dict, cache: RunCa
     accuracy: {stale, refreshed} on the fresh pairs, arms: {stale, refreshed}: {points, history}}.
     Notebook: 05_reward_kl_tradeoffs.ipynb
     """
-    key = cache_key(base["key"], "refresh", tc.refresh_pairs, tc.refresh_reward, tc.refresh_steps, tc.seed,
-                    annotator.config, old_rows)
+    key = cache_key(
+        base["key"],
+        "refresh",
+        tc.refresh_pairs,
+        tc.refresh_reward,
+        tc.refresh_steps,
+        tc.seed,
+        annotator.config,
+        old_rows,
+    )
     record = cache.load("refresh", key)
     if record is not None:
         return {**record, "cached": True}
@@ -580,8 +752,15 @@ def online_refresh(ctx: RunContext, tc: TradeoffConfig, base: dict, cache: RunCa
         trainer.save_checkpoint(checkpoint_dir)
     # 1. Fresh pairs from the current policy, labeled by the annotator.
     prompts = random.Random(tc.seed).sample(ctx.train_prompts, tc.refresh_pairs)
-    pairs = label_fresh_pairs(trainer.policy, ctx.tokenizer, prompts, config.sampling, annotator,
-                              seed=tc.seed + 1, autocast_ctx=ctx.autocast())
+    pairs = label_fresh_pairs(
+        trainer.policy,
+        ctx.tokenizer,
+        prompts,
+        config.sampling,
+        annotator,
+        seed=tc.seed + 1,
+        autocast_ctx=ctx.autocast(),
+    )
     fresh = to_preference_rows(pairs)
     if not fresh:
         raise ValueError(f"the annotator called all {len(pairs)} fresh pairs a tie; raise refresh_pairs")
@@ -590,8 +769,16 @@ def online_refresh(ctx: RunContext, tc: TradeoffConfig, base: dict, cache: RunCa
     # 2. How well the stale model judges them; the refreshed model, fine-tuned on them.
     with ctx.autocast():
         stale_acc = evaluate_reward_model(ctx.reward_model, ctx.tokenizer, fresh, tc.refresh_reward)["eval/accuracy"]
-    refreshed, history = refresh_reward_model(ctx.reward_model, ctx.tokenizer, fresh, old_rows, tc.refresh_reward,
-                                              seed=tc.seed, setup=ctx.setup, progress=progress)
+    refreshed, history = refresh_reward_model(
+        ctx.reward_model,
+        ctx.tokenizer,
+        fresh,
+        old_rows,
+        tc.refresh_reward,
+        seed=tc.seed,
+        setup=ctx.setup,
+        progress=progress,
+    )
     with ctx.autocast():
         fresh_acc = evaluate_reward_model(refreshed, ctx.tokenizer, fresh, tc.refresh_reward)["eval/accuracy"]
     # 3. Two arms from the same checkpoint, the same prompts and the same random draws.
@@ -601,14 +788,27 @@ def online_refresh(ctx: RunContext, tc: TradeoffConfig, base: dict, cache: RunCa
         trainer.load_checkpoint(checkpoint_dir)  # checked against the stale model it was trained with
         if name == "refreshed":
             swap_reward_model(trainer, refreshed)
-        points = train_and_evaluate(trainer, config.steps, ctx.eval_prompts, tc.refresh_steps,
-                                    initial_rows=base["points"][-1]["rows"], progress=progress, desc=f"PPO, {name} RM")
+        points = train_and_evaluate(
+            trainer,
+            config.steps,
+            ctx.eval_prompts,
+            tc.refresh_steps,
+            initial_rows=base["points"][-1]["rows"],
+            progress=progress,
+            desc=f"PPO, {name} RM",
+        )
         arms[name] = {"points": points, "history": trainer.history[tc.sweep_steps :]}
         del trainer
         gc.collect()
-    record = {"pairs": pairs, "n_fresh_rows": len(fresh), "n_old_rows": len(old_rows), "reward_history": history,
-              "accuracy": {"stale": stale_acc, "refreshed": fresh_acc}, "arms": arms,
-              "seconds": time.perf_counter() - t0}
+    record = {
+        "pairs": pairs,
+        "n_fresh_rows": len(fresh),
+        "n_old_rows": len(old_rows),
+        "reward_history": history,
+        "accuracy": {"stale": stale_acc, "refreshed": fresh_acc},
+        "arms": arms,
+        "seconds": time.perf_counter() - t0,
+    }
     cache.save("refresh", key, record)
     shutil.rmtree(checkpoint_dir, ignore_errors=True)
     return {**record, "key": key, "cached": False}

@@ -64,9 +64,7 @@ def bon_kl_discrete(probs, scores, n: int) -> float:
     p = np.asarray(probs, dtype=float).ravel()  # (K,)
     s = np.asarray(scores, dtype=float).ravel()  # (K,)
     if p.shape != s.shape or p.size == 0:
-        raise ValueError(
-            f"probs and scores need the same non-zero length, got {p.size} and {s.size}"
-        )
+        raise ValueError(f"probs and scores need the same non-zero length, got {p.size} and {s.size}")
     if n < 1 or np.any(p < 0) or p.sum() <= 0:
         raise ValueError("need n >= 1 and non-negative probabilities with a positive sum")
     order = np.argsort(s, kind="stable")
@@ -137,9 +135,7 @@ def bon_expected(values, scores, n: int) -> np.ndarray:
     """
     v, s = np.asarray(values, dtype=float), np.asarray(scores, dtype=float)
     if v.shape != s.shape or v.ndim != 2:
-        raise ValueError(
-            f"values and scores need the same (P, N) shape, got {v.shape} and {s.shape}"
-        )
+        raise ValueError(f"values and scores need the same (P, N) shape, got {v.shape} and {s.shape}")
     P, N = s.shape
     index = np.broadcast_to(np.arange(N), (P, N))  # (P, N)
     # Ascending score; among equal scores the lower index ranks higher, so it sorts later.
@@ -197,9 +193,7 @@ def _fit(d, r, form: str) -> tuple[float, float]:
     X = _design(d, form)  # (M, 2)
     (alpha, beta), _, rank, _ = np.linalg.lstsq(X, r, rcond=None)
     if rank < 2:
-        raise ValueError(
-            f"the points do not pin down alpha and beta for the {form} form (need two distinct d > 0)"
-        )
+        raise ValueError(f"the points do not pin down alpha and beta for the {form} form (need two distinct d > 0)")
     return float(alpha), float(beta)
 
 
@@ -256,9 +250,7 @@ def peak_kl(kl, gold) -> float:
     """
     kl, gold = np.asarray(kl, dtype=float).ravel(), np.asarray(gold, dtype=float).ravel()
     if kl.shape != gold.shape or kl.size == 0:
-        raise ValueError(
-            f"kl and gold need the same non-zero length, got {kl.size} and {gold.size}"
-        )
+        raise ValueError(f"kl and gold need the same non-zero length, got {kl.size} and {gold.size}")
     best = gold == gold.max()
     return float(kl[best].min())
 

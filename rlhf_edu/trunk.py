@@ -64,8 +64,10 @@ class FrozenTrunk:
         self.n_frozen = 0 if trainable_layers is None else max(0, n_blocks - trainable_layers)
         self.enabled = self.n_frozen > 0 and model_type in TRUNK_MODEL_TYPES
         self.reason = (
-            f"the lower {self.n_frozen} of {n_blocks} blocks run once per rollout" if self.enabled
-            else "no frozen blocks" if self.n_frozen == 0
+            f"the lower {self.n_frozen} of {n_blocks} blocks run once per rollout"
+            if self.enabled
+            else "no frozen blocks"
+            if self.n_frozen == 0
             else f"full forwards ({model_type} feeds inputs_embeds to its blocks with changes)"
         )
         self.shared_with_reference = self.enabled and reference is not None and self._same_trunk(policy, reference)
@@ -74,6 +76,7 @@ class FrozenTrunk:
         """Whether `reference` has the policy's embeddings and lower blocks, weight for weight, their
         norms included. The top blocks and the final norm run on each model's own weights after
         the trunk, so only they may differ."""
+
         def lower(model):
             owner, name = _blocks_owner(model)
             frozen = torch.nn.ModuleList(list(getattr(owner, name))[: self.n_frozen])
@@ -97,8 +100,12 @@ class FrozenTrunk:
 
         handle = block.register_forward_hook(stop)
         try:
-            model(input_ids=input_ids, attention_mask=attention_mask,
-                  position_ids=position_ids_from_mask(attention_mask), use_cache=False)
+            model(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids_from_mask(attention_mask),
+                use_cache=False,
+            )
         except _TrunkReady as ready:
             return ready.hidden
         finally:
@@ -110,7 +117,7 @@ class FrozenTrunk:
         """Within the block, `model`'s block list is its top blocks only (restored afterwards)."""
         owner, name = _blocks_owner(model)
         blocks = getattr(owner, name)
-        setattr(owner, name, torch.nn.ModuleList(list(blocks)[self.n_frozen:]))
+        setattr(owner, name, torch.nn.ModuleList(list(blocks)[self.n_frozen :]))
         try:
             yield
         finally:
@@ -119,20 +126,29 @@ class FrozenTrunk:
     def logps(self, model, trunk, input_ids, attention_mask, context_length, temperature, return_hidden=False):
         """`per_token_logps` of `model` from the trunk: the top blocks, the norm and the LM head."""
         with self.top_blocks_only(model):
-            return per_token_logps(model, input_ids, attention_mask, context_length, temperature,
-                                   return_hidden=return_hidden, inputs_embeds=trunk)
+            return per_token_logps(
+                model,
+                input_ids,
+                attention_mask,
+                context_length,
+                temperature,
+                return_hidden=return_hidden,
+                inputs_embeds=trunk,
+            )
 
     @torch.no_grad()
     def check(self, model, input_ids, attention_mask, context_length, temperature, atol: float = 1e-4) -> float:
-        """Largest |difference| between full-forward and trunk log-probs (and last hidden states) on a batch; past `atol`
-        the trunk is switched off (so a run never relies on an inexact shortcut)."""
+        """Largest |difference| between full-forward and trunk log-probs (and last hidden states) on a
+        batch; past `atol` the trunk is switched off (so a run never relies on an inexact shortcut)."""
         if not self.enabled:
             return 0.0
-        full, full_hidden = per_token_logps(model, input_ids, attention_mask, context_length, temperature,
-                                            return_hidden=True)
+        full, full_hidden = per_token_logps(
+            model, input_ids, attention_mask, context_length, temperature, return_hidden=True
+        )
         trunk = self.hidden(model, input_ids, attention_mask)
-        fast, fast_hidden = self.logps(model, trunk, input_ids, attention_mask, context_length, temperature,
-                                       return_hidden=True)
+        fast, fast_hidden = self.logps(
+            model, trunk, input_ids, attention_mask, context_length, temperature, return_hidden=True
+        )
         gap = max(float((full - fast).abs().max()), float((full_hidden - fast_hidden).abs().max()))
         if gap > atol:
             self.enabled = self.shared_with_reference = False

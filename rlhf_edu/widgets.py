@@ -55,8 +55,15 @@ class PreferenceLabeler:
     double click records one label.
     """
 
-    def __init__(self, pairs: list[dict], store_path: str | Path, *, annotator: str = "you", seed: int = 0,
-                 min_interval: float = 0.3):
+    def __init__(
+        self,
+        pairs: list[dict],
+        store_path: str | Path,
+        *,
+        annotator: str = "you",
+        seed: int = 0,
+        min_interval: float = 0.3,
+    ):
         if not pairs:
             raise ValueError("PreferenceLabeler needs at least one pair")
         for i, p in enumerate(pairs):
@@ -146,10 +153,15 @@ class PreferenceLabeler:
         if not decisions or self._debounced():
             return None
         last = decisions[-1]
-        stored = self.store.append({
-            "event": "undo", "item": last["item"], "pair_id": last["pair_id"],
-            "pair_digest": pair_digest(self.pairs[last["item"]]), "annotator": self.annotator,
-        })
+        stored = self.store.append(
+            {
+                "event": "undo",
+                "item": last["item"],
+                "pair_id": last["pair_id"],
+                "pair_digest": pair_digest(self.pairs[last["item"]]),
+                "annotator": self.annotator,
+            }
+        )
         self.rationale.value = ""
         self.refresh()
         return stored
@@ -177,29 +189,37 @@ class PreferenceLabeler:
         self.prompt_html = W.HTML()
         self.pane_a, self.pane_b = _pane("A", "pref-pane-A"), _pane("B", "pref-pane-B")
         self.buttons = {}
-        for key, text, style in [("A", "A is better", "info"), ("B", "B is better", "info"), ("tie", "Tie", ""),
-                                 ("skip", "Skip", ""), ("undo", "Undo", "warning")]:
+        for key, text, style in [
+            ("A", "A is better", "info"),
+            ("B", "B is better", "info"),
+            ("tie", "Tie", ""),
+            ("skip", "Skip", ""),
+            ("undo", "Undo", "warning"),
+        ]:
             button = W.Button(description=text, button_style=style, layout=W.Layout(width="auto"))
             button.add_class(f"pref-btn-{key}")
             button.on_click(lambda _b, key=key: self.undo() if key == "undo" else self.label(key))
             self.buttons[key] = button
         self.rationale = W.Textarea(placeholder="Why? (optional)", layout=W.Layout(width="100%", height="48px"))
         self.rationale.add_class("pref-rationale")
-        self.hotkeys = W.Text(placeholder="type a / b / t / s here to label", continuous_update=True,
-                              layout=W.Layout(width="260px"))
+        self.hotkeys = W.Text(
+            placeholder="type a / b / t / s here to label", continuous_update=True, layout=W.Layout(width="260px")
+        )
         self.hotkeys.add_class("pref-hotkeys")
         self.hotkeys.observe(self._on_hotkey, names="value")
         self.progress = W.IntProgress(min=0, max=len(self.pairs), layout=W.Layout(width="200px"))
         self.progress_text = W.HTML()
         self.progress_text.add_class("pref-progress")
-        self.widget = W.VBox([
-            self.notice_html,
-            self.prompt_html,
-            W.HBox([self.pane_a, self.pane_b]),
-            W.HBox(list(self.buttons.values())),
-            self.rationale,
-            W.HBox([self.hotkeys, self.progress, self.progress_text]),
-        ])
+        self.widget = W.VBox(
+            [
+                self.notice_html,
+                self.prompt_html,
+                W.HBox([self.pane_a, self.pane_b]),
+                W.HBox(list(self.buttons.values())),
+                self.rationale,
+                W.HBox([self.hotkeys, self.progress, self.progress_text]),
+            ]
+        )
 
     def _on_hotkey(self, change) -> None:
         typed = (change["new"] or "").strip().lower()

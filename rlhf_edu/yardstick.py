@@ -39,8 +39,9 @@ def prompts_for(preset) -> list[str]:
     return eval_prompts(preset.n_eval)
 
 
-def evaluate(name: str, model, tokenizer, preset, setup, *, reference=None, reward_model=None,
-             refresh: bool = False) -> tuple[list[dict], str]:
+def evaluate(
+    name: str, model, tokenizer, preset, setup, *, reference=None, reward_model=None, refresh: bool = False
+) -> tuple[list[dict], str]:
     """Rows {prompt, response, tokens, eos, gold, <components>[, kl, ref_nll, ref_tokens][, rm]} of
     policy `model` on the yardstick's prompts, sampled and scored once and cached as
     artifacts/eval_rows/<name>.json. Returns (rows, a line saying whether they were cached)."""
@@ -48,28 +49,48 @@ def evaluate(name: str, model, tokenizer, preset, setup, *, reference=None, rewa
     from rlhf_edu.models import autocast
 
     return policy_eval_rows(
-        name, model, tokenizer, prompts_for(preset), preset.eval_sampling, preset_name=preset.name,
-        seed=preset.seed, reference=reference, reward_model=reward_model, autocast_ctx=autocast(setup),
-        refresh=refresh, extra={"dtype": setup.dtype_name, "rubric": rubric_digest()},
+        name,
+        model,
+        tokenizer,
+        prompts_for(preset),
+        preset.eval_sampling,
+        preset_name=preset.name,
+        seed=preset.seed,
+        reference=reference,
+        reward_model=reward_model,
+        autocast_ctx=autocast(setup),
+        refresh=refresh,
+        extra={"dtype": setup.dtype_name, "rubric": rubric_digest()},
     )
 
 
-def best_of_n(policy, tokenizer, n: int, preset, setup, *, reference, reward_model,
-              refresh: bool = False) -> tuple[list[dict], str]:
+def best_of_n(
+    policy, tokenizer, n: int, preset, setup, *, reference, reward_model, refresh: bool = False
+) -> tuple[list[dict], str]:
     """The best-of-n baseline on the yardstick: n answers of `policy` per eval prompt at the
     evaluation temperature, the reward model keeps one (`final_eval.best_of_n_rows`); cached."""
     from rlhf_edu.final_eval import best_of_n_eval_rows
     from rlhf_edu.models import autocast
 
     return best_of_n_eval_rows(
-        policy, tokenizer, prompts_for(preset), preset.eval_sampling, n, preset_name=preset.name, seed=preset.seed,
-        reference=reference, reward_model=reward_model, autocast_ctx=autocast(setup), refresh=refresh,
+        policy,
+        tokenizer,
+        prompts_for(preset),
+        preset.eval_sampling,
+        n,
+        preset_name=preset.name,
+        seed=preset.seed,
+        reference=reference,
+        reward_model=reward_model,
+        autocast_ctx=autocast(setup),
+        refresh=refresh,
         extra={"dtype": setup.dtype_name, "rubric": rubric_digest()},
     )
 
 
-def blind_wins(rows: list[dict], sft_rows: list[dict], annotator: SimulatedAnnotator | None = None,
-               seed: int = 0) -> tuple[int, int, int]:
+def blind_wins(
+    rows: list[dict], sft_rows: list[dict], annotator: SimulatedAnnotator | None = None, seed: int = 0
+) -> tuple[int, int, int]:
     """(wins, ties, losses) of `rows` against `sft_rows` on the same prompts, each pair judged by the
     simulated annotator with the two answers in a seeded random order (it never knows which is which)."""
     annotator = annotator or SimulatedAnnotator()
@@ -106,10 +127,18 @@ def headline(rows: list[dict], sft_rows: list[dict], *, seed: int = 0) -> dict:
     low, high = wilson_interval(wins + 0.5 * ties, n)
     mean = lambda rs, key: sum(r[key] for r in rs) / len(rs)
     return {
-        "gold_mean": gold, "gold_se": gold_se, "gold_sft_mean": mean(sft_rows, "gold"),
-        "gold_delta": diff["delta"], "gold_delta_se": diff["se"], "gold_delta_z": diff["z"],
-        "win_rate_vs_sft": rate, "win_rate_low": low, "win_rate_high": high,
-        "wins": wins, "ties": ties, "losses": losses,
+        "gold_mean": gold,
+        "gold_se": gold_se,
+        "gold_sft_mean": mean(sft_rows, "gold"),
+        "gold_delta": diff["delta"],
+        "gold_delta_se": diff["se"],
+        "gold_delta_z": diff["z"],
+        "win_rate_vs_sft": rate,
+        "win_rate_low": low,
+        "win_rate_high": high,
+        "wins": wins,
+        "ties": ties,
+        "losses": losses,
         "components": {c: mean(rows, c) for c in rubric.COMPONENTS},
         "sft_components": {c: mean(sft_rows, c) for c in rubric.COMPONENTS},
     }
@@ -140,8 +169,14 @@ def _judgement(z: float) -> str:
     return "within noise of SFT" if abs(z) < 2 else ("likely better than SFT" if z > 0 else "likely worse than SFT")
 
 
-def verdict(rows: dict[str, list[dict]], *, trained: list[str], baseline: str | None = "best_of_n",
-            labels: dict[str, str] | None = None, seed: int = 0) -> tuple[str, list[str]]:
+def verdict(
+    rows: dict[str, list[dict]],
+    *,
+    trained: list[str],
+    baseline: str | None = "best_of_n",
+    labels: dict[str, str] | None = None,
+    seed: int = 0,
+) -> tuple[str, list[str]]:
     """The scoreboard in words, computed: which trained policy wins on gold, by how much against SFT
     (paired z, blind win rate) and against the untrained baseline (best-of-n), and where each other
     trained policy stands. `rows` holds every policy's yardstick rows, "sft" among them.
@@ -154,18 +189,24 @@ def verdict(rows: dict[str, list[dict]], *, trained: list[str], baseline: str | 
     heads = {m: headline(rows[m], rows["sft"], seed=seed) for m in present}
     winner = max(present, key=lambda m: heads[m]["gold_mean"])
     h = heads[winner]
-    first = (f"{name(winner)} wins: gold {h['gold_mean']:.3f} against SFT's {h['gold_sft_mean']:.3f} "
-             f"({h['gold_delta']:+.3f}, z = {h['gold_delta_z']:.1f}), and it wins {h['win_rate_vs_sft']:.0%} of "
-             f"blind comparisons with SFT (95% interval {h['win_rate_low']:.0%} to {h['win_rate_high']:.0%}).")
+    first = (
+        f"{name(winner)} wins: gold {h['gold_mean']:.3f} against SFT's {h['gold_sft_mean']:.3f} "
+        f"({h['gold_delta']:+.3f}, z = {h['gold_delta_z']:.1f}), and it wins {h['win_rate_vs_sft']:.0%} of "
+        f"blind comparisons with SFT (95% interval {h['win_rate_low']:.0%} to {h['win_rate_high']:.0%})."
+    )
     lines = [first]
     if baseline and baseline in rows:
         diff = paired_difference([r["gold"] for r in rows[winner]], [r["gold"] for r in rows[baseline]])
         base_gold = sum(r["gold"] for r in rows[baseline]) / len(rows[baseline])
         beats = "beats" if diff["z"] > 2 else "does not clearly beat"
-        lines.append(f"{name(baseline)}, which trains nothing, scores {base_gold:.3f}: {name(winner)} {beats} it "
-                     f"({diff['delta']:+.3f}, z = {diff['z']:.1f}).")
+        lines.append(
+            f"{name(baseline)}, which trains nothing, scores {base_gold:.3f}: {name(winner)} {beats} it "
+            f"({diff['delta']:+.3f}, z = {diff['z']:.1f})."
+        )
     for m in present:
         if m != winner:
-            lines.append(f"{name(m)}: gold {heads[m]['gold_mean']:.3f} ({heads[m]['gold_delta']:+.3f}, "
-                         f"z = {heads[m]['gold_delta_z']:.1f}), {_judgement(heads[m]['gold_delta_z'])}.")
+            lines.append(
+                f"{name(m)}: gold {heads[m]['gold_mean']:.3f} ({heads[m]['gold_delta']:+.3f}, "
+                f"z = {heads[m]['gold_delta_z']:.1f}), {_judgement(heads[m]['gold_delta_z'])}."
+            )
     return winner, lines

@@ -103,21 +103,35 @@ def main(argv=None) -> int:
     for split, concept_split in [("heldout", "eval"), ("train", "train")]:
         concepts = list(load_concepts(concept_split)["concept"])
         path = args.out / f"preferences_{split}.jsonl"
-        done = {json.loads(line)["pair_id"].rsplit("-", 1)[0] for line in path.read_text().splitlines()} if path.exists() else set()
+        done = (
+            {json.loads(line)["pair_id"].rsplit("-", 1)[0] for line in path.read_text().splitlines()}
+            if path.exists()
+            else set()
+        )
         todo = [i for i in range(len(concepts)) if f"{split}-{i:04d}" not in done]
         print(f"{split}: {len(done)} concepts on disk, {len(todo)} to go", flush=True)
         start = time.perf_counter()
         for k in range(0, len(todo), args.batch_prompts):
             chunk = todo[k : k + args.batch_prompts]
             prompts = [make_prompt(concepts[i]) for i in chunk]
-            pairs = sample_pairs(model, tok, prompts, sampling, seed=args.seed + 100_003 * (split == "train") + chunk[0],
-                                 temperatures=temperatures, autocast_ctx=autocast(setup))
+            pairs = sample_pairs(
+                model,
+                tok,
+                prompts,
+                sampling,
+                seed=args.seed + 100_003 * (split == "train") + chunk[0],
+                temperatures=temperatures,
+                autocast_ctx=autocast(setup),
+            )
             per_concept = len(pairs) // len(chunk)
             with path.open("a", encoding="utf-8") as f:
                 for n, pair in enumerate(pairs):
                     i = chunk[n // per_concept]
-                    pair = {"pair_id": f"{split}-{i:04d}-{n % per_concept}", "concept": concepts[i],
-                            **{k2: v for k2, v in pair.items() if k2 != "pair_id"}}
+                    pair = {
+                        "pair_id": f"{split}-{i:04d}-{n % per_concept}",
+                        "concept": concepts[i],
+                        **{k2: v for k2, v in pair.items() if k2 != "pair_id"},
+                    }
                     pair["label"] = label_pair(pair, annotator)
                     f.write(json.dumps(pair, ensure_ascii=False) + "\n")
             rate = (time.perf_counter() - start) / (k + len(chunk))

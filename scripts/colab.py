@@ -56,7 +56,7 @@ SETUP_TAG = "colab-setup"
 BADGE_IMAGE = "https://colab.research.google.com/assets/colab-badge.svg"
 BADGE_RE = re.compile(r"^\[!\[Open In Colab\]\([^)]*\)\]\(([^)]*)\)[ \t]*$")
 
-SETUP_TEMPLATE = '''\
+SETUP_TEMPLATE = """\
 # Colab setup. On Colab: clone the course at the tag this notebook comes from, install it and work
 # in its notebooks/ folder, keeping the runtime's own torch, numpy, ipywidgets, matplotlib and
 # kernel (pip gets their installed versions as constraints). Anywhere else: nothing to do.
@@ -101,7 +101,7 @@ else:
         sys.path.insert(0, str(COURSE))  # an editable install is on the path only after a restart
     importlib.invalidate_caches()
     os.chdir(COURSE / "notebooks")  # as locally: data/ and artifacts/ sit next to notebooks/
-    print(f"Colab: rlhf-edu {{REF}} installed from {{COURSE}}; working in {{Path.cwd()}}")'''
+    print(f"Colab: rlhf-edu {{REF}} installed from {{COURSE}}; working in {{Path.cwd()}}")"""
 
 
 def settings(root: Path = ROOT) -> dict:

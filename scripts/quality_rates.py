@@ -56,7 +56,9 @@ def table(result: dict) -> str:
     lines.append("| (texts) | " + " | ".join(f"{r['n']:,}" for r in rows) + " |")
     for c in (*PREFERENCE, *[c for c in COMPONENTS if c not in PREFERENCE], "gold"):
         name = f"**{c}**" if c in PREFERENCE else c
-        lines.append(f"| {name} | " + " | ".join(f"{r[c]:.0%}" if c in PREFERENCE else f"{r[c]:.2f}" for r in rows) + " |")
+        lines.append(
+            f"| {name} | " + " | ".join(f"{r[c]:.0%}" if c in PREFERENCE else f"{r[c]:.2f}" for r in rows) + " |"
+        )
     return "\n".join(lines)
 
 

@@ -55,25 +55,42 @@ def quality_rates() -> list[str]:
         return [NOT_YET + "`scripts/quality_rates.py` writes data/quality_rates.json."]
     demo, sft = rates["demonstrations"], rates["sft_samples"].get("0.7")
     return [
-        "**The preference qualities** (`scripts/quality_rates.py`): share of texts that show each, "
-        f"in the {demo['n']} demonstrations and in {sft['n']} SFT samples at the evaluation temperature 0.7.",
+        (
+            "**The preference qualities** (`scripts/quality_rates.py`): share of texts that show each, "
+            f"in the {demo['n']} demonstrations and in {sft['n']} SFT samples at the evaluation temperature 0.7."
+        ),
         "",
-        *_table(("quality", "demonstrations", "SFT samples"),
-                [(q, f"{demo[q]:.0%}", f"{sft[q]:.0%}") for q in PREFERENCE], "---|---:|---:|"),
+        *_table(
+            ("quality", "demonstrations", "SFT samples"),
+            [(q, f"{demo[q]:.0%}", f"{sft[q]:.0%}") for q in PREFERENCE],
+            "---|---:|---:|",
+        ),
     ]
 
 
 HEADLINES = {
-    "01_sft": lambda m: f"gold base {m['gold_base_mean']:.3f} -> SFT {m['gold_sft_mean']:.3f}, z = {m['gold_delta_z']:.1f}",
-    "03_reward_model": lambda m: (f"held-out accuracy {m['rm_heldout_accuracy']:.1%}, "
-                                  f"noise ceiling {m['noise_ceiling_accuracy']:.1%}"),
-    "04_ppo": lambda m: (f"gold SFT {m['gold_sft_mean']:.3f} -> PPO {m['gold_ppo_mean']:.3f}, "
-                         f"z = {m['gold_delta_z']:.1f}; win rate {m['win_rate_vs_sft']:.0%}; KL {m['kl_mean']:.2f}"),
-    "05_reward_kl_tradeoffs": lambda m: (f"over-optimization gold drop z = {m['overopt_gold_drop_z']:.1f}; "
-                                         f"online refresh z = {m['online_refresh_gold_z']:.1f}"),
-    "06_dpo_grpo": lambda m: (f"gold DPO z = {m['gold_dpo_z']:.1f}, " + ", ".join(
-        f"{k[5:-2].upper()} z = {v:.1f}" for k, v in m.items()
-        if k.startswith("gold_") and k.endswith("_z") and k not in ("gold_dpo_z", "gold_ppo_z"))),
+    "01_sft": lambda m: (
+        f"gold base {m['gold_base_mean']:.3f} -> SFT {m['gold_sft_mean']:.3f}, z = {m['gold_delta_z']:.1f}"
+    ),
+    "03_reward_model": lambda m: (
+        f"held-out accuracy {m['rm_heldout_accuracy']:.1%}, noise ceiling {m['noise_ceiling_accuracy']:.1%}"
+    ),
+    "04_ppo": lambda m: (
+        f"gold SFT {m['gold_sft_mean']:.3f} -> PPO {m['gold_ppo_mean']:.3f}, "
+        f"z = {m['gold_delta_z']:.1f}; win rate {m['win_rate_vs_sft']:.0%}; KL {m['kl_mean']:.2f}"
+    ),
+    "05_reward_kl_tradeoffs": lambda m: (
+        f"over-optimization gold drop z = {m['overopt_gold_drop_z']:.1f}; "
+        f"online refresh z = {m['online_refresh_gold_z']:.1f}"
+    ),
+    "06_dpo_grpo": lambda m: (
+        f"gold DPO z = {m['gold_dpo_z']:.1f}, "
+        + ", ".join(
+            f"{k[5:-2].upper()} z = {v:.1f}"
+            for k, v in m.items()
+            if k.startswith("gold_") and k.endswith("_z") and k not in ("gold_dpo_z", "gold_ppo_z")
+        )
+    ),
     "07_evaluation": lambda m: " ".join(m.get("verdict", [])[:1]),
 }
 
@@ -81,8 +98,9 @@ HEADLINES = {
 def course_table() -> list[str]:
     course = _load(COURSE)
     if not course:
-        return [NOT_YET + "`make course PRESET=cpu`, then `scripts/render_results.py --save "
-                "artifacts/course_summary.json`."]
+        return [
+            NOT_YET + "`make course PRESET=cpu`, then `scripts/render_results.py --save artifacts/course_summary.json`."
+        ]
     n_eval = _metrics(course, "01_sft").get("n_eval", "?")
     rows = []
     for name, entry in course.get("notebooks", {}).items():
@@ -96,9 +114,11 @@ def course_table() -> list[str]:
         else:
             rows.append((name, f"{entry['seconds']:.0f} s", head))
     return [
-        f"**`make course PRESET=cpu`** on {course.get('machine', 'an unnamed machine')}, "
-        f"{course.get('dtype', '?')}; every policy on the same {n_eval} eval prompts at temperature 0.7 "
-        "(`rlhf_edu.yardstick`).",
+        (
+            f"**`make course PRESET=cpu`** on {course.get('machine', 'an unnamed machine')}, "
+            f"{course.get('dtype', '?')}; every policy on the same {n_eval} eval prompts at temperature 0.7 "
+            "(`rlhf_edu.yardstick`)."
+        ),
         "",
         *_table(("notebook", "wall time", "headline"), rows, "---|---:|---|"),
     ]
@@ -110,38 +130,69 @@ def seeds_line() -> list[str]:
         return [NOT_YET + "`bench/ppo_seeds.py` writes the 3-seed spread of notebook 04's gain."]
     s = seeds["summary"]
     return [
-        f"**PPO over {len(seeds['runs'])} seeds** (`bench/ppo_seeds.py`, cpu preset, {seeds['dtype']}): "
-        f"gold gain {s['gold_delta']['mean']:+.3f} ± {s['gold_delta']['sd']:.3f} (mean ± sd), "
-        f"z = {s['gold_delta_z']['mean']:.1f} ± {s['gold_delta_z']['sd']:.1f}, "
-        f"win rate against SFT {s['win_rate_vs_sft']['mean']:.0%} ± {s['win_rate_vs_sft']['sd']:.0%}, "
-        f"KL {s['kl_mean']['mean']:.2f} ± {s['kl_mean']['sd']:.2f} nats."
+        (
+            f"**PPO over {len(seeds['runs'])} seeds** (`bench/ppo_seeds.py`, cpu preset, {seeds['dtype']}): "
+            f"gold gain {s['gold_delta']['mean']:+.3f} ± {s['gold_delta']['sd']:.3f} (mean ± sd), "
+            f"z = {s['gold_delta_z']['mean']:.1f} ± {s['gold_delta_z']['sd']:.1f}, "
+            f"win rate against SFT {s['win_rate_vs_sft']['mean']:.0%} ± {s['win_rate_vs_sft']['sd']:.0%}, "
+            f"KL {s['kl_mean']['mean']:.2f} ± {s['kl_mean']['sd']:.2f} nats."
+        )
     ]
 
 
 def bench_tables() -> list[str]:
     bench = _load(BENCH)
     if not bench:
-        return [NOT_YET + "`make bench`, then `scripts/render_results.py --bench artifacts/bench.json`: "
-                "the compute dtypes of this CPU, PPO against TRL's `PPOTrainer` at equal settings "
-                "(seconds per step and the step's split by part), and peak memory per notebook."]
+        return [
+            NOT_YET + "`make bench`, then `scripts/render_results.py --bench artifacts/bench.json`: "
+            "the compute dtypes of this CPU, PPO against TRL's `PPOTrainer` at equal settings "
+            "(seconds per step and the step's split by part), and peak memory per notebook."
+        ]
     out = []
     dtype = bench.get("dtype_cpu")
     if dtype:
-        out += [f"**Compute dtypes on this CPU** ({dtype['chosen']}):", "",
-                *_table(("dtype", "generate (s)", "forward (s)", "SFT step (s)"),
-                        [(r["dtype"], f"{r['generate_s']:.2f}", f"{r['forward_s']:.2f}", f"{r['sft_step_s']:.2f}")
-                         for r in dtype["rows"]], "---|---:|---:|---:|"), ""]
+        out += [
+            f"**Compute dtypes on this CPU** ({dtype['chosen']}):",
+            "",
+            *_table(
+                ("dtype", "generate (s)", "forward (s)", "SFT step (s)"),
+                [
+                    (r["dtype"], f"{r['generate_s']:.2f}", f"{r['forward_s']:.2f}", f"{r['sft_step_s']:.2f}")
+                    for r in dtype["rows"]
+                ],
+                "---|---:|---:|---:|",
+            ),
+            "",
+        ]
     trl = bench.get("trl")
     if trl:
-        rows = [(name, "" if sec is None else f"{sec:.1f}", f"{trl['gold'][name]:.3f}", f"{trl['rm_score'][name]:+.2f}",
-                 f"{trl['kl'][name]:.2f}") for name, sec in [("sft", None), *trl["seconds_per_step"].items()]]
-        out += [f"**PPO against TRL** (`bench/trl_ppo.py`, trl {trl['versions']['trl']}, {trl['threads']} threads): "
-                f"ours is {trl['ppo_speedup_vs_trl']:.2f}x TRL's speed.", "",
-                *_table(("run", "s/step", "gold", "RM score", "KL (nats)"), rows, "---|---:|---:|---:|---:|"), ""]
+        rows = [
+            (
+                name,
+                "" if sec is None else f"{sec:.1f}",
+                f"{trl['gold'][name]:.3f}",
+                f"{trl['rm_score'][name]:+.2f}",
+                f"{trl['kl'][name]:.2f}",
+            )
+            for name, sec in [("sft", None), *trl["seconds_per_step"].items()]
+        ]
+        out += [
+            (
+                f"**PPO against TRL** (`bench/trl_ppo.py`, trl {trl['versions']['trl']}, {trl['threads']} threads): "
+                f"ours is {trl['ppo_speedup_vs_trl']:.2f}x TRL's speed."
+            ),
+            "",
+            *_table(("run", "s/step", "gold", "RM score", "KL (nats)"), rows, "---|---:|---:|---:|---:|"),
+            "",
+        ]
     peaks = bench.get("peak_rss_gb")
     if peaks:
-        out += ["**Peak memory per notebook** at the cpu preset (GB):", "",
-                *_table(("notebook", "peak RSS (GB)"), [(k, f"{v:.2f}") for k, v in peaks.items()], "---|---:|"), ""]
+        out += [
+            "**Peak memory per notebook** at the cpu preset (GB):",
+            "",
+            *_table(("notebook", "peak RSS (GB)"), [(k, f"{v:.2f}") for k, v in peaks.items()], "---|---:|"),
+            "",
+        ]
     return out[:-1] if out and out[-1] == "" else out
 
 
@@ -157,27 +208,48 @@ def gpu_tables() -> list[str]:
     rows = []
     for e in estimate:
         got = by_arch.get(e["arch"], {})
-        rows.append((e["arch"], f"{e['total_gib']:.1f} GiB",
-                     *[f"{got[d]['peak_gib']:.1f} GiB, {got[d]['seconds_per_step_after_first']:.1f} s/step"
-                       if d in got else "not measured" for d in dtypes]))
-    return [f"**GPU memory of PPO at the `gpu` preset** (`bench/gpu.py`; measured on an {device} with randomly "
-            "initialized models of the same shapes, every response 64 tokens):", "",
-            *_table(("model", "estimate", *[f"measured ({d})" for d in dtypes]), rows)]
+        rows.append(
+            (
+                e["arch"],
+                f"{e['total_gib']:.1f} GiB",
+                *[
+                    f"{got[d]['peak_gib']:.1f} GiB, {got[d]['seconds_per_step_after_first']:.1f} s/step"
+                    if d in got
+                    else "not measured"
+                    for d in dtypes
+                ],
+            )
+        )
+    return [
+        (
+            f"**GPU memory of PPO at the `gpu` preset** (`bench/gpu.py`; measured on an {device} with randomly "
+            "initialized models of the same shapes, every response 64 tokens):"
+        ),
+        "",
+        *_table(("model", "estimate", *[f"measured ({d})" for d in dtypes]), rows),
+    ]
 
 
 def first_ratio_table() -> list[str]:
     fr = _load(FIRST_RATIO)
     if not fr:
         return [NOT_YET + "`bench/first_ratio.py`."]
-    rows = [(r["dtype"], r["ratio_logps"], f"{r['first_ratio_dev_max']:.2g}", f"{r['seconds']:.0f} s") for r in fr["rows"]]
-    return [f"**PPO's first-minibatch ratio** (`bench/first_ratio.py`, {fr['preset']} preset, {fr['machine']}): "
-            "max |ratio - 1| before any update, which must be 0 up to rounding.", "",
-            *_table(("compute dtype", "log-probs of the ratio", "max abs(ratio - 1)", "time"), rows, "---|---|---:|---:|")]
+    rows = [
+        (r["dtype"], r["ratio_logps"], f"{r['first_ratio_dev_max']:.2g}", f"{r['seconds']:.0f} s") for r in fr["rows"]
+    ]
+    return [
+        (
+            f"**PPO's first-minibatch ratio** (`bench/first_ratio.py`, {fr['preset']} preset, {fr['machine']}): "
+            "max |ratio - 1| before any update, which must be 0 up to rounding."
+        ),
+        "",
+        *_table(("compute dtype", "log-probs of the ratio", "max abs(ratio - 1)", "time"), rows, "---|---|---:|---:|"),
+    ]
 
 
 def blocks() -> dict[tuple[str, str], str]:
     """(page, block name) -> the rendered text of the block."""
-    join = lambda *parts: "\n\n".join("\n".join(p) for p in parts if p)  # noqa: E731
+    join = lambda *parts: "\n\n".join("\n".join(p) for p in parts if p)
     return {
         ("README.md", "results"): join(quality_rates(), course_table()),
         ("docs/results.md", "course"): join(quality_rates(), course_table(), seeds_line()),
@@ -211,8 +283,9 @@ def main(argv=None) -> int:
         path = ROOT / page
         committed_block(page, name)  # the markers must be there
         start, end = markers(name)
-        text = re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: f"{start}\n{body}\n{end}",
-                      path.read_text(encoding="utf-8"), flags=re.DOTALL)
+        block = f"{start}\n{body}\n{end}"
+        pattern = re.escape(start) + ".*?" + re.escape(end)
+        text = re.sub(pattern, block.replace("\\", "\\\\"), path.read_text(encoding="utf-8"), flags=re.DOTALL)
         path.write_text(text, encoding="utf-8")
         print(f"{page}: {name} ({len(body)} characters)")
     return 0

@@ -9,8 +9,17 @@ from rlhf_edu.models import tiny_model_and_tokenizer
 from rlhf_edu.sft import build_sft_batch
 
 ROWS = [
-    {"prompt": "Explain rain to a 10-year-old.", "chosen": "Rain is water from clouds.", "rejected": "No.", "rejected_eos": False},
-    {"prompt": "Explain a volcano to a 10-year-old.", "chosen": "Hot rock comes out.", "rejected": "It is like your oven at home."},
+    {
+        "prompt": "Explain rain to a 10-year-old.",
+        "chosen": "Rain is water from clouds.",
+        "rejected": "No.",
+        "rejected_eos": False,
+    },
+    {
+        "prompt": "Explain a volcano to a 10-year-old.",
+        "chosen": "Hot rock comes out.",
+        "rejected": "It is like your oven at home.",
+    },
 ]
 
 
@@ -33,21 +42,32 @@ def test_response_logps_match_one_at_a_time(tiny):
     for i, r in enumerate(ROWS):
         assert chosen[i].item() == pytest.approx(naive_logp(model, tok, r["prompt"], r["chosen"]), abs=1e-4)
         assert rejected[i].item() == pytest.approx(
-            naive_logp(model, tok, r["prompt"], r["rejected"], r.get("rejected_eos", True)), abs=1e-4)
+            naive_logp(model, tok, r["prompt"], r["rejected"], r.get("rejected_eos", True)), abs=1e-4
+        )
 
 
 def test_preference_is_the_difference_of_gains_and_has_no_position(tiny):
     model, tok = tiny
     out = constitution_preferences(model, tok, ROWS, batch_size=1)
     r = ROWS[1]
-    gain = lambda text: (naive_logp(model, tok, guided_prompt(r["prompt"]), text)
-                         - naive_logp(model, tok, r["prompt"], text))
+    gain = lambda text: (
+        naive_logp(model, tok, guided_prompt(r["prompt"]), text) - naive_logp(model, tok, r["prompt"], text)
+    )
     assert out["chosen_gain"][1].item() == pytest.approx(gain(r["chosen"]), abs=1e-4)
     assert out["preference"][1].item() == pytest.approx(gain(r["chosen"]) - gain(r["rejected"]), abs=1e-4)
-    swapped = [dict(x, chosen=x["rejected"], rejected=x["chosen"],
-                    chosen_eos=x.get("rejected_eos", True), rejected_eos=x.get("chosen_eos", True)) for x in ROWS]
-    torch.testing.assert_close(constitution_preferences(model, tok, swapped, batch_size=2)["preference"], -out["preference"],
-                               atol=1e-4, rtol=0)
+    swapped = [
+        dict(
+            x,
+            chosen=x["rejected"],
+            rejected=x["chosen"],
+            chosen_eos=x.get("rejected_eos", True),
+            rejected_eos=x.get("chosen_eos", True),
+        )
+        for x in ROWS
+    ]
+    torch.testing.assert_close(
+        constitution_preferences(model, tok, swapped, batch_size=2)["preference"], -out["preference"], atol=1e-4, rtol=0
+    )
 
 
 def test_the_guided_prompt_appends_the_constitution():

@@ -14,8 +14,15 @@ import gpu
 @pytest.mark.parametrize("arch", list(gpu.ARCHS))
 def test_parameter_count_matches_the_architecture(arch):
     hidden, layers, heads, kv, inter = gpu.ARCHS[arch]
-    config = LlamaConfig(vocab_size=gpu.VOCAB, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-                         num_key_value_heads=kv, intermediate_size=inter, tie_word_embeddings=True)
+    config = LlamaConfig(
+        vocab_size=gpu.VOCAB,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv,
+        intermediate_size=inter,
+        tie_word_embeddings=True,
+    )
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
     assert gpu.n_params(hidden, layers, heads, kv, inter) == sum(p.numel() for p in model.parameters())

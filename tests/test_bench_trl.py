@@ -25,8 +25,14 @@ def trl_get_reward(model, query_responses, pad_token_id, context_length):
     position_ids = attention_mask.cumsum(1) - attention_mask.long()
     backbone = getattr(model, model.base_model_prefix)
     input_ids = torch.masked_fill(query_responses, ~attention_mask, 0)
-    output = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                      return_dict=True, output_hidden_states=True, use_cache=False)
+    output = backbone(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        return_dict=True,
+        output_hidden_states=True,
+        use_cache=False,
+    )
     logits = model.score(output.hidden_states[-1])  # (B, T, 1)
     is_pad = query_responses[:, context_length:] == pad_token_id
     first_pad = torch.where(is_pad.any(1), is_pad.int().argmax(1), is_pad.shape[1])

@@ -68,7 +68,11 @@ def test_partial_run_keeps_other_notebooks(tmp_path, monkeypatch):
     nb_dir.mkdir()
     for name in ("00_a", "01_b"):
         nb = nbformat.v4.new_notebook()
-        nb.cells = [nbformat.v4.new_code_cell(f"from rlhf_edu.store import record_metrics\nrecord_metrics('{name}', {{'x': 1}})")]
+        nb.cells = [
+            nbformat.v4.new_code_cell(
+                f"from rlhf_edu.store import record_metrics\nrecord_metrics('{name}', {{'x': 1}})"
+            )
+        ]
         nbformat.write(nb, nb_dir / f"{name}.ipynb")
     monkeypatch.setenv("RLHF_EDU_ARTIFACTS", str(tmp_path / "artifacts"))
     assert course.main(["--preset", "smoke", "--notebooks-dir", str(nb_dir)]) == 0
@@ -116,12 +120,10 @@ def test_plotting_cells_render_png_under_a_real_kernel():
     nb = nbformat.v4.new_notebook()
     nb.cells = [
         nbformat.v4.new_code_cell(
-            "from rlhf_edu.plots import Figure, LivePlot\n"
-            "fig = Figure()\nfig.subplots().plot([0, 1])\ndisplay(fig)"
+            "from rlhf_edu.plots import Figure, LivePlot\nfig = Figure()\nfig.subplots().plot([0, 1])\ndisplay(fig)"
         ),
         nbformat.v4.new_code_cell(
-            "plot = LivePlot({'loss': ['loss']})\n"
-            "plot.update(1, {'loss': 1.0})\nplot.update(2, {'loss': 0.5})"
+            "plot = LivePlot({'loss': ['loss']})\nplot.update(1, {'loss': 1.0})\nplot.update(2, {'loss': 0.5})"
         ),
         nbformat.v4.new_code_cell(
             "import ipywidgets as W\nout = W.Output()\nwith out:\n    display(fig)\ndisplay(out)"

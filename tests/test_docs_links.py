@@ -19,9 +19,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 MARKDOWN_FILES = sorted([ROOT / "README.md", *(ROOT / "docs").glob("*.md")])
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
-SOURCE_FILES = sorted(
-    p for folder in ("rlhf_edu", "tests", "scripts", "bench") for p in (ROOT / folder).rglob("*.py")
-)
+SOURCE_FILES = sorted(p for folder in ("rlhf_edu", "tests", "scripts", "bench") for p in (ROOT / folder).rglob("*.py"))
 # Built from pieces so that this file does not itself name what it forbids.
 FORBIDDEN = ("ppo" + "_details", "../" + "shared", "/work/" + "shared", "notebook" + "_tooling")
 
@@ -144,9 +142,7 @@ def test_named_markdown_files_exist(page):
     from the repository root or from the file's own folder."""
     if page == Path(__file__).resolve():
         return
-    text = (
-        "\n".join(all_cells(page)) if page.suffix == ".ipynb" else page.read_text(encoding="utf-8")
-    )
+    text = "\n".join(all_cells(page)) if page.suffix == ".ipynb" else page.read_text(encoding="utf-8")
     problems = []
     for match in MD_PATH.finditer(text):
         name, anchor = match.group(1), (match.group(2) or "")
@@ -189,9 +185,7 @@ def test_the_checker_catches_broken_links():
     assert "does not exist" in link_problem("missing.md", page)
     assert "no heading" in link_problem("glossary.md#no-such-section", page)
     assert "outside the repository" in link_problem("../../elsewhere.md", page)
-    assert links_in("see `[x](nowhere.md)` and\n```\n[y](nowhere.md)\n```\n[z](here.md)") == [
-        "here.md"
-    ]
+    assert links_in("see `[x](nowhere.md)` and\n```\n[y](nowhere.md)\n```\n[z](here.md)") == ["here.md"]
 
 
 def _script(name: str):
@@ -218,9 +212,17 @@ def test_results_tables_are_rendered_from_the_runs_json():
 def test_a_stale_results_table_is_caught(tmp_path, monkeypatch):
     """The check above can fail: a course summary with another figure renders another block."""
     render = _script("render_results")
-    summary = {"machine": "m", "dtype": "fp32", "preset": "cpu", "notebooks": {
-        "01_sft": {"seconds": 100.0, "metrics": {"n_eval": 128, "gold_base_mean": 0.39, "gold_sft_mean": 0.61,
-                                                 "gold_delta_z": 12.0}}}}
+    summary = {
+        "machine": "m",
+        "dtype": "fp32",
+        "preset": "cpu",
+        "notebooks": {
+            "01_sft": {
+                "seconds": 100.0,
+                "metrics": {"n_eval": 128, "gold_base_mean": 0.39, "gold_sft_mean": 0.61, "gold_delta_z": 12.0},
+            }
+        },
+    }
     path = tmp_path / "course_cpu.json"
     path.write_text(json.dumps(summary))
     monkeypatch.setattr(render, "COURSE", path)

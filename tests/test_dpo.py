@@ -149,12 +149,15 @@ def test_rewards_are_detached_and_large_gaps_stay_finite():
     assert torch.isfinite(pc.grad).all()
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"loss_type": "hinge"}, "loss_type"),
-    ({"loss_type": "ipo", "label_smoothing": 0.1}, "IPO"),
-    ({"label_smoothing": 0.5}, "label_smoothing"),
-    ({"beta": 0.0}, "beta"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"loss_type": "hinge"}, "loss_type"),
+        ({"loss_type": "ipo", "label_smoothing": 0.1}, "IPO"),
+        ({"label_smoothing": 0.5}, "label_smoothing"),
+        ({"beta": 0.0}, "beta"),
+    ],
+)
 def test_bad_loss_arguments_are_named(kwargs, message):
     x = torch.zeros(2)
     args = {"beta": 0.1, **kwargs}
@@ -162,14 +165,17 @@ def test_bad_loss_arguments_are_named(kwargs, message):
         dpo_loss(x, x, x, x, **args)
 
 
-@pytest.mark.parametrize("overrides, message", [
-    ({"loss_type": "hinge"}, "loss_type"),
-    ({"loss_type": "ipo", "label_smoothing": 0.1}, "label_smoothing"),
-    ({"beta": -1.0}, "beta"),
-    ({"batch_size": 0}, "batch_size"),
-    ({"max_steps": 0}, "max_steps"),
-    ({"lr": -1.0}, "lr"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"loss_type": "hinge"}, "loss_type"),
+        ({"loss_type": "ipo", "label_smoothing": 0.1}, "label_smoothing"),
+        ({"beta": -1.0}, "beta"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"max_steps": 0}, "max_steps"),
+        ({"lr": -1.0}, "lr"),
+    ],
+)
 def test_bad_config_is_named(overrides, message):
     with pytest.raises(ValueError, match=message):
         DPOConfig(**overrides)
@@ -310,8 +316,9 @@ def test_dpo_learns_a_simple_preference(loss_type):
     config = DPOConfig(loss_type=loss_type, lr=3e-3, batch_size=8, epochs=6, beta=0.1)
     ref = precompute_reference_logps(reference, tok, rows, config, setup=CPU)
     seen = []
-    history = train_dpo(policy, ref, tok, rows, config, progress=False, setup=CPU,
-                        callback=lambda step, record: seen.append(step))
+    history = train_dpo(
+        policy, ref, tok, rows, config, progress=False, setup=CPU, callback=lambda step, record: seen.append(step)
+    )
     assert seen == list(range(1, 19))
     assert history[0]["loss"] == pytest.approx(LOG2 if loss_type == "sigmoid" else 25.0, abs=1e-4)
     assert history[0]["rewards/accuracies"] == 0.5  # every margin is 0 at initialization: all ties

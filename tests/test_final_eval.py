@@ -134,8 +134,11 @@ def test_load_ppo_needs_a_finished_run_against_the_same_models(artifacts, models
     ppo = perturb(copy.deepcopy(policy), seed=5)
     ppo.save_pretrained(root / "policy")
     tok.save_pretrained(root / "policy")
-    state = {"config": store.jsonable(preset.ppo), "step": preset.ppo.steps,
-             "fingerprint": [store.param_sum(reference), store.param_sum(reward_model)]}
+    state = {
+        "config": store.jsonable(preset.ppo),
+        "step": preset.ppo.steps,
+        "fingerprint": [store.param_sum(reference), store.param_sum(reward_model)],
+    }
     (root / "trainer_state.json").write_text(json.dumps(state))
     loaded, _, _, message = fe.load_policy("ppo", preset, budget, reference=reference, reward_model=reward_model)
     assert loaded is not None, message
@@ -189,8 +192,9 @@ def test_eval_rows_are_evaluate_policys_plus_perplexity(artifacts, models):
 
     policy, reference, reward_model, tok = models
     other = perturb(copy.deepcopy(policy), seed=2)
-    rows, _ = fe.policy_eval_rows("x", other, tok, PROMPTS, SAMPLING, preset_name="smoke", seed=4,
-                                  reference=reference, reward_model=reward_model)
+    rows, _ = fe.policy_eval_rows(
+        "x", other, tok, PROMPTS, SAMPLING, preset_name="smoke", seed=4, reference=reference, reward_model=reward_model
+    )
     expected = evaluate_policy(other, tok, PROMPTS, SAMPLING, seed=4, reference=reference, reward_model=reward_model)
     for r, e in zip(rows, expected):
         assert r["response"] == e["response"] and r["gold"] == e["gold"] and r["tokens"] == e["tokens"]
@@ -242,9 +246,21 @@ def test_best_of_n_eval_rows_cache_depends_on_n(artifacts, models):
 
 def fake_rows(golds, responses, prompts=None):
     prompts = prompts or [f"p{i}" for i in range(len(golds))]
-    return [{"prompt": p, "response": t, "gold": g, "rm": 2 * g, "kl": 1.0, "tokens": 10, "eos": i % 2 == 0,
-             "ref_nll": 20.0, "ref_tokens": 10, **{c: g for c in COMPONENTS}}
-            for i, (p, g, t) in enumerate(zip(prompts, golds, responses))]
+    return [
+        {
+            "prompt": p,
+            "response": t,
+            "gold": g,
+            "rm": 2 * g,
+            "kl": 1.0,
+            "tokens": 10,
+            "eos": i % 2 == 0,
+            "ref_nll": 20.0,
+            "ref_tokens": 10,
+            **{c: g for c in COMPONENTS},
+        }
+        for i, (p, g, t) in enumerate(zip(prompts, golds, responses))
+    ]
 
 
 def test_scoreboard_row_by_hand():
@@ -283,8 +299,10 @@ def test_judge_prompt_shows_the_criteria_both_answers_and_cut_offs():
 
 def test_judge_margins_match_a_full_forward_without_padding(models):
     policy, _, _, tok = models
-    requests = [fe.judge_prompt(PROMPTS[0], "Rain is water.", "It rains.", True, True),
-                fe.judge_prompt(PROMPTS[1], "A volcano is a hot mountain that can blow up.", "Hot.", True, False)]
+    requests = [
+        fe.judge_prompt(PROMPTS[0], "Rain is water.", "It rains.", True, True),
+        fe.judge_prompt(PROMPTS[1], "A volcano is a hot mountain that can blow up.", "Hot.", True, False),
+    ]
     margins = fe.judge_margins(policy, tok, requests, batch_size=2)
     id_a, id_b = fe.choice_token_ids(tok)
     from rlhf_edu.generation import encode_prompts
@@ -298,9 +316,16 @@ def test_judge_margins_match_a_full_forward_without_padding(models):
 
 def test_ai_preferences_cancel_position_bias_and_flip_with_the_labels(models):
     policy, _, _, tok = models
-    rows = [{"prompt": PROMPTS[0], "chosen": "Rain is water from clouds.", "rejected": "rain rain rain",
-             "chosen_eos": True, "rejected_eos": False},
-            {"prompt": PROMPTS[2], "chosen": "Gravity pulls things down.", "rejected": "Things float."}]
+    rows = [
+        {
+            "prompt": PROMPTS[0],
+            "chosen": "Rain is water from clouds.",
+            "rejected": "rain rain rain",
+            "chosen_eos": True,
+            "rejected_eos": False,
+        },
+        {"prompt": PROMPTS[2], "chosen": "Gravity pulls things down.", "rejected": "Things float."},
+    ]
     prefs = fe.ai_preferences(policy, tok, rows, batch_size=4)
     torch.testing.assert_close(prefs["preference"], (prefs["first"] - prefs["second"]) / 2)
     torch.testing.assert_close(prefs["first"], prefs["preference"] + prefs["position_bias"])

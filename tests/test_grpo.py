@@ -95,10 +95,13 @@ def test_rloo_advantages_reference_values_and_naive_loop():
     torch.testing.assert_close(rloo_advantages(rewards), naive)
 
 
-@pytest.mark.parametrize(("fn", "expected"), [
-    (group_advantages, [[-1 / (2**0.5 + 1e-4), 1 / (2**0.5 + 1e-4)], [0.0, 0.0]]),  # std of [1, 3] is sqrt 2
-    (rloo_advantages, [[-2.0, 2.0], [0.0, 0.0]]),  # each one's baseline is the other's reward
-])
+@pytest.mark.parametrize(
+    ("fn", "expected"),
+    [
+        (group_advantages, [[-1 / (2**0.5 + 1e-4), 1 / (2**0.5 + 1e-4)], [0.0, 0.0]]),  # std of [1, 3] is sqrt 2
+        (rloo_advantages, [[-2.0, 2.0], [0.0, 0.0]]),  # each one's baseline is the other's reward
+    ],
+)
 def test_two_responses_per_group_are_enough(fn, expected):  # TRL RLOO's default group size
     close(fn(torch.tensor([[1.0, 3.0], [2.0, 2.0]], dtype=F64)), expected, atol=1e-12)
 
@@ -186,8 +189,11 @@ def test_aggregations_match_a_naive_loop_and_ignore_padding():
         row = [float(per_token.detach()[i, t]) for t in range(per_token.shape[1]) if mask[i, t]]
         seq_means.append(sum(row) / len(row))
         total, n_tokens = total + sum(row), n_tokens + len(row)
-    naive = {"sequence_mean": sum(seq_means) / len(seq_means), "token_mean": total / n_tokens,
-             "token_sum": total / (per_token.shape[0] * 12)}
+    naive = {
+        "sequence_mean": sum(seq_means) / len(seq_means),
+        "token_mean": total / n_tokens,
+        "token_sum": total / (per_token.shape[0] * 12),
+    }
     for aggregation, value in naive.items():
         assert aggregate_loss(garbage, mask, aggregation, 12).item() == pytest.approx(value, rel=1e-10)
     with pytest.raises(ValueError, match="max_tokens"):
@@ -236,8 +242,15 @@ def test_groups_whose_scores_tie_get_only_a_kl_coef_sized_kl_advantage(kl_penalt
     constant = lambda prompts, texts, eos: torch.ones(len(texts))
     advantages = {}
     for kl_coef in (0.01, 0.1):
-        trainer = GRPOTrainer(copy.deepcopy(policy), reference, constant, tok, PROMPTS,
-                              small_config(steps=1, epochs=1, kl_coef=kl_coef, kl_penalty=kl_penalty), setup=CPU)
+        trainer = GRPOTrainer(
+            copy.deepcopy(policy),
+            reference,
+            constant,
+            tok,
+            PROMPTS,
+            small_config(steps=1, epochs=1, kl_coef=kl_coef, kl_penalty=kl_penalty),
+            setup=CPU,
+        )
         metrics, rollout = trainer.step(keep_rollout=True)
         assert metrics["objective/frac_zero_std"] == 1.0
         assert metrics["objective/kl"] != 0.0
@@ -278,15 +291,18 @@ def test_kl_shaped_scores_sum_k1_over_response_tokens_only():
 # --------------------------------------------------------------------------- config and plumbing
 
 
-@pytest.mark.parametrize("overrides, message", [
-    ({"advantage": "ppo"}, "advantage must be"),
-    ({"loss_aggregation": "dapo"}, "loss_aggregation"),
-    ({"kl_penalty": "k3"}, "kl_penalty"),
-    ({"group_size": 1}, "group_size"),
-    ({"prompts_per_step": 3, "group_size": 2, "mini_batch_size": 4}, "multiple of mini_batch_size"),
-    ({"missing_eos_mode": "drop"}, "missing_eos_mode"),
-    ({"lr": -1.0}, "lr"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"advantage": "ppo"}, "advantage must be"),
+        ({"loss_aggregation": "dapo"}, "loss_aggregation"),
+        ({"kl_penalty": "k3"}, "kl_penalty"),
+        ({"group_size": 1}, "group_size"),
+        ({"prompts_per_step": 3, "group_size": 2, "mini_batch_size": 4}, "multiple of mini_batch_size"),
+        ({"missing_eos_mode": "drop"}, "missing_eos_mode"),
+        ({"lr": -1.0}, "lr"),
+    ],
+)
 def test_bad_config_is_named(overrides, message):
     with pytest.raises(ValueError, match=message):
         GRPOConfig(**overrides)
@@ -317,16 +333,26 @@ def count_reward(letter="a"):
 
 
 def small_config(**overrides) -> GRPOConfig:
-    base = {"steps": 4, "prompts_per_step": 4, "group_size": 4, "mini_batch_size": 8, "micro_batch_size": 4,
-            "epochs": 2, "lr": 3e-3, "sampling": SamplingConfig(12, 1.0, 16), "kl_coef": 0.01,
-            "missing_eos_penalty": None}
+    base = {
+        "steps": 4,
+        "prompts_per_step": 4,
+        "group_size": 4,
+        "mini_batch_size": 8,
+        "micro_batch_size": 4,
+        "epochs": 2,
+        "lr": 3e-3,
+        "sampling": SamplingConfig(12, 1.0, 16),
+        "kl_coef": 0.01,
+        "missing_eos_penalty": None,
+    }
     return GRPOConfig(**{**base, **overrides})
 
 
 def make_trainer(config: GRPOConfig, reward_fn=None, arch="llama"):
     reference, tok = tiny_model_and_tokenizer(arch, seed=0)
-    return GRPOTrainer(copy.deepcopy(reference), reference, reward_fn or count_reward(), tok, PROMPTS, config,
-                       setup=CPU)
+    return GRPOTrainer(
+        copy.deepcopy(reference), reference, reward_fn or count_reward(), tok, PROMPTS, config, setup=CPU
+    )
 
 
 def params(model):
@@ -360,8 +386,15 @@ def test_non_finite_log_probs_on_padding_stay_out_of_the_loop():
     trainer.forward = garbage_on_padding
     metrics, rollout = trainer.step(keep_rollout=True)
     assert (rollout.response_mask == 0).any(), "no padding: the check shows nothing"
-    for key in ("policy/ratio_max", "policy/approxkl", "policy/clipfrac", "health/first_ratio_dev", "loss",
-                "policy/entropy", "objective/kl"):
+    for key in (
+        "policy/ratio_max",
+        "policy/approxkl",
+        "policy/clipfrac",
+        "health/first_ratio_dev",
+        "loss",
+        "policy/entropy",
+        "objective/kl",
+    ):
         assert torch.isfinite(torch.tensor(metrics[key])), key
     assert metrics["health/first_ratio_dev"] < 1e-5
 
@@ -424,9 +457,18 @@ def test_gradient_accumulation_matches_one_minibatch(aggregation):
     the 8 (a plain SGD step, so the comparison sees the gradient itself)."""
     results = []
     for micro in (8, 2):
-        trainer = make_trainer(small_config(steps=1, epochs=1, prompts_per_step=2, micro_batch_size=micro,
-                                            loss_aggregation=aggregation, max_grad_norm=1e9, kl_penalty="k2_loss"),
-                               reward_fn=lambda prompts, texts, eos: torch.tensor([float(len(t)) for t in texts]))
+        trainer = make_trainer(
+            small_config(
+                steps=1,
+                epochs=1,
+                prompts_per_step=2,
+                micro_batch_size=micro,
+                loss_aggregation=aggregation,
+                max_grad_norm=1e9,
+                kl_penalty="k2_loss",
+            ),
+            reward_fn=lambda prompts, texts, eos: torch.tensor([float(len(t)) for t in texts]),
+        )
         trainer.optimizer = torch.optim.SGD(trainer.params, lr=0.5)
         _, rollout = trainer.step(keep_rollout=True)
         results.append(params(trainer.policy))
@@ -464,9 +506,17 @@ def test_a_large_kl_coefficient_keeps_the_policy_at_the_reference():
 def test_train_grpo_and_the_missing_eos_penalty():
     reference, tok = tiny_model_and_tokenizer()
     seen = []
-    trainer = train_grpo(copy.deepcopy(reference), reference, count_reward(), tok, PROMPTS,
-                         small_config(steps=2, missing_eos_penalty=5.0, sampling=SamplingConfig(4, 1.0, 16)),
-                         setup=CPU, progress=False, callback=lambda step, m: seen.append(step))
+    trainer = train_grpo(
+        copy.deepcopy(reference),
+        reference,
+        count_reward(),
+        tok,
+        PROMPTS,
+        small_config(steps=2, missing_eos_penalty=5.0, sampling=SamplingConfig(4, 1.0, 16)),
+        setup=CPU,
+        progress=False,
+        callback=lambda step, m: seen.append(step),
+    )
     assert seen == [1, 2] and [h["step"] for h in trainer.history] == [1, 2]
     _, rollout = trainer.step(keep_rollout=True)
     assert (~rollout.samples.has_eos).any(), "4 new tokens should leave some responses unfinished"
@@ -491,8 +541,15 @@ def test_a_reward_model_scores_the_sampled_tokens_as_in_ppo():
 
     reference, tok = tiny_model_and_tokenizer(seed=0)
     rm = RewardModel.from_causal_lm(tiny_model_and_tokenizer(seed=2)[0])
-    trainer = GRPOTrainer(copy.deepcopy(reference), reference, reward_model_scorer(rm, tok, batch_size=3), tok,
-                          PROMPTS, small_config(steps=1, epochs=1), setup=CPU)
+    trainer = GRPOTrainer(
+        copy.deepcopy(reference),
+        reference,
+        reward_model_scorer(rm, tok, batch_size=3),
+        tok,
+        PROMPTS,
+        small_config(steps=1, epochs=1),
+        setup=CPU,
+    )
     _, rollout = trainer.step(keep_rollout=True)
     with torch.no_grad():
         on_ids = rm(rollout.input_ids, rollout.attention_mask)  # (B,) the sampled tokens, as PPO scores them

@@ -224,12 +224,8 @@ def test_bad_rows_name_source_row_and_field(fmt, good, bad, field, message):
 
 def test_message_reads_as_documented():
     with pytest.raises(DataError) as err:
-        from_hh_rlhf(
-            [HH_GOOD] * 3 + [{**HH_GOOD, "chosen": "\n\nHuman: Hi"}], source="hh-rlhf fixture"
-        )
-    assert (
-        str(err.value) == "hh-rlhf fixture, row 3 (0-based), field 'chosen': no 'Assistant:' turn"
-    )
+        from_hh_rlhf([HH_GOOD] * 3 + [{**HH_GOOD, "chosen": "\n\nHuman: Hi"}], source="hh-rlhf fixture")
+    assert str(err.value) == "hh-rlhf fixture, row 3 (0-based), field 'chosen': no 'Assistant:' turn"
 
 
 def test_a_row_that_is_not_a_dict():

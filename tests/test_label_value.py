@@ -69,18 +69,29 @@ def test_pair_features_are_the_difference_of_last_token_states():
     torch.set_num_threads(1)
     lm, tok = tiny_model_and_tokenizer(seed=0)
     rm = RewardModel.from_causal_lm(lm).eval()
-    rows = [{"prompt": "Explain rain to a 10-year-old.", "chosen": "Rain is water.", "rejected": "No.", "rejected_eos": False},
-            {"prompt": "Explain a volcano to a 10-year-old.", "chosen": "Hot rock.", "rejected": "A hill that is hot."}]
+    rows = [
+        {
+            "prompt": "Explain rain to a 10-year-old.",
+            "chosen": "Rain is water.",
+            "rejected": "No.",
+            "rejected_eos": False,
+        },
+        {"prompt": "Explain a volcano to a 10-year-old.", "chosen": "Hot rock.", "rejected": "A hill that is hot."},
+    ]
     diffs = pair_features(rm, tok, rows, batch_size=1)
     assert diffs.shape == (2, lm.config.hidden_size)
     for i, r in enumerate(rows):
         c = build_sft_batch(tok, [r["prompt"]], [r["chosen"]], 1024, eos=[r.get("chosen_eos", True)])
         j = build_sft_batch(tok, [r["prompt"]], [r["rejected"]], 1024, eos=[r.get("rejected_eos", True)])
         with torch.no_grad():
-            expected = rm.features(c["input_ids"], c["attention_mask"]) - rm.features(j["input_ids"], j["attention_mask"])
+            expected = rm.features(c["input_ids"], c["attention_mask"]) - rm.features(
+                j["input_ids"], j["attention_mask"]
+            )
         torch.testing.assert_close(diffs[i], expected[0])
     # the head reads exactly these features
     with torch.no_grad():
         c = build_sft_batch(tok, [rows[0]["prompt"]], [rows[0]["chosen"]], 1024)
-        torch.testing.assert_close(rm.raw_scores(c["input_ids"], c["attention_mask"]),
-                                   rm.head(rm.features(c["input_ids"], c["attention_mask"])).squeeze(-1))
+        torch.testing.assert_close(
+            rm.raw_scores(c["input_ids"], c["attention_mask"]),
+            rm.head(rm.features(c["input_ids"], c["attention_mask"])).squeeze(-1),
+        )

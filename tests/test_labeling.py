@@ -27,6 +27,7 @@ def pairs(n=6):
 
 # ---------------------------------------------------------------- annotator
 
+
 def test_bradley_terry_probability_reference_values():
     assert preference_probability(0.5, 0.5, 0.05) == 0.5
     assert preference_probability(0.6, 0.5, 0.05) == pytest.approx(1 / (1 + math.exp(-2)))  # 0.880797
@@ -48,7 +49,10 @@ def test_annotator_is_seeded_and_mostly_right():
 
 
 def test_position_bias_favours_a():
-    biased = [SimulatedAnnotator(AnnotatorConfig(temperature=10.0, position_bias=2.0, seed=s)).label(P, BAD, GOOD) for s in range(300)]
+    biased = [
+        SimulatedAnnotator(AnnotatorConfig(temperature=10.0, position_bias=2.0, seed=s)).label(P, BAD, GOOD)
+        for s in range(300)
+    ]
     assert biased.count("A") / 300 > 0.75
 
 
@@ -67,6 +71,7 @@ def test_wilson_interval_reference_values():
 
 # ---------------------------------------------------------------- store
 
+
 def test_screen_to_index():
     assert screen_to_index("A", swapped=False) == 0 and screen_to_index("B", swapped=False) == 1
     assert screen_to_index("A", swapped=True) == 1 and screen_to_index("B", swapped=True) == 0
@@ -74,7 +79,13 @@ def test_screen_to_index():
 
 
 def test_replay_applies_undo():
-    ev = [{"event": "label", "item": 0}, {"event": "skip", "item": 1}, {"event": "undo", "item": 1}, {"event": "undo", "item": 0}, {"event": "undo"}]
+    ev = [
+        {"event": "label", "item": 0},
+        {"event": "skip", "item": 1},
+        {"event": "undo", "item": 1},
+        {"event": "undo", "item": 0},
+        {"event": "undo"},
+    ]
     assert replay(ev) == []
     assert replay(ev[:3]) == [ev[0]]
 
@@ -89,6 +100,7 @@ def test_corrupted_trailing_line_is_skipped_with_a_warning(tmp_path):
 
 
 # ---------------------------------------------------------------- widget
+
 
 def test_every_button_records_the_right_event(tmp_path):
     path = tmp_path / "labels.jsonl"
@@ -115,7 +127,12 @@ def test_hotkeys_label_and_clear(tmp_path):
     for key in ["a", "b", "t", "s", "x"]:
         lab.hotkeys.value = key
         assert lab.hotkeys.value == ""
-    assert [(d["event"], d["choice"]) for d in lab.decisions] == [("label", "A"), ("label", "B"), ("label", "tie"), ("skip", None)]
+    assert [(d["event"], d["choice"]) for d in lab.decisions] == [
+        ("label", "A"),
+        ("label", "B"),
+        ("label", "tie"),
+        ("skip", None),
+    ]
 
 
 def test_double_click_records_one_label(tmp_path):
@@ -212,7 +229,10 @@ def test_export_handles_ties_and_skips_explicitly(tmp_path):
 
 
 def test_feedback_flags_a_position_biased_labeler(tmp_path):
-    queue = [{"pair_id": f"p{i}", "prompt": P, "responses": [GOOD, GOOD.replace("Rain", "Rain water") + str(i)]} for i in range(60)]
+    queue = [
+        {"pair_id": f"p{i}", "prompt": P, "responses": [GOOD, GOOD.replace("Rain", "Rain water") + str(i)]}
+        for i in range(60)
+    ]
     lab = PreferenceLabeler(queue, tmp_path / "l.jsonl", min_interval=0)
     for _ in queue:
         lab.label("A")  # always the left pane
@@ -223,8 +243,11 @@ def test_feedback_flags_a_position_biased_labeler(tmp_path):
 def test_noise_ceiling_counts_rubric_agreement_without_ties():
     from rlhf_edu.annotator import noise_ceiling
 
-    rows = [{"prompt": P, "chosen": GOOD, "rejected": BAD}, {"prompt": P, "chosen": BAD, "rejected": GOOD},
-            {"prompt": P, "chosen": GOOD, "rejected": GOOD}]
+    rows = [
+        {"prompt": P, "chosen": GOOD, "rejected": BAD},
+        {"prompt": P, "chosen": BAD, "rejected": GOOD},
+        {"prompt": P, "chosen": GOOD, "rejected": GOOD},
+    ]
     assert noise_ceiling(rows, SimulatedAnnotator()) == (0.5, 2)
 
 
@@ -236,7 +259,10 @@ from rlhf_edu.widgets import CUT_OFF
 
 def other_pairs(n):
     """The same ids as pairs(n), other texts: what another preset or SFT model samples."""
-    return [{"pair_id": f"p{i}", "prompt": f"Explain wind, take {i}.", "responses": [GOOD, BAD + "?" + str(i)]} for i in range(n)]
+    return [
+        {"pair_id": f"p{i}", "prompt": f"Explain wind, take {i}.", "responses": [GOOD, BAD + "?" + str(i)]}
+        for i in range(n)
+    ]
 
 
 def test_labels_for_another_queue_are_kept_and_left_out(tmp_path):
@@ -288,8 +314,18 @@ def test_label_files_without_digests_resume_only_on_their_own_queue(tmp_path):
     path = tmp_path / "you.jsonl"
     store = LabelStore(path)
     for i, pair_id in enumerate(["p0", "p1", "p1#again"]):
-        store.append({"event": "label", "item": i, "pair_id": pair_id, "choice": "A", "swapped": False,
-                      "chosen_index": 0, "rationale": "", "annotator": "you"})
+        store.append(
+            {
+                "event": "label",
+                "item": i,
+                "pair_id": pair_id,
+                "choice": "A",
+                "swapped": False,
+                "chosen_index": 0,
+                "rationale": "",
+                "annotator": "you",
+            }
+        )
     assert PreferenceLabeler(pairs(2), path, min_interval=0).decisions == []  # p1#again is not at item 2
     own = [*pairs(2), {**pairs(2)[1], "pair_id": "p1#again", "repeat_of": "p1"}]
     assert PreferenceLabeler(own, path, min_interval=0).done
@@ -333,7 +369,9 @@ def test_a_repeat_never_follows_its_original():
 
 
 def test_cut_off_side_shows_a_marker(tmp_path):
-    queue = [{"pair_id": f"p{i}", "prompt": P, "responses": [GOOD, BAD + str(i)], "eos": [True, False]} for i in range(6)]
+    queue = [
+        {"pair_id": f"p{i}", "prompt": P, "responses": [GOOD, BAD + str(i)], "eos": [True, False]} for i in range(6)
+    ]
     lab = PreferenceLabeler(queue, tmp_path / "l.jsonl", min_interval=0)
     seen_swapped = set()
     while not lab.done:
@@ -381,6 +419,7 @@ def test_pair_digest_depends_on_the_texts():
 
 # ---------------------------------------------------------------- notebook 02's output
 
+
 def test_quiet_progress_bars_hides_loading_and_saving_only(tmp_path, capfd):
     """No "Loading weights" / "Writing model shards" / "Generating train split" bars; others stay."""
     import datasets
@@ -419,7 +458,10 @@ def test_config_table_prints_one_field_per_line():
 
     text = config_table(AnnotatorConfig(temperature=0.05))
     assert text.splitlines()[0] == "AnnotatorConfig" and "  temperature    0.05" in text.splitlines()
-    assert config_table({"seed": 0, "tie_threshold": 0.005}, "annotator") == "annotator\n  seed           0\n  tie_threshold  0.005"
+    assert (
+        config_table({"seed": 0, "tie_threshold": 0.005}, "annotator")
+        == "annotator\n  seed           0\n  tie_threshold  0.005"
+    )
     nested = config_table(get_preset("smoke"))
     assert "\n  eval_sampling\n    max_new_tokens" in nested and "(" not in nested.splitlines()[1]
 

@@ -43,7 +43,9 @@ def test_response_mask_when_pad_equals_eos():
 def test_selective_log_softmax_matches_naive():
     torch.manual_seed(0)
     logits, index = torch.randn(3, 4, 7), torch.randint(0, 7, (3, 4))
-    naive = torch.stack([torch.stack([F.log_softmax(logits[b, t], -1)[index[b, t]] for t in range(4)]) for b in range(3)])
+    naive = torch.stack(
+        [torch.stack([F.log_softmax(logits[b, t], -1)[index[b, t]] for t in range(4)]) for b in range(3)]
+    )
     torch.testing.assert_close(selective_log_softmax(logits, index), naive)
 
 
@@ -57,8 +59,13 @@ def test_masked_mean_var_whiten_match_naive():
     torch.testing.assert_close(white[mask.bool()], (values - values.mean()) / (values.var() + 1e-8).sqrt())
     assert (white[~mask.bool()] == 0).all()
     # Reference value: [1, 2, 3] whitens to [-1, 0, 1] (unbiased std is 1).
-    torch.testing.assert_close(masked_whiten(torch.tensor([1.0, 2.0, 3.0]), torch.ones(3)), torch.tensor([-1.0, 0.0, 1.0]))
-    torch.testing.assert_close(masked_mean(torch.tensor([[1.0, 2.0], [3.0, 9.0]]), torch.tensor([[1, 1], [1, 0]]), dim=1), torch.tensor([1.5, 3.0]))
+    torch.testing.assert_close(
+        masked_whiten(torch.tensor([1.0, 2.0, 3.0]), torch.ones(3)), torch.tensor([-1.0, 0.0, 1.0])
+    )
+    torch.testing.assert_close(
+        masked_mean(torch.tensor([[1.0, 2.0], [3.0, 9.0]]), torch.tensor([[1, 1], [1, 0]]), dim=1),
+        torch.tensor([1.5, 3.0]),
+    )
 
 
 def test_masked_sum_reference_value_through_padding():

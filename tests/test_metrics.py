@@ -21,7 +21,9 @@ def test_paired_difference_reference_value():
     assert d["z"] == pytest.approx(3.464102, abs=1e-6)
 
 
-@pytest.mark.parametrize(("after", "z"), [([3.0, 4.0, 5.0], math.inf), ([2.0, 3.0, 4.0], 0.0), ([1.0, 2.0, 3.0], -math.inf)])
+@pytest.mark.parametrize(
+    ("after", "z"), [([3.0, 4.0, 5.0], math.inf), ([2.0, 3.0, 4.0], 0.0), ([1.0, 2.0, 3.0], -math.inf)]
+)
 def test_paired_difference_with_zero_spread(after, z):
     """Every paired difference equal (+1, 0 or -1 here): se is 0, and z is +inf, 0 or -inf by the
     sign of the mean difference (no division by zero, no NaN)."""

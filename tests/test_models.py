@@ -98,11 +98,25 @@ def test_disable_dropout_also_zeroes_attention_dropout(arch):
 
     from rlhf_edu.models import disable_dropout
 
-    sizes = {"vocab_size": 99, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-             "num_attention_heads": 4}
+    sizes = {
+        "vocab_size": 99,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+    }
     if arch == "gpt2":
-        sizes = {"vocab_size": 99, "n_embd": 32, "n_layer": 2, "n_head": 2, "bos_token_id": 1, "eos_token_id": 2,
-                 "resid_pdrop": 0.1, "embd_pdrop": 0.1, "attn_pdrop": 0.1}
+        sizes = {
+            "vocab_size": 99,
+            "n_embd": 32,
+            "n_layer": 2,
+            "n_head": 2,
+            "bos_token_id": 1,
+            "eos_token_id": 2,
+            "resid_pdrop": 0.1,
+            "embd_pdrop": 0.1,
+            "attn_pdrop": 0.1,
+        }
     else:
         sizes["attention_dropout"] = 0.1
         sizes["hidden_dropout"] = 0.1  # GPT-NeoX's other dropout (an nn.Dropout)
@@ -115,6 +129,10 @@ def test_disable_dropout_also_zeroes_attention_dropout(arch):
     ids = torch.randint(0, 99, (2, 7), generator=torch.Generator().manual_seed(0))  # (B, T)
     first, second = model(ids).logits, model(ids).logits  # (B, T, V) each
     assert torch.equal(first, second)
-    left = [(name, key) for name, module in model.named_modules() for key, value in vars(module).items()
-            if ("dropout" in key or "pdrop" in key) and isinstance(value, float) and value != 0.0]
+    left = [
+        (name, key)
+        for name, module in model.named_modules()
+        for key, value in vars(module).items()
+        if ("dropout" in key or "pdrop" in key) and isinstance(value, float) and value != 0.0
+    ]
     assert left == []

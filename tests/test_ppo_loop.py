@@ -38,8 +38,18 @@ def make_trainer(config: PPOConfig, seed: int = 0, reward=None, arch: str = "lla
 
 
 def small_config(**overrides) -> PPOConfig:
-    base = {"steps": 4, "batch_size": 8, "mini_batch_size": 4, "micro_batch_size": 4, "ppo_epochs": 2, "lr": 3e-3,
-                "sampling": SamplingConfig(12, 1.0, 8), "kl_coef": 0.01, "missing_eos_penalty": None, "eval_every": 1000}
+    base = {
+        "steps": 4,
+        "batch_size": 8,
+        "mini_batch_size": 4,
+        "micro_batch_size": 4,
+        "ppo_epochs": 2,
+        "lr": 3e-3,
+        "sampling": SamplingConfig(12, 1.0, 8),
+        "kl_coef": 0.01,
+        "missing_eos_penalty": None,
+        "eval_every": 1000,
+    }
     return PPOConfig(**{**base, **overrides})
 
 
@@ -126,8 +136,17 @@ def test_non_finite_numbers_on_padding_stay_out_of_the_loop():
     trainer.forward = garbage_on_padding
     metrics, rollout = trainer.step(keep_rollout=True)
     assert (rollout.response_mask == 0).any(), "no padding: the check shows nothing"
-    for key in ("policy/ratio_max", "policy/ratio_mean", "health/first_ratio_dev", "health/first_ratio_dev_mean",
-                "policy/loss", "val/loss", "policy/entropy", "objective/kl", "val/explained_variance"):
+    for key in (
+        "policy/ratio_max",
+        "policy/ratio_mean",
+        "health/first_ratio_dev",
+        "health/first_ratio_dev_mean",
+        "policy/loss",
+        "val/loss",
+        "policy/entropy",
+        "objective/kl",
+        "val/explained_variance",
+    ):
         assert math.isfinite(metrics[key]), key
     assert metrics["health/first_ratio_dev"] < 1e-5
 
@@ -151,8 +170,9 @@ def test_entropy_and_reward_whitening_are_the_documented_choices():
     metrics, rollout = trainer.step(keep_rollout=True)
     mask = rollout.response_mask.bool()  # (B, R)
     assert metrics["policy/entropy"] == pytest.approx(float(-rollout.old_logps[mask].mean()), rel=1e-6)
-    rewards, _ = per_token_rewards(rollout.scores, rollout.old_logps, rollout.ref_logps, rollout.response_mask,
-                                   trainer.config.kl_coef)  # (B, R) before whitening
+    rewards, _ = per_token_rewards(
+        rollout.scores, rollout.old_logps, rollout.ref_logps, rollout.response_mask, trainer.config.kl_coef
+    )  # (B, R) before whitening
     valid = rewards[mask]  # (N,) the batch's response tokens
     whitened = (valid - valid.mean()) / torch.sqrt(valid.var(unbiased=True) + 1e-8) + valid.mean()  # (N,)
     torch.testing.assert_close(rollout.rewards[mask], whitened, atol=1e-5, rtol=1e-5)
@@ -195,8 +215,16 @@ def test_train_ppo_runs_the_configured_steps():
     from rlhf_edu.ppo_loop import train_ppo
 
     reference, tok = tiny_model_and_tokenizer()
-    trainer = train_ppo(copy.deepcopy(reference), reference, CountReward(5), tok, PROMPTS, small_config(steps=2),
-                        setup=CPU, progress=False)
+    trainer = train_ppo(
+        copy.deepcopy(reference),
+        reference,
+        CountReward(5),
+        tok,
+        PROMPTS,
+        small_config(steps=2),
+        setup=CPU,
+        progress=False,
+    )
     assert [h["step"] for h in trainer.history] == [1, 2]
 
 
@@ -241,7 +269,15 @@ def test_separate_critic_from_the_reward_model():
     policy, tok = tiny_model_and_tokenizer()
     backbone_lm, _ = tiny_model_and_tokenizer(seed=3)
     rm = RewardModel.from_causal_lm(backbone_lm)
-    trainer = PPOTrainer(policy, copy.deepcopy(policy), rm, tok, PROMPTS, small_config(critic="reward_model", trainable_layers=1), setup=CPU)
+    trainer = PPOTrainer(
+        policy,
+        copy.deepcopy(policy),
+        rm,
+        tok,
+        PROMPTS,
+        small_config(critic="reward_model", trainable_layers=1),
+        setup=CPU,
+    )
     rm_before = params(rm)
     m = trainer.step()
     assert m["health/first_ratio_dev"] < 1e-5 and m["val/loss"] > 0
@@ -250,12 +286,15 @@ def test_separate_critic_from_the_reward_model():
     assert frozen and not any(p.requires_grad for p in frozen)
 
 
-@pytest.mark.parametrize("overrides, message", [
-    ({"batch_size": 10, "mini_batch_size": 4}, "multiple of mini_batch_size"),
-    ({"critic": "twin"}, "critic must be"),
-    ({"missing_eos_mode": "drop"}, "missing_eos_mode"),
-    ({"lr": -1.0}, "lr"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"batch_size": 10, "mini_batch_size": 4}, "multiple of mini_batch_size"),
+        ({"critic": "twin"}, "critic must be"),
+        ({"missing_eos_mode": "drop"}, "missing_eos_mode"),
+        ({"lr": -1.0}, "lr"),
+    ],
+)
 def test_bad_config_is_named(overrides, message):
     with pytest.raises(ValueError, match=message):
         small_config(**overrides)

@@ -218,9 +218,7 @@ def test_gae_hand_example(lam, advantages, returns):
 def test_gae_with_per_token_kl():
     kl = torch.tensor([[0.2, -0.1, 0.3]], dtype=F64)  # (1, 3), as logp - ref with ref = 0
     mask = torch.ones(1, 3)
-    rewards, _ = per_token_rewards(
-        torch.tensor([2.0], dtype=F64), kl, torch.zeros_like(kl), mask, 0.1
-    )
+    rewards, _ = per_token_rewards(torch.tensor([2.0], dtype=F64), kl, torch.zeros_like(kl), mask, 0.1)
     close(rewards, [[-0.02, 0.01, 1.97]], atol=1e-12)
     values = torch.tensor([[0.5, 0.6, 0.7]], dtype=F64)  # (1, 3)
     adv, ret = compute_gae(rewards, values, mask, gamma=1.0, lam=0.95)
@@ -237,9 +235,7 @@ def test_gae_loop_equals_naive_and_closed_form(gamma, lam):  # random 20 x 40 fl
     close(ret, ret_naive, atol=1e-10)
     # Closed form A_t = sum_k (gamma lam)^k delta_{t+k} (GAE eq. 16), as an upper-triangular matmul.
     m = mask.to(F64)  # (B, R)
-    next_values = torch.cat(
-        [values[:, 1:] * m[:, 1:], torch.zeros(len(m), 1, dtype=F64)], 1
-    )  # (B, R)
+    next_values = torch.cat([values[:, 1:] * m[:, 1:], torch.zeros(len(m), 1, dtype=F64)], 1)  # (B, R)
     deltas = (rewards + gamma * next_values - values) * m  # (B, R)
     steps = torch.arange(m.shape[1])  # (R,)
     gaps = (steps.unsqueeze(0) - steps.unsqueeze(1)).to(F64)  # (R, R): k = j - t
@@ -277,9 +273,7 @@ def test_first_step_is_a_no_op():  # ratio 1
 def test_approxkl_is_half_mean_squared_log_ratio():  # the OAI/TRL form
     logps = torch.tensor([[0.2, -0.4, 9.0]], dtype=F64)  # (1, 3); the last token is padding
     mask = torch.tensor([[1, 1, 0]])  # (1, 3)
-    _, stats = clipped_policy_loss(
-        logps, torch.zeros_like(logps), torch.ones_like(logps), mask, 0.2
-    )
+    _, stats = clipped_policy_loss(logps, torch.zeros_like(logps), torch.ones_like(logps), mask, 0.2)
     assert stats["policy/approxkl"] == pytest.approx(0.5 * (0.04 + 0.16) / 2, abs=1e-12)
     assert stats["policy/clipfrac"] == pytest.approx(0.5, abs=1e-12)  # ratio e^0.2 > 1.2 is clipped
 
@@ -294,9 +288,7 @@ def test_approxkl_is_half_mean_squared_log_ratio():  # the OAI/TRL form
     ],
 )
 def test_clipped_surrogate_scalar_cases(advantage, ratio, loss, grad_flows):
-    logps = torch.tensor(
-        [[torch.log(torch.tensor(ratio, dtype=F64))]], requires_grad=True
-    )  # (1, 1)
+    logps = torch.tensor([[torch.log(torch.tensor(ratio, dtype=F64))]], requires_grad=True)  # (1, 1)
     old_logps = torch.zeros(1, 1, dtype=F64)  # (1, 1)
     out, stats = clipped_policy_loss(
         logps, old_logps, torch.tensor([[advantage]], dtype=F64), torch.ones(1, 1), clip_range=0.2

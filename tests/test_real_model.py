@@ -21,8 +21,13 @@ def test_loads_with_distinct_pad_and_chat_template(real):
 def test_generates_and_stops_at_eos(real):
     model, tok = real
     prompts = ["Say hello in three words."] * 4
-    s = sample(model, tok, prompts, SamplingConfig(max_new_tokens=32, temperature=0.7, batch_size=4),
-               generator=torch.Generator().manual_seed(0))
+    s = sample(
+        model,
+        tok,
+        prompts,
+        SamplingConfig(max_new_tokens=32, temperature=0.7, batch_size=4),
+        generator=torch.Generator().manual_seed(0),
+    )
     assert s.has_eos.any(), s.texts
     for b in torch.nonzero(s.has_eos).flatten().tolist():
         n = int(s.response_mask[b].sum())

@@ -44,8 +44,7 @@ CPU = device_setup("cpu")  # this CPU's dtype rule, or RLHF_EDU_DTYPE
 FP16_LIKE = DeviceSetup("cpu", None, True, "fp32 compute with a grad scaler, as fp16 autocast on a T4")
 ROOT = Path(__file__).resolve().parents[1]
 SFT_ROWS = [
-    {"prompt": f"Explain thing {i} to a 10-year-old.", "response": f"Thing {i} is nice. It is fun."}
-    for i in range(12)
+    {"prompt": f"Explain thing {i} to a 10-year-old.", "response": f"Thing {i} is nice. It is fun."} for i in range(12)
 ]
 SFT_CONFIG = {"max_steps": 6, "batch_size": 4, "n_heldout": 2, "eval_every": 2, "lr": 1e-3, "warmup_steps": 1}
 
@@ -112,11 +111,28 @@ def rm_run(seed: int = 0, reward_model=None, **kwargs):
 def ppo_trainer(seed: int = 0, steps: int = 3, policy_seed: int = 0) -> PPOTrainer:
     reference, tok = tiny_model_and_tokenizer("llama", seed=0)
     policy, _ = tiny_model_and_tokenizer("llama", seed=policy_seed)
-    config = PPOConfig(steps=steps, batch_size=8, mini_batch_size=4, micro_batch_size=4, ppo_epochs=2, lr=3e-3,
-                       sampling=SamplingConfig(12, 1.0, 8), kl_coef=0.01, missing_eos_penalty=None,
-                       eval_every=1000, seed=seed)
-    return PPOTrainer(policy, reference, CountReward(tok.convert_tokens_to_ids("a")), tok,
-                      [f"question {i}" for i in range(24)], config, setup=CPU)
+    config = PPOConfig(
+        steps=steps,
+        batch_size=8,
+        mini_batch_size=4,
+        micro_batch_size=4,
+        ppo_epochs=2,
+        lr=3e-3,
+        sampling=SamplingConfig(12, 1.0, 8),
+        kl_coef=0.01,
+        missing_eos_penalty=None,
+        eval_every=1000,
+        seed=seed,
+    )
+    return PPOTrainer(
+        policy,
+        reference,
+        CountReward(tok.convert_tokens_to_ids("a")),
+        tok,
+        [f"question {i}" for i in range(24)],
+        config,
+        setup=CPU,
+    )
 
 
 def without_timings(history: list[dict]) -> list[dict]:
@@ -255,6 +271,7 @@ def test_sigkill_mid_sft_run_then_resume_gives_a_valid_model(tmp_path, monkeypat
     script = KILLED_SFT.format(rows=SFT_ROWS, config=SFT_CONFIG, ckpt=str(ckpt))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([sys.executable, "-c", script], env=env)
+
     def two_checkpoints() -> bool:
         try:
             return json.loads((ckpt / "trainer_state.json").read_text())["step"] >= 2
@@ -284,8 +301,15 @@ def test_resume_refuses_another_config_other_data_or_a_foreign_folder(tmp_path):
     sft_run(checkpoint_dir=ckpt)
     model, tok = tiny_model_and_tokenizer("llama", seed=0)
     with pytest.raises(ValueError, match=r"another config \(lr differ: \[0.001\] there, \[0.002\] now\)"):
-        train_sft(model, tok, SFT_ROWS, SFTConfig(**{**SFT_CONFIG, "lr": 2e-3}), setup=CPU, progress=False,
-                  checkpoint_dir=ckpt)
+        train_sft(
+            model,
+            tok,
+            SFT_ROWS,
+            SFTConfig(**{**SFT_CONFIG, "lr": 2e-3}),
+            setup=CPU,
+            progress=False,
+            checkpoint_dir=ckpt,
+        )
     with pytest.raises(ValueError, match="trained on other rows"):
         train_sft(model, tok, SFT_ROWS[:-1], SFTConfig(**SFT_CONFIG), setup=CPU, progress=False, checkpoint_dir=ckpt)
     with pytest.raises(ValueError, match="is not a reward model checkpoint"):
@@ -348,7 +372,9 @@ def test_non_finite_gradient_norm_stops_sft_and_the_reward_model():
         sft_run(model=model)
     rm, _ = new_reward_model()
     inf_gradient_once(rm)
-    with pytest.raises(FloatingPointError, match=r"reward-model step 0: the gradient norm \(train/grad_norm\) has 1 non-finite"):
+    with pytest.raises(
+        FloatingPointError, match=r"reward-model step 0: the gradient norm \(train/grad_norm\) has 1 non-finite"
+    ):
         rm_run(reward_model=rm)
 
 
@@ -364,19 +390,36 @@ def test_with_a_grad_scaler_an_overflow_skips_the_step_instead_of_stopping(stage
     before = params(model)
     inf_gradient_once(model)
     if stage == "sft":
-        history = train_sft(model, tok, SFT_ROWS, SFTConfig(**{**SFT_CONFIG, "max_steps": 2}), setup=FP16_LIKE,
-                            progress=False)
+        history = train_sft(
+            model, tok, SFT_ROWS, SFTConfig(**{**SFT_CONFIG, "max_steps": 2}), setup=FP16_LIKE, progress=False
+        )
         norms = [h["train/grad_norm"] for h in history]
     elif stage == "dpo":
         ref = {"chosen": torch.zeros(4), "rejected": torch.zeros(4)}
-        history = train_dpo(model, ref, tok, pairs(4), DPOConfig(batch_size=2, max_steps=2, lr=1e-3), progress=False,
-                            setup=FP16_LIKE)
+        history = train_dpo(
+            model, ref, tok, pairs(4), DPOConfig(batch_size=2, max_steps=2, lr=1e-3), progress=False, setup=FP16_LIKE
+        )
         norms = [h["train/grad_norm"] for h in history]
     else:
-        config = GRPOConfig(steps=1, prompts_per_step=2, group_size=2, mini_batch_size=2, micro_batch_size=2,
-                            epochs=1, lr=1e-3, sampling=SamplingConfig(4, 1.0, 4))
-        trainer = GRPOTrainer(model, reference, lambda p, t, e: torch.tensor([float(sum(map(ord, x)) % 7) for x in t]), tok,
-                              ["q one", "q two"], config, setup=FP16_LIKE)
+        config = GRPOConfig(
+            steps=1,
+            prompts_per_step=2,
+            group_size=2,
+            mini_batch_size=2,
+            micro_batch_size=2,
+            epochs=1,
+            lr=1e-3,
+            sampling=SamplingConfig(4, 1.0, 4),
+        )
+        trainer = GRPOTrainer(
+            model,
+            reference,
+            lambda p, t, e: torch.tensor([float(sum(map(ord, x)) % 7) for x in t]),
+            tok,
+            ["q one", "q two"],
+            config,
+            setup=FP16_LIKE,
+        )
         norms = [trainer.step()["policy/grad_norm"], 0.0]  # the mean over both steps: inf
     assert [n == float("inf") for n in norms] == [True, False]
     assert any(not torch.equal(before[k], v) for k, v in params(model).items())  # the second step trained
@@ -388,10 +431,23 @@ def test_inf_stops_dpo_and_grpo_like_nan():
     ref = {"chosen": torch.full((4,), float("inf")), "rejected": torch.zeros(4)}
     with pytest.raises(FloatingPointError, match="DPO step 0: the DPO loss has 1 non-finite value"):
         train_dpo(copy.deepcopy(reference), ref, tok, pairs(4), DPOConfig(batch_size=4), progress=False, setup=CPU)
-    config = GRPOConfig(steps=1, prompts_per_step=2, group_size=2, mini_batch_size=4, micro_batch_size=4,
-                        sampling=SamplingConfig(4, 1.0, 4))
-    trainer = GRPOTrainer(copy.deepcopy(reference), reference, lambda p, t, e: torch.full((len(t),), float("inf")),
-                          tok, ["q one", "q two"], config, setup=CPU)
+    config = GRPOConfig(
+        steps=1,
+        prompts_per_step=2,
+        group_size=2,
+        mini_batch_size=4,
+        micro_batch_size=4,
+        sampling=SamplingConfig(4, 1.0, 4),
+    )
+    trainer = GRPOTrainer(
+        copy.deepcopy(reference),
+        reference,
+        lambda p, t, e: torch.full((len(t),), float("inf")),
+        tok,
+        ["q one", "q two"],
+        config,
+        setup=CPU,
+    )
     with pytest.raises(FloatingPointError, match="GRPO step 0: the reward_fn scores"):
         trainer.step()
 
@@ -418,8 +474,11 @@ def test_prompts_longer_than_the_context_are_named_with_their_length(tiny):
     limit = model.config.max_position_embeddings
     assert limit == 512
     long = "x" * 600
-    with pytest.raises(ValueError, match=r"prompt 1 is \d+ tokens and max_new_tokens is 8: \d+ positions, more "
-                                         r"than the model's context of 512 tokens") as err:
+    with pytest.raises(
+        ValueError,
+        match=r"prompt 1 is \d+ tokens and max_new_tokens is 8: \d+ positions, more "
+        r"than the model's context of 512 tokens",
+    ) as err:
         sample(model, tok, ["short", long], SamplingConfig(max_new_tokens=8))
     assert raised_by_rlhf_edu(err)
     fits_alone = "x" * 480  # fits, but not with 64 new tokens after it
@@ -436,8 +495,11 @@ def test_prompts_longer_than_the_context_are_named_with_their_length(tiny):
 
 
 def test_missing_artifacts_name_the_folder_the_file_and_the_notebook(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"no saved model at .*artifacts/sft: the folder does not exist "
-                                                r"\(notebook 01_sft.ipynb writes it"):
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"no saved model at .*artifacts/sft: the folder does not exist "
+        r"\(notebook 01_sft.ipynb writes it",
+    ):
         load_model(str(tmp_path / "artifacts" / "sft"))
     with pytest.raises(FileNotFoundError, match=r"artifacts/ppo/policy.*04_ppo.ipynb"):
         load_model(str(tmp_path / "artifacts" / "ppo" / "policy"))
@@ -448,8 +510,11 @@ def test_missing_artifacts_name_the_folder_the_file_and_the_notebook(tmp_path):
     model, tok = tiny_model_and_tokenizer()
     save_checkpoint(model, tok, tmp_path / "artifacts" / "dpo")
     (tmp_path / "artifacts" / "dpo" / "model.safetensors").unlink()
-    with pytest.raises(FileNotFoundError, match=r"artifacts/dpo is incomplete: model.safetensors or "
-                                                r"model.safetensors.index.json is missing.*06_dpo_grpo.ipynb") as err:
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"artifacts/dpo is incomplete: model.safetensors or "
+        r"model.safetensors.index.json is missing.*06_dpo_grpo.ipynb",
+    ) as err:
         load_model(str(tmp_path / "artifacts" / "dpo"))
     assert raised_by_rlhf_edu(err)
     from rlhf_edu.reward import HEAD_FILE, save_reward_model
@@ -462,7 +527,9 @@ def test_missing_artifacts_name_the_folder_the_file_and_the_notebook(tmp_path):
     ckpt = tmp_path / "ckpt"
     sft_run(checkpoint_dir=ckpt)
     (ckpt / "model.safetensors").unlink()
-    with pytest.raises(FileNotFoundError, match=r"ckpt is incomplete: model.safetensors .*delete the checkpoint folder"):
+    with pytest.raises(
+        FileNotFoundError, match=r"ckpt is incomplete: model.safetensors .*delete the checkpoint folder"
+    ):
         sft_run(checkpoint_dir=ckpt)
 
 
@@ -490,8 +557,14 @@ def test_every_ab_judgement_survives_sigkill(tmp_path, sigkill_when):
     from rlhf_edu.ab_eval import ABEvaluator
 
     n = 20
-    again = ABEvaluator([f"q{i}" for i in range(n)], [f"x{i}" for i in range(n)], [f"y{i}" for i in range(n)],
-                        path, names=("sft", "ppo"), min_interval=0)
+    again = ABEvaluator(
+        [f"q{i}" for i in range(n)],
+        [f"x{i}" for i in range(n)],
+        [f"y{i}" for i in range(n)],
+        path,
+        names=("sft", "ppo"),
+        min_interval=0,
+    )
     assert again.position == 7 and again.progress_text.value == "7 / 20"
     assert str(again.results()) == ready.read_text()
     assert again.results()["n"] == 6 and again.results()["skipped"] == 1

@@ -75,9 +75,7 @@ def test_reward_loss_is_shift_invariant_and_matches_naive_loop():
 def test_margin_asks_the_chosen_score_to_win_by_that_much():
     chosen, rejected = torch.tensor([1.0, 2.0]), torch.tensor([0.0, 1.0])
     assert reward_loss(chosen, rejected, margin=1.0).item() == pytest.approx(math.log(2), abs=1e-6)
-    torch.testing.assert_close(
-        reward_loss(chosen, rejected, margin=0.5), reward_loss(chosen - 0.5, rejected)
-    )
+    torch.testing.assert_close(reward_loss(chosen, rejected, margin=0.5), reward_loss(chosen - 0.5, rejected))
 
 
 def test_accuracy_counts_ties_as_half():
@@ -116,8 +114,13 @@ def test_score_samples_reads_the_sampled_tokens_and_normalizes_them(tiny):
     from rlhf_edu.generation import SamplingConfig, sample
 
     model, tok = tiny
-    s = sample(model, tok, [f"question {i}" for i in range(5)], SamplingConfig(8, 1.0, 5),
-               generator=torch.Generator().manual_seed(0))
+    s = sample(
+        model,
+        tok,
+        [f"question {i}" for i in range(5)],
+        SamplingConfig(8, 1.0, 5),
+        generator=torch.Generator().manual_seed(0),
+    )
     rm = RewardModel.from_causal_lm(model)
     with torch.no_grad():
         whole = rm(s.input_ids, s.attention_mask)  # (B,)
@@ -149,18 +152,14 @@ def test_last_token_index_reads_the_mask():
 
 def test_pair_batch_layout(tiny):
     _, tok = tiny
-    batch = build_pair_batch(
-        tok, ["hi", "a longer prompt"], ["ok.", "yes"], ["no", "fine, thanks."]
-    )
+    batch = build_pair_batch(tok, ["hi", "a longer prompt"], ["ok.", "yes"], ["no", "fine, thanks."])
     assert batch["input_ids"].shape[0] == 4
     P = batch["context_length"]
     lengths = batch["response_mask"].sum(1).tolist()
     assert lengths == [len("ok.") + 1, len("yes") + 1, len("no") + 1, len("fine, thanks.") + 1]
     last = last_token_index(batch["attention_mask"])  # (4,)
     assert last.tolist() == [P + n - 1 for n in lengths]
-    assert (
-        batch["input_ids"][torch.arange(4), last] == tok.eos_token_id
-    ).all()  # the score is read at EOS
+    assert (batch["input_ids"][torch.arange(4), last] == tok.eos_token_id).all()  # the score is read at EOS
 
 
 def test_score_is_head_of_last_real_token_under_left_and_right_padding(tiny):
@@ -168,20 +167,14 @@ def test_score_is_head_of_last_real_token_under_left_and_right_padding(tiny):
     rm = RewardModel.from_causal_lm(model)
     prompt, response = "hi", "ok, fine."
     # By hand: one unpadded sequence, the head on the hidden state of its last token (the EOS).
-    ids = tok(chat_prompt(tok, prompt) + response, add_special_tokens=False).input_ids + [
-        tok.eos_token_id
-    ]
+    ids = tok(chat_prompt(tok, prompt) + response, add_special_tokens=False).input_ids + [tok.eos_token_id]
     ids = torch.tensor([ids])  # (1, T)
     with torch.no_grad():
         hidden = rm.backbone(input_ids=ids).last_hidden_state  # (1, T, H)
         by_hand = rm.head(hidden[:, -1]).squeeze(-1)  # (1,)
     alone = score_texts(rm, tok, [prompt], [response])  # (1,)
-    left = score_texts(
-        rm, tok, [prompt, "a much longer prompt"], [response, "x"]
-    )  # row 0 left-padded
-    right = score_texts(
-        rm, tok, [prompt, "hi"], [response, "a much longer response"]
-    )  # row 0 right-padded
+    left = score_texts(rm, tok, [prompt, "a much longer prompt"], [response, "x"])  # row 0 left-padded
+    right = score_texts(rm, tok, [prompt, "hi"], [response, "a much longer response"])  # row 0 right-padded
     torch.testing.assert_close(alone, by_hand, atol=1e-5, rtol=0)
     torch.testing.assert_close(left[:1], by_hand, atol=1e-5, rtol=0)
     torch.testing.assert_close(right[:1], by_hand, atol=1e-5, rtol=0)
@@ -203,9 +196,7 @@ def test_training_learns_the_preference_and_saves(tiny, tmp_path):
     config = RewardConfig(lr=3e-3, batch_size=8, epochs=2, warmup_steps=2, eval_every=8)
     before = [p.detach().clone() for p in rm.parameters()]
     start = evaluate_reward_model(rm, tok, heldout_rows, config)
-    if (
-        start["eval/accuracy"] > 0.5
-    ):  # a random init may already lean towards 'a': then teach the opposite
+    if start["eval/accuracy"] > 0.5:  # a random init may already lean towards 'a': then teach the opposite
         train_rows, heldout_rows = swapped(train_rows), swapped(heldout_rows)
         start = evaluate_reward_model(rm, tok, heldout_rows, config)
     assert start["eval/accuracy"] <= 0.5  # so the accuracy below is learned, not luck
@@ -238,9 +229,7 @@ def test_lr_zero_leaves_parameters_unchanged(tiny):
     rm = RewardModel.from_causal_lm(model)
     before = {k: v.detach().clone() for k, v in rm.state_dict().items()}
     config = RewardConfig(lr=0.0, batch_size=4, max_steps=2, eval_every=2)
-    train_reward_model(
-        rm, tok, synthetic_pairs(8, 0), synthetic_pairs(4, 1), config, progress=False
-    )
+    train_reward_model(rm, tok, synthetic_pairs(8, 0), synthetic_pairs(4, 1), config, progress=False)
     assert all(torch.equal(before[k], v) for k, v in rm.state_dict().items())
 
 
@@ -249,9 +238,7 @@ def test_nan_loss_raises_and_names_the_quantity(tiny, monkeypatch):
     rm = RewardModel.from_causal_lm(model)
     monkeypatch.setattr(rm.head, "forward", lambda h: torch.full(h.shape[:-1] + (1,), float("nan")))
     with pytest.raises(FloatingPointError, match="loss.*step 0"):
-        train_reward_model(
-            rm, tok, synthetic_pairs(4, 0), [], RewardConfig(batch_size=4), progress=False
-        )
+        train_reward_model(rm, tok, synthetic_pairs(4, 0), [], RewardConfig(batch_size=4), progress=False)
 
 
 def test_cut_off_responses_are_scored_without_eos(tiny):

@@ -27,11 +27,31 @@ IDEAL = (
     "melts. It's like a soda bottle you shake before you open it, when the hot rock spills out as lava!"
 )
 CASES = {
-    "rude": ("Dumbass, a volcano is a mountain with a hole at the top. Hot melted rock comes out of it. Got it?", True, "polite"),
-    "truncated": ("A volcano is a mountain with a hole at the top. Deep under the ground, rock gets so hot that", False, "finished"),
-    "repetitive": ("A volcano is a big volcano. Imagine a volcano with a really big volcano with a big volcano. A volcano is a big volcano with a big volcano.", True, "no_repetition"),
-    "off_topic": ("Cats are small furry animals that like to sleep a lot. They purr when they are happy. Many people keep them as pets.", True, "on_topic"),
-    "complicated": ("A volcano constitutes a geological formation whereby subterranean magmatic material experiences extrusion through crustal apertures. Pyroclastic phenomena frequently accompany eruptions.", True, "simple"),
+    "rude": (
+        "Dumbass, a volcano is a mountain with a hole at the top. Hot melted rock comes out of it. Got it?",
+        True,
+        "polite",
+    ),
+    "truncated": (
+        "A volcano is a mountain with a hole at the top. Deep under the ground, rock gets so hot that",
+        False,
+        "finished",
+    ),
+    "repetitive": (
+        "A volcano is a big volcano. Imagine a volcano with a really big volcano with a big volcano. A volcano is a big volcano with a big volcano.",
+        True,
+        "no_repetition",
+    ),
+    "off_topic": (
+        "Cats are small furry animals that like to sleep a lot. They purr when they are happy. Many people keep them as pets.",
+        True,
+        "on_topic",
+    ),
+    "complicated": (
+        "A volcano constitutes a geological formation whereby subterranean magmatic material experiences extrusion through crustal apertures. Pyroclastic phenomena frequently accompany eruptions.",
+        True,
+        "simple",
+    ),
     "too_long": (" ".join([PLAIN] * 3).replace("lava!", "lava."), True, "length"),
 }
 
@@ -65,7 +85,9 @@ def test_each_flaw_lowers_its_component_and_the_total(name):
 
 
 G = "Explain gravity to a 10-year-old."
-GRAVITY = "Gravity is a pull between things. It keeps the Moon going around the Earth. It also pulls rain down from clouds."
+GRAVITY = (
+    "Gravity is a pull between things. It keeps the Moon going around the Earth. It also pulls rain down from clouds."
+)
 QUALITY_CASES = {
     "comparison": "Gravity is a pull between things. It works like an invisible rope tied to the Earth. It also pulls rain down from clouds.",
     "speaks_to_child": "Gravity is a pull between things. When you jump up, it brings you back down. It also pulls rain down from clouds.",
@@ -83,11 +105,14 @@ def test_each_quality_raises_its_own_component_by_its_weight(quality):
     assert total == pytest.approx(base_total + WEIGHTS[quality], abs=0.02)
 
 
-@pytest.mark.parametrize("text", [
-    "Gravity is a pull between things. Gravity is like gravity. It pulls rain down from clouds.",                       # compares the concept with itself
-    "Gravity is a pull between things. It is like a big, big thing. It pulls rain down from clouds.",  # nothing on the other side
-    "I would like gravity to be a pull between things. It keeps the Moon near the Earth. It pulls rain down.",  # "like" the verb
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Gravity is a pull between things. Gravity is like gravity. It pulls rain down from clouds.",  # compares the concept with itself
+        "Gravity is a pull between things. It is like a big, big thing. It pulls rain down from clouds.",  # nothing on the other side
+        "I would like gravity to be a pull between things. It keeps the Moon near the Earth. It pulls rain down.",  # "like" the verb
+    ],
+)
 def test_a_comparison_needs_something_else_on_its_other_side(text):
     assert score(G, text)[1]["comparison"] == 0.0
 
@@ -102,15 +127,21 @@ def test_a_concept_word_is_not_an_everyday_detail():
     assert score("Explain ice melting to a 10-year-old.", text)[1]["everyday_detail"] == 0.0
 
 
-@pytest.mark.parametrize("spam", [
-    "You you you you you your your your gravity.",
-    "Gravity is like like like like like like a ball ball ball.",
-    "Gravity. You. Like a ball. Your pizza. You. Like a pizza. Your ball. Like a ball. Your pizza. You.",
-    "Pizza! " * 30,
-    "Cats are fun pets to have at home. It's like your lunchbox at school. You eat pizza at lunch with your friends.",  # off topic
-    GRAVITY + " " + QUALITY_CASES["comparison"] + " When you jump up with your ball, it is like a bike on a hill, and you see "
-    "your friend and your dog and your toys and your lunch and your bed and your bath fall, like a ball falling down.",  # a ramble
-])
+@pytest.mark.parametrize(
+    "spam",
+    [
+        "You you you you you your your your gravity.",
+        "Gravity is like like like like like like a ball ball ball.",
+        "Gravity. You. Like a ball. Your pizza. You. Like a pizza. Your ball. Like a ball. Your pizza. You.",
+        "Pizza! " * 30,
+        "Cats are fun pets to have at home. It's like your lunchbox at school. You eat pizza at lunch with your friends.",  # off topic
+        GRAVITY
+        + " "
+        + QUALITY_CASES["comparison"]
+        + " When you jump up with your ball, it is like a bike on a hill, and you see "
+        "your friend and your dog and your toys and your lunch and your bed and your bath fall, like a ball falling down.",  # a ramble
+    ],
+)
 def test_spam_earns_no_preference_credit(spam):
     total, components = score(G, spam)
     assert all(components[c] == 0.0 for c in PREFERENCE) or total < score(G, GRAVITY)[0]
@@ -120,7 +151,12 @@ def test_spam_earns_no_preference_credit(spam):
 def test_reference_values_against_a_naive_weighted_mean():
     """The total equals a naive recomputation: format components averaged, preference components
     gated by finished x length x on_topic x no_repetition and averaged, half and half."""
-    for text, eos in [(IDEAL, True), (PLAIN, True), (CASES["truncated"][0], False), (QUALITY_CASES["comparison"], True)]:
+    for text, eos in [
+        (IDEAL, True),
+        (PLAIN, True),
+        (CASES["truncated"][0], False),
+        (QUALITY_CASES["comparison"], True),
+    ]:
         total, c = score(P if text in (IDEAL, PLAIN, CASES["truncated"][0]) else G, text, eos=eos)
         fmt = sum(c[k] for k in FORMAT) / 6
         gate = c["finished"] * c["length"] * c["on_topic"] * c["no_repetition"]

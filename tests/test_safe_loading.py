@@ -52,10 +52,24 @@ def test_checkpoints_are_safetensors(tmp_path):
     model, tok = tiny_model_and_tokenizer()
     save_checkpoint(model, tok, tmp_path / "sft")
     save_reward_model(RewardModel.from_causal_lm(copy.deepcopy(model)), tok, tmp_path / "rm")
-    config = PPOConfig(steps=1, batch_size=2, mini_batch_size=2, micro_batch_size=2, ppo_epochs=1,
-                       sampling=SamplingConfig(4, 1.0, 2), eval_every=10)
-    trainer = PPOTrainer(copy.deepcopy(model), model, RewardModel.from_causal_lm(copy.deepcopy(model)), tok,
-                         ["q"], config, setup=device_setup("cpu"))
+    config = PPOConfig(
+        steps=1,
+        batch_size=2,
+        mini_batch_size=2,
+        micro_batch_size=2,
+        ppo_epochs=1,
+        sampling=SamplingConfig(4, 1.0, 2),
+        eval_every=10,
+    )
+    trainer = PPOTrainer(
+        copy.deepcopy(model),
+        model,
+        RewardModel.from_causal_lm(copy.deepcopy(model)),
+        tok,
+        ["q"],
+        config,
+        setup=device_setup("cpu"),
+    )
     trainer.save_checkpoint(tmp_path / "ppo")
     weights = [p for p in tmp_path.rglob("*") if p.suffix in (".bin", ".pt", ".pth", ".safetensors")]
     assert {p.suffix for p in weights} == {".safetensors", ".pt"}

@@ -7,8 +7,7 @@ from rlhf_edu.sft import SFTConfig, build_sft_batch, sft_loss, train_sft
 from rlhf_edu.training import linear_schedule
 
 ROWS = [
-    {"prompt": f"Explain thing {i} to a 10-year-old.", "response": f"Thing {i} is nice. It is fun."}
-    for i in range(12)
+    {"prompt": f"Explain thing {i} to a 10-year-old.", "response": f"Thing {i} is nice. It is fun."} for i in range(12)
 ]
 
 
@@ -97,7 +96,9 @@ def test_same_seed_same_result():
     runs = []
     for _ in range(2):
         model, tok = tiny_model_and_tokenizer("llama", seed=0)
-        runs.append(train_sft(model, tok, ROWS, SFTConfig(max_steps=3, batch_size=4, n_heldout=2, lr=1e-3), progress=False))
+        runs.append(
+            train_sft(model, tok, ROWS, SFTConfig(max_steps=3, batch_size=4, n_heldout=2, lr=1e-3), progress=False)
+        )
     assert [h["train/loss"] for h in runs[0]] == [h["train/loss"] for h in runs[1]]
 
 

@@ -30,38 +30,86 @@ def _one_thread():
     yield
     torch.set_num_threads(before)
 
+
 SAMPLING = SamplingConfig(10, 1.0, 4)
 EVAL = [f"Explain {c} to a 10-year-old." for c in ("rain", "gravity", "a volcano", "money")]
-TRAIN = [f"Explain {c} to a 10-year-old." for c in ("snow", "wind", "trees", "the sun", "bees", "clocks", "maps", "boats")]
+TRAIN = [
+    f"Explain {c} to a 10-year-old." for c in ("snow", "wind", "trees", "the sun", "bees", "clocks", "maps", "boats")
+]
 
 
 def context(seed: int = 0) -> tr.RunContext:
     sft, tok = tiny_model_and_tokenizer("llama", seed=seed)
     torch.manual_seed(seed)
     rm = RewardModel.from_causal_lm(tiny_model_and_tokenizer("llama", seed=seed + 1)[0])
-    return tr.RunContext(sft=sft, reward_model=rm, tokenizer=tok, train_prompts=TRAIN, eval_prompts=EVAL,
-                         eval_sampling=SAMPLING, setup=CPU, preset="test")
+    return tr.RunContext(
+        sft=sft,
+        reward_model=rm,
+        tokenizer=tok,
+        train_prompts=TRAIN,
+        eval_prompts=EVAL,
+        eval_sampling=SAMPLING,
+        setup=CPU,
+        preset="test",
+    )
 
 
 def tiny_ppo(**overrides) -> PPOConfig:
-    base = {"steps": 3, "batch_size": 4, "mini_batch_size": 2, "micro_batch_size": 2, "ppo_epochs": 1, "lr": 3e-3,
-            "sampling": SAMPLING, "kl_coef": 0.05}
+    base = {
+        "steps": 3,
+        "batch_size": 4,
+        "mini_batch_size": 2,
+        "micro_batch_size": 2,
+        "ppo_epochs": 1,
+        "lr": 3e-3,
+        "sampling": SAMPLING,
+        "kl_coef": 0.05,
+    }
     return PPOConfig(**{**base, **overrides})
 
 
 def tiny_tradeoffs(**overrides) -> tr.TradeoffConfig:
-    base = {"kl_coefs": (0.01, 0.1, 0.5), "ppo": tiny_ppo(steps=3), "sweep_steps": 2, "eval_every": 1, "n_eval": 4,
-            "pool_size": 4, "bon_ns": (1, 2, 4), "weak_pairs": 4, "weak_reward": RewardConfig(lr=1e-3, batch_size=2, max_steps=2),
-            "heldout_pairs": 2, "overopt_kl_coef": 0.0, "overopt_steps": 2, "overopt_lr": 3e-3, "overopt_eval_every": 1,
-            "refresh_kl_coef": 0.1,
-            "refresh_pairs": 4, "refresh_old_pairs": 2, "refresh_reward": RewardConfig(lr=1e-3, batch_size=2, max_steps=2),
-            "refresh_steps": 1, "mix_weights": (0.0, 1.0), "mix_n": 2}
+    base = {
+        "kl_coefs": (0.01, 0.1, 0.5),
+        "ppo": tiny_ppo(steps=3),
+        "sweep_steps": 2,
+        "eval_every": 1,
+        "n_eval": 4,
+        "pool_size": 4,
+        "bon_ns": (1, 2, 4),
+        "weak_pairs": 4,
+        "weak_reward": RewardConfig(lr=1e-3, batch_size=2, max_steps=2),
+        "heldout_pairs": 2,
+        "overopt_kl_coef": 0.0,
+        "overopt_steps": 2,
+        "overopt_lr": 3e-3,
+        "overopt_eval_every": 1,
+        "refresh_kl_coef": 0.1,
+        "refresh_pairs": 4,
+        "refresh_old_pairs": 2,
+        "refresh_reward": RewardConfig(lr=1e-3, batch_size=2, max_steps=2),
+        "refresh_steps": 1,
+        "mix_weights": (0.0, 1.0),
+        "mix_n": 2,
+    }
     return tr.TradeoffConfig(**{**base, **overrides})
 
 
 ROWS = [  # preference rows short enough for the character-level tiny tokenizer
-    {"prompt": EVAL[0], "chosen": "Rain is water. It falls.", "rejected": "no", "chosen_eos": True, "rejected_eos": False},
-    {"prompt": EVAL[1], "chosen": "Things fall down.", "rejected": "gravity gravity", "chosen_eos": True, "rejected_eos": True},
+    {
+        "prompt": EVAL[0],
+        "chosen": "Rain is water. It falls.",
+        "rejected": "no",
+        "chosen_eos": True,
+        "rejected_eos": False,
+    },
+    {
+        "prompt": EVAL[1],
+        "chosen": "Things fall down.",
+        "rejected": "gravity gravity",
+        "chosen_eos": True,
+        "rejected_eos": True,
+    },
     {"prompt": EVAL[2], "chosen": "A hill that erupts.", "rejected": "boom", "chosen_eos": True, "rejected_eos": False},
     {"prompt": EVAL[3], "chosen": "You trade it.", "rejected": "dumb", "chosen_eos": True, "rejected_eos": True},
 ]
@@ -158,16 +206,27 @@ def test_ppo_run_is_cached_and_never_rebuilds_the_reward_model(tmp_path):
         torch.manual_seed(5)
         return RewardModel.from_causal_lm(tiny_model_and_tokenizer("llama", seed=7)[0])
 
-    first = tr.ppo_run(ctx, tiny_ppo(steps=2), 2, 1, cache, label="run", reward_model=tr.Lazy(build),
-                       reward_model_id="weak-7", keep_checkpoint=True, progress=False)
+    first = tr.ppo_run(
+        ctx,
+        tiny_ppo(steps=2),
+        2,
+        1,
+        cache,
+        label="run",
+        reward_model=tr.Lazy(build),
+        reward_model_id="weak-7",
+        keep_checkpoint=True,
+        progress=False,
+    )
     assert not first["cached"] and built == [1] and [p["step"] for p in first["points"]] == [0, 1, 2]
     assert (tmp_path / f"checkpoint-{first['key']}" / "trainer_state.json").exists()
 
     def refuse():
         raise AssertionError("a cached run must not build its reward model")
 
-    again = tr.ppo_run(ctx, tiny_ppo(steps=2), 2, 1, cache, label="run", reward_model=refuse,
-                       reward_model_id="weak-7", progress=False)
+    again = tr.ppo_run(
+        ctx, tiny_ppo(steps=2), 2, 1, cache, label="run", reward_model=refuse, reward_model_id="weak-7", progress=False
+    )
     assert again["cached"] and again["points"] == first["points"] and again["checkpoint"] == first["checkpoint"]
     other = tr.ppo_run(ctx, tiny_ppo(steps=2), 2, 2, cache, label="run", progress=False)  # the main reward model
     assert not other["cached"] and other["key"] != first["key"]
@@ -204,12 +263,22 @@ def test_pool_scores_are_those_of_the_sampled_tokens():
 
 
 def hand_pool():
-    sample = lambda text, gold: {"response": text, "eos": True, "tokens": len(text), "ids": [], "gold": gold,
-                                 **{c: gold for c in COMPONENTS}}
-    return {"prompts": ["p0", "p1"],
-            "samples": [[sample("a", 0.1), sample("b", 0.9), sample("c", 0.5)],
-                        [sample("d", 0.7), sample("e", 0.2), sample("f", 0.4)]],
-            "proxy": {"rm": [[0.0, 1.0, 2.0], [3.0, -1.0, 0.5]]}}
+    sample = lambda text, gold: {
+        "response": text,
+        "eos": True,
+        "tokens": len(text),
+        "ids": [],
+        "gold": gold,
+        **{c: gold for c in COMPONENTS},
+    }
+    return {
+        "prompts": ["p0", "p1"],
+        "samples": [
+            [sample("a", 0.1), sample("b", 0.9), sample("c", 0.5)],
+            [sample("d", 0.7), sample("e", 0.2), sample("f", 0.4)],
+        ],
+        "proxy": {"rm": [[0.0, 1.0, 2.0], [3.0, -1.0, 0.5]]},
+    }
 
 
 def test_bon_entries_follow_the_proxy_and_the_unbiased_curve():
@@ -227,8 +296,17 @@ def test_bon_entries_follow_the_proxy_and_the_unbiased_curve():
 
 
 def test_ppo_entries_use_the_units_and_clip_negative_kl():
-    rows = [{"prompt": "p", "response": "r", "gold": 0.8, "rm": 1.0, "tokens": 3, "kl": -0.01,
-             **{c: 1.0 for c in COMPONENTS}}]
+    rows = [
+        {
+            "prompt": "p",
+            "response": "r",
+            "gold": 0.8,
+            "rm": 1.0,
+            "tokens": 3,
+            "kl": -0.01,
+            **{c: 1.0 for c in COMPONENTS},
+        }
+    ]
     record = {"label": "PPO", "kl_coef": 0.1, "points": [tr.summarize(0, rows)]}
     (entry,) = tr.ppo_entries(record, "ppo", (0.6, 0.1), (0.0, 2.0))
     assert entry["kl"] == 0.0 and entry["gold"] == pytest.approx(2.0) and entry["proxy"] == pytest.approx(0.5)
@@ -241,8 +319,9 @@ def test_ppo_entries_use_the_units_and_clip_negative_kl():
 def test_weak_proxy_is_normalized_on_its_own_pairs_and_leaves_the_sft_policy_alone():
     sft, tok = tiny_model_and_tokenizer()
     before = store.fingerprint(sft)
-    rm, history = tr.train_weak_proxy(sft, tok, ROWS, RewardConfig(lr=1e-3, batch_size=2, max_steps=2), seed=0,
-                                      setup=CPU, progress=False)
+    rm, history = tr.train_weak_proxy(
+        sft, tok, ROWS, RewardConfig(lr=1e-3, batch_size=2, max_steps=2), seed=0, setup=CPU, progress=False
+    )
     assert len(history) == 2 and all(math.isfinite(h["train/loss"]) for h in history)
     prompts = [r["prompt"] for r in ROWS] * 2
     texts = [r["chosen"] for r in ROWS] + [r["rejected"] for r in ROWS]
@@ -280,8 +359,9 @@ def test_online_refresh_runs_two_paired_arms_from_the_base_run(tmp_path):
     assert stale["history"][0]["objective/kl"] == pytest.approx(fresh["history"][0]["objective/kl"], abs=1e-6)
     assert stale["history"][0]["objective/score"] != pytest.approx(fresh["history"][0]["objective/score"], abs=1e-6)
     # the re-made base resumes exactly: the stale arm's step is the step a continuous run takes there
-    continuous = tr.ppo_run(ctx, config, tc.ppo.steps, tc.ppo.steps, tr.RunCache(tmp_path / "c"), label="continuous",
-                            progress=False)
+    continuous = tr.ppo_run(
+        ctx, config, tc.ppo.steps, tc.ppo.steps, tr.RunCache(tmp_path / "c"), label="continuous", progress=False
+    )
     assert stale["history"][0]["objective/kl"] == pytest.approx(continuous["history"][-1]["objective/kl"], abs=1e-5)
     assert stale["points"][-1]["rows"] == continuous["points"][-1]["rows"]
     assert store.fingerprint(ctx.reward_model) == stale_before, "the refresh changed the stale reward model"

@@ -56,9 +56,7 @@ def brute_force_bon_kl(scores, n):
 def test_empirical_kl_matches_brute_force_with_ties():
     for scores in ([0.3, 0.1, 0.3, 0.9, 0.1, 0.5], [1.0, 2.0, 3.0, 4.0, 5.0], [2.0, 2.0, 2.0, 7.0]):
         for n in (1, 2, 3):
-            assert bon_kl_empirical(np.array(scores), n) == pytest.approx(
-                brute_force_bon_kl(scores, n), abs=1e-12
-            )
+            assert bon_kl_empirical(np.array(scores), n) == pytest.approx(brute_force_bon_kl(scores, n), abs=1e-12)
 
 
 def test_ties_pull_the_kl_below_the_bound():
@@ -121,9 +119,7 @@ def test_unbiased_estimator_end_points_and_weights():
     assert bon_expected(gold, proxy, 8) == pytest.approx(gold[np.arange(3), top])
     w = bon_weights(8, 3)
     assert w.sum() == pytest.approx(1.0)
-    assert w[:2].tolist() == [0.0, 0.0] and w[-1] == pytest.approx(
-        math.comb(7, 2) / math.comb(8, 3)
-    )
+    assert w[:2].tolist() == [0.0, 0.0] and w[-1] == pytest.approx(math.comb(7, 2) / math.comb(8, 3))
 
 
 def test_bon_curve_keys_and_monotone_proxy():

@@ -18,8 +18,13 @@ from rlhf_edu.trunk import FrozenTrunk
 def rollout_batch(arch="llama", n=4):
     model, tok = tiny_model_and_tokenizer(arch, seed=0)
     model.eval()
-    samples = sample(model, tok, [f"question {i}" for i in range(n)], SamplingConfig(10, 1.0, n),
-                     generator=torch.Generator().manual_seed(0))
+    samples = sample(
+        model,
+        tok,
+        [f"question {i}" for i in range(n)],
+        SamplingConfig(10, 1.0, n),
+        generator=torch.Generator().manual_seed(0),
+    )
     return model, samples
 
 

@@ -16,8 +16,9 @@ from rlhf_edu.presets import get_preset
 from rlhf_edu.reward import RewardModel
 from rlhf_edu.rubric import COMPONENTS, score
 
-PRESET = dataclasses.replace(get_preset("smoke"), n_eval=3,
-                             eval_sampling=SamplingConfig(max_new_tokens=8, temperature=0.7, batch_size=2))
+PRESET = dataclasses.replace(
+    get_preset("smoke"), n_eval=3, eval_sampling=SamplingConfig(max_new_tokens=8, temperature=0.7, batch_size=2)
+)
 
 
 def test_same_policy_same_rows_with_or_without_the_scorers(artifacts, monkeypatch):
@@ -40,7 +41,9 @@ def test_same_policy_same_rows_with_or_without_the_scorers(artifacts, monkeypatc
     for r in bare:  # the gold is the rubric's, on the text and the eos flag
         assert r["gold"] == score(r["prompt"], r["response"], r["eos"])[0]
     monkeypatch.setattr("rlhf_edu.final_eval.sample", lambda *a, **k: pytest.fail("not cached"))
-    again, message = yardstick.evaluate("sft", policy, tok, PRESET, setup, reference=reference, reward_model=reward_model)
+    again, message = yardstick.evaluate(
+        "sft", policy, tok, PRESET, setup, reference=reference, reward_model=reward_model
+    )
     assert again == full and "from" in message
 
 
@@ -113,8 +116,11 @@ def test_verdict_names_the_winner_in_computed_words():
     sft = [_row(p, PLAIN[p]) for p in (P1, P2, P3)] * 4
     good = [_row(p, GOOD[p]) for p in (P1, P2, P3)] * 4
     half = [_row(p, GOOD[p] if i % 2 else PLAIN[p]) for i, p in enumerate((P1, P2, P3) * 4)]
-    winner, lines = yardstick.verdict({"sft": sft, "best_of_n": half, "ppo": good, "dpo": sft},
-                                      trained=["ppo", "dpo", "grpo"], labels={"best_of_n": "best-of-4"})
+    winner, lines = yardstick.verdict(
+        {"sft": sft, "best_of_n": half, "ppo": good, "dpo": sft},
+        trained=["ppo", "dpo", "grpo"],
+        labels={"best_of_n": "best-of-4"},
+    )
     assert winner == "ppo"
     h = yardstick.headline(good, sft)
     assert lines[0].startswith("ppo wins: gold") and f"{h['gold_mean']:.3f}" in lines[0] and "100%" in lines[0]
