@@ -27,7 +27,7 @@ import torch
 
 from rlhf_edu.data import load_concepts, make_prompt
 from rlhf_edu.models import autocast, choose_device_setup, load_model
-from rlhf_edu.ppo_loop import PPOTrainer
+from rlhf_edu.ppo_trainer import PPOTrainer
 from rlhf_edu.presets import get_preset
 from rlhf_edu.reward import RewardModel
 from rlhf_edu.store import artifacts_dir

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rlhf_edu.generation import SamplingConfig
 from rlhf_edu.models import choose_device_setup
-from rlhf_edu.ppo_loop import PPOTrainer
+from rlhf_edu.ppo_trainer import PPOTrainer
 from rlhf_edu.presets import get_preset
 
 GIB = 2**30

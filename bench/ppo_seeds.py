@@ -27,7 +27,7 @@ from rlhf_edu import yardstick
 from rlhf_edu.data import load_concepts, make_prompt
 from rlhf_edu.metrics import mean_and_se
 from rlhf_edu.models import device_setup
-from rlhf_edu.ppo_loop import PPOTrainer
+from rlhf_edu.ppo_trainer import PPOTrainer
 from rlhf_edu.presets import get_preset
 from rlhf_edu.reward import load_or_train_reward_model
 from rlhf_edu.sft import load_or_train_sft

@@ -125,7 +125,7 @@ def train_ours(
     """`steps` PPO steps of rlhf_edu from a copy of `sft`: -> (policy, step seconds, trainer,
     [optimizer steps, trainable parameters], per-step [score after the EOS penalty, KL]).
     trunk=False runs full forwards (no frozen-trunk reuse)."""
-    from rlhf_edu.ppo_loop import PPOTrainer
+    from rlhf_edu.ppo_trainer import PPOTrainer
 
     policy = copy.deepcopy(sft)
     trainer = PPOTrainer(policy, sft, reward_model, tokenizer, prompts, config, setup=setup)
@@ -266,7 +266,7 @@ def run(
     from rlhf_edu.data import eval_prompts, load_concepts, make_prompt
     from rlhf_edu.metrics import paired_difference
     from rlhf_edu.models import device_setup
-    from rlhf_edu.ppo_loop import PPOTrainer
+    from rlhf_edu.ppo_trainer import PPOTrainer
     from rlhf_edu.presets import get_preset
     from rlhf_edu.reward import load_or_train_reward_model
     from rlhf_edu.sft import load_or_train_sft

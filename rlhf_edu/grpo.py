@@ -33,7 +33,7 @@ tests/test_grpo.py checks all three gradients by exact enumeration on one token
 (docs/implementation_details.md#kl-in-grpo).
 
 Deliberate choices and deviations:
-- Old log-probs are recomputed with the training forward (as `ppo_loop.PPOTrainer.rollout`), so
+- Old log-probs are recomputed with the training forward (as `ppo_loop.rollout`), so
   the first minibatch's ratio is 1; with `epochs=1` and one minibatch GRPO is exactly REINFORCE
   with a group baseline.
 - The missing-EOS penalty of PPO (`ppo.missing_eos_penalty`) is applied to the score first; DAPO's

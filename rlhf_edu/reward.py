@@ -293,7 +293,7 @@ def score_samples(
     course layout (`generation.Samples`) -> (B,) fp32 on the CPU.
 
     The reward model reads the sampled token ids themselves, EOS included, as PPO scores them
-    (`ppo_loop.PPOTrainer.rollout`). Decoding to text and re-tokenizing (`score_texts`) can give
+    (`ppo_loop.rollout`). Decoding to text and re-tokenizing (`score_texts`) can give
     other tokens (special tokens dropped, whitespace stripped) and other scores. With raw=True, the
     head output before gain and bias. Wrap the call in `models.autocast(setup)` as `score_texts`.
 

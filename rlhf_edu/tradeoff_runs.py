@@ -47,7 +47,8 @@ import torch
 from tqdm.auto import tqdm
 
 from rlhf_edu.generation import SamplingConfig, encode_prompts, sample
-from rlhf_edu.ppo_loop import PPOConfig, PPOTrainer
+from rlhf_edu.ppo_loop import PPOConfig
+from rlhf_edu.ppo_trainer import PPOTrainer
 from rlhf_edu.reward import (
     RewardConfig,
     RewardModel,

@@ -7,9 +7,25 @@ no stage.
 from __future__ import annotations
 
 import random
+import time
 import warnings
+from collections import defaultdict
 
 import torch
+
+
+class Stopwatch:
+    """Seconds by part of one iteration: `lap(name)` adds the time since the previous lap (or since
+    the watch started) to `laps[name]`."""
+
+    def __init__(self):
+        self.laps: dict[str, float] = defaultdict(float)
+        self._last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name] += now - self._last
+        self._last = now
 
 
 def step_seed(seed: int, step: int) -> int:

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from rlhf_edu.critic import ValueModel
 from rlhf_edu.models import tiny_model_and_tokenizer
-from rlhf_edu.ppo_loop import ValueModel
 from rlhf_edu.reward import RewardModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))

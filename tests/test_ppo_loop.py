@@ -9,7 +9,8 @@ import torch
 
 from rlhf_edu.generation import SamplingConfig
 from rlhf_edu.models import device_setup, tiny_model_and_tokenizer
-from rlhf_edu.ppo_loop import PPOConfig, PPOTrainer
+from rlhf_edu.ppo_loop import PPOConfig
+from rlhf_edu.ppo_trainer import PPOTrainer
 from rlhf_edu.reward import RewardModel
 
 CPU = device_setup("cpu")  # this CPU's dtype rule, or RLHF_EDU_DTYPE
@@ -212,7 +213,7 @@ def test_ppo_raises_a_programmatic_reward():
 
 
 def test_train_ppo_runs_the_configured_steps():
-    from rlhf_edu.ppo_loop import train_ppo
+    from rlhf_edu.ppo_trainer import train_ppo
 
     reference, tok = tiny_model_and_tokenizer()
     trainer = train_ppo(

@@ -30,7 +30,8 @@ from rlhf_edu.models import (
     tiny_model_and_tokenizer,
     tiny_tokenizer,
 )
-from rlhf_edu.ppo_loop import PPOConfig, PPOTrainer
+from rlhf_edu.ppo_loop import PPOConfig
+from rlhf_edu.ppo_trainer import PPOTrainer
 from rlhf_edu.reward import (
     RewardConfig,
     RewardModel,

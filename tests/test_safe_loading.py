@@ -46,7 +46,8 @@ def test_checkpoints_are_safetensors(tmp_path):
     from rlhf_edu.checkpoints import save_checkpoint
     from rlhf_edu.generation import SamplingConfig
     from rlhf_edu.models import device_setup, tiny_model_and_tokenizer
-    from rlhf_edu.ppo_loop import PPOConfig, PPOTrainer
+    from rlhf_edu.ppo_loop import PPOConfig
+    from rlhf_edu.ppo_trainer import PPOTrainer
     from rlhf_edu.reward import RewardModel, save_reward_model
 
     model, tok = tiny_model_and_tokenizer()

@@ -9,7 +9,7 @@ from test_ppo_loop import CPU, PROMPTS, make_trainer, small_config
 from rlhf_edu.generation import SamplingConfig, sample
 from rlhf_edu.logprobs import per_token_logps
 from rlhf_edu.models import tiny_model_and_tokenizer
-from rlhf_edu.ppo_loop import PPOTrainer
+from rlhf_edu.ppo_trainer import PPOTrainer
 from rlhf_edu.reward import RewardModel
 from rlhf_edu.training import freeze_lower_layers
 from rlhf_edu.trunk import FrozenTrunk
