@@ -26,7 +26,8 @@ from pathlib import Path
 import torch
 
 from rlhf_edu.data import load_concepts, make_prompt
-from rlhf_edu.models import autocast, choose_device_setup, load_model
+from rlhf_edu.devices import autocast, choose_device_setup
+from rlhf_edu.models import load_model
 from rlhf_edu.ppo_trainer import PPOTrainer
 from rlhf_edu.presets import get_preset
 from rlhf_edu.reward import RewardModel

@@ -26,8 +26,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from rlhf_edu.devices import choose_device_setup
 from rlhf_edu.generation import SamplingConfig
-from rlhf_edu.models import choose_device_setup
 from rlhf_edu.ppo_trainer import PPOTrainer
 from rlhf_edu.presets import get_preset
 
@@ -159,7 +159,8 @@ def measure(config_dir: Path, steps: int, device: str = "cuda", batch: int | Non
 def check(device: str = "cuda") -> dict:
     """The course's CUDA path on tiny models: SFT, reward model and PPO steps, sampling from a CPU seed."""
     from rlhf_edu.models import tiny_model_and_tokenizer
-    from rlhf_edu.reward import RewardConfig, RewardModel, train_reward_model
+    from rlhf_edu.reward import RewardConfig, RewardModel
+    from rlhf_edu.reward_training import train_reward_model
     from rlhf_edu.sft import SFTConfig, train_sft
 
     cuda = device == "cuda"

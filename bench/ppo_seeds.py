@@ -25,11 +25,11 @@ import torch
 
 from rlhf_edu import yardstick
 from rlhf_edu.data import load_concepts, make_prompt
+from rlhf_edu.devices import device_setup
 from rlhf_edu.metrics import mean_and_se
-from rlhf_edu.models import device_setup
 from rlhf_edu.ppo_trainer import PPOTrainer
 from rlhf_edu.presets import get_preset
-from rlhf_edu.reward import load_or_train_reward_model
+from rlhf_edu.reward_training import load_or_train_reward_model
 from rlhf_edu.sft import load_or_train_sft
 from rlhf_edu.store import peak_rss_gb
 

@@ -1,7 +1,7 @@
 """Benchmarks on this machine, printed as tables and written to artifacts/bench.json.
 
 1. SmolLM2-135M generation, forward and SFT-step times in fp32 and under bf16 autocast, which is how
-   the course decides the CPU dtype (models.choose_device_setup).
+   the course decides the CPU dtype (devices.choose_device_setup).
 2. PPO against TRL's PPOTrainer at the cpu preset's settings (bench/trl_ppo.py, run in the bench
    environment `.venv-bench` that `make bench-env` builds): seconds per step of both, our step split
    into generation, frozen trunk, policy and critic, reference, reward model and update, rollout
@@ -23,9 +23,11 @@ from pathlib import Path
 
 import torch
 
+from rlhf_edu.batches import build_sft_batch
+from rlhf_edu.devices import autocast, choose_device_setup, device_setup
 from rlhf_edu.generation import SamplingConfig, sample
-from rlhf_edu.models import autocast, choose_device_setup, device_setup, load_model
-from rlhf_edu.sft import build_sft_batch, sft_batch_loss
+from rlhf_edu.models import load_model
+from rlhf_edu.sft import sft_batch_loss
 from rlhf_edu.store import artifacts_dir, write_json
 
 B, GEN_TOKENS, SEQ_TOKENS = 8, 64, 128

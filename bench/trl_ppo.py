@@ -264,11 +264,11 @@ def run(
     import trl
 
     from rlhf_edu.data import eval_prompts, load_concepts, make_prompt
+    from rlhf_edu.devices import device_setup
     from rlhf_edu.metrics import paired_difference
-    from rlhf_edu.models import device_setup
     from rlhf_edu.ppo_trainer import PPOTrainer
     from rlhf_edu.presets import get_preset
-    from rlhf_edu.reward import load_or_train_reward_model
+    from rlhf_edu.reward_training import load_or_train_reward_model
     from rlhf_edu.sft import load_or_train_sft
 
     if steps < 1:

@@ -3,7 +3,10 @@
 Each notebook builds a piece by hand, checks it against the function here with the same name,
 then uses the library version. Modules, in course order:
 
-    presets      smoke / cpu / gpu budgets, one place
+    presets      smoke / cpu / gpu budgets of every notebook, one table (budgets: 05-07's dataclasses)
+    training     plumbing every stage shares: schedule, clip-and-step, freezing, seeded order
+    checkpoints  final and resumable checkpoints
+    batches      the batch layout every stage uses
     models       the offline SmolLM2-135M-Instruct, hub models, tiny test models, device and dtype
     data         concepts, SFT demonstrations, schema checks
     rubric       the gold annotator: a transparent scoring rubric
@@ -15,9 +18,12 @@ then uses the library version. Modules, in course order:
     widgets      PreferenceLabeler (core ipywidgets)
     preferences  sampling and labeling pairs, export to {prompt, chosen, rejected}
     hub_formats  HH-RLHF, UltraFeedback and TRL preference rows -> the course schema
-    reward       the Bradley-Terry reward model
+    reward       the Bradley-Terry reward model: loss, model, scoring
+    reward_training  training, saving and loading the reward model
     ppo          PPO math: KL estimators, KL-penalized rewards, GAE, clipped losses, KL controllers
-    ppo_loop     the PPO loop: rollout, update, health checks, metrics, checkpoints and resume
+    ppo_loop     one PPO iteration in numbered steps: rollout (1-4) and update (5-6)
+    ppo_trainer  the PPO trainer: state, the loop, metrics, checkpoints and resume
+    critic       value heads for PPO
     tradeoffs    best-of-n KL, Gao et al. fits, over-optimization peak, distinct-n
     tradeoff_runs  notebook 05's budgets and cached runs (beta sweep, best-of-n, refresh)
     explorer     FrontierExplorer: a slider over policies on the reward/KL frontier
@@ -25,10 +31,13 @@ then uses the library version. Modules, in course order:
     grpo         GRPO / Dr GRPO / RLOO math: group advantages, the KL term, loss aggregation
     grpo_loop    the GRPO / RLOO trainer
     ab_eval      ABEvaluator (blind A/B widget), win rates, the win-rate matrix
-    final_eval   notebooks 06-07: saved policies, cached eval rows, scoreboard, the AI judge
+    final_eval   notebooks 06-07: saved policies, the scoreboard
+    eval_rows    a policy's eval rows, computed once and cached
+    yardstick    the one evaluation every notebook uses, the headline gain and win rate
+    ai_judge     AI feedback: the question judge and the constitution judge
     metrics      means, standard errors, paired differences
     plots        live training plots through a display handle, sample tables, token heatmaps
-    store        artifacts and the course summary
+    store        artifacts, the course summary, cache keys and weight fingerprints
 """
 
 __version__ = "0.1.0"

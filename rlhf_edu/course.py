@@ -24,8 +24,8 @@ import sys
 import time
 from pathlib import Path
 
+from rlhf_edu.devices import device_setup
 from rlhf_edu.kernel_watch import LOST_REPLY_GRACE, LostReplyError, WatchedClient, describe_cell
-from rlhf_edu.models import device_setup
 from rlhf_edu.presets import PRESETS
 from rlhf_edu.store import ARTIFACTS_ENV, artifacts_dir, load_metrics, write_json
 

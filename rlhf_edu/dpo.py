@@ -44,9 +44,10 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from rlhf_edu.batches import build_pair_batch
 from rlhf_edu.logprobs import masked_sum, per_token_logps
-from rlhf_edu.reward import build_pair_batch, reward_accuracy, total_steps
-from rlhf_edu.training import check_finite, clip_and_step, freeze_lower_layers, linear_schedule
+from rlhf_edu.reward import reward_accuracy
+from rlhf_edu.training import check_finite, clip_and_step, freeze_lower_layers, linear_schedule, total_steps
 
 LOSS_TYPES = ("sigmoid", "ipo")
 
@@ -234,7 +235,8 @@ def precompute_reference_logps(
 
     Notebook: 06_dpo_grpo.ipynb
     """
-    from rlhf_edu.models import autocast, device_setup, disable_dropout
+    from rlhf_edu.devices import autocast, device_setup
+    from rlhf_edu.models import disable_dropout
 
     disable_dropout(reference)
     chosen, rejected = rows_logps(
@@ -288,7 +290,8 @@ def train_dpo(
 
     Notebook: 06_dpo_grpo.ipynb
     """
-    from rlhf_edu.models import autocast, device_setup, disable_dropout
+    from rlhf_edu.devices import autocast, device_setup
+    from rlhf_edu.models import disable_dropout
 
     if not rows:
         raise ValueError("train_dpo needs at least one preference pair")

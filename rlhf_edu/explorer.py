@@ -21,6 +21,8 @@ import math
 import ipywidgets as W
 
 from rlhf_edu.plots import Figure, html_table, in_notebook
+from rlhf_edu.rubric import COMPONENTS
+from rlhf_edu.tradeoffs import best_of_n, bon_curve, pool_array
 
 REQUIRED = ("label", "kl", "gold", "proxy", "samples")
 
@@ -167,3 +169,63 @@ class FrontierExplorer:
         from IPython.display import display
 
         display(self.widget)
+
+
+def _sample_view(prompt: str, row: dict, proxy: float) -> dict:
+    return {
+        "prompt": prompt,
+        "response": row["response"],
+        "gold": row["gold"],
+        "proxy": proxy,
+        "components": {c: row[c] for c in COMPONENTS},
+    }
+
+
+def ppo_entries(
+    record: dict, method: str, gold_units: tuple[float, float], proxy_units: tuple[float, float]
+) -> list[dict]:
+    """FrontierExplorer entries, one per evaluated checkpoint of a PPO run. Gold and proxy are given
+    as (value - mean) / sd with the (mean, sd) of `gold_units` and `proxy_units` (e.g. of the SFT
+    policy's samples); the sample table keeps the raw scores. Notebook: 05_reward_kl_tradeoffs.ipynb"""
+    out = []
+    for point in record["points"]:
+        out.append(
+            {
+                "label": f"{record['label']}, step {point['step']}",
+                "method": method,
+                "kl_coef": record["kl_coef"],
+                "kl": max(point["kl"], 0.0),
+                "gold": (point["gold"] - gold_units[0]) / gold_units[1],
+                "proxy": (point["proxy"] - proxy_units[0]) / proxy_units[1],
+                "samples": [_sample_view(r["prompt"], r, r["rm"]) for r in point["rows"]],
+            }
+        )
+    return out
+
+
+def bon_entries(
+    pool: dict, proxy: str, ns, method: str, gold_units: tuple[float, float], proxy_units: tuple[float, float]
+) -> list[dict]:
+    """FrontierExplorer entries, one per n: KL is the analytic bound, gold and proxy the unbiased
+    best-of-n estimates (`bon_curve`, in the units as in `ppo_entries`), and the samples are the ones
+    best-of-n picks among the first n of each prompt's pool. Notebook: 05_reward_kl_tradeoffs.ipynb"""
+    scores = pool_array(pool, proxy)  # (P, N)
+    curve = bon_curve(pool_array(pool, "gold"), scores, ns)
+    out = []
+    for i, n in enumerate(curve["n"]):
+        picks = best_of_n(scores, int(n))  # (P,)
+        out.append(
+            {
+                "label": f"best-of-{n} ({proxy} proxy)",
+                "method": method,
+                "n": int(n),
+                "kl": float(curve["kl"][i]),
+                "gold": (float(curve["gold"][i]) - gold_units[0]) / gold_units[1],
+                "proxy": (float(curve["proxy"][i]) - proxy_units[0]) / proxy_units[1],
+                "samples": [
+                    _sample_view(p, pool["samples"][j][k], scores[j, k])
+                    for j, (p, k) in enumerate(zip(pool["prompts"], picks.tolist()))
+                ],
+            }
+        )
+    return out

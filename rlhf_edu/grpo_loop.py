@@ -11,7 +11,6 @@ R response tokens.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ from rlhf_edu.grpo import (
 )
 from rlhf_edu.logprobs import masked_mean, masked_sum, per_token_logps, zero_where_masked
 from rlhf_edu.ppo import missing_eos_penalty
+from rlhf_edu.reward_functions import RewardModelScorer
 from rlhf_edu.training import (
     check_finite,
     clip_and_step,
@@ -136,41 +136,6 @@ class GRPOConfig:
 # --------------------------------------------------------------------------- the trainer
 
 
-class RewardModelScorer:
-    """A `reward.RewardModel` as GRPO's reward (built by `reward_model_scorer`).
-
-    `GRPOTrainer` asks it for the scores of the sampled token ids (`score_samples`), which is what
-    PPO scores: decoded, stripped text re-tokenized gives other tokens for some samples (special
-    tokens dropped, whitespace stripped) and other scores. Called like any `reward_fn(prompts, texts,
-    eos_flags) -> (B,)`, it scores texts, re-tokenized with EOS appended where the response ended
-    (`reward.score_texts`). Notebook: 06_dpo_grpo.ipynb
-    """
-
-    def __init__(self, reward_model, tokenizer, batch_size: int = 16, autocast_ctx=None):
-        self.reward_model, self.tokenizer, self.batch_size = reward_model, tokenizer, batch_size
-        self.autocast_ctx = autocast_ctx
-
-    def score_samples(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Sampled sequences (B, P+R) in the course layout -> (B,) scores (`reward.score_samples`)."""
-        from rlhf_edu.reward import score_samples
-
-        with self.autocast_ctx or contextlib.nullcontext():
-            return score_samples(self.reward_model, input_ids, attention_mask, self.batch_size)
-
-    def __call__(self, prompts: list[str], texts: list[str], eos_flags: list[bool]) -> torch.Tensor:
-        from rlhf_edu.reward import score_texts
-
-        with self.autocast_ctx or contextlib.nullcontext():
-            return score_texts(self.reward_model, self.tokenizer, prompts, texts, self.batch_size, eos=list(eos_flags))
-
-
-def reward_model_scorer(reward_model, tokenizer, *, batch_size: int = 16, autocast_ctx=None) -> RewardModelScorer:
-    """GRPO's reward from a `reward.RewardModel`: a `RewardModelScorer`, which `GRPOTrainer` asks for
-    the scores of the sampled tokens, as PPO scores them. Notebook: 06_dpo_grpo.ipynb
-    """
-    return RewardModelScorer(reward_model, tokenizer, batch_size, autocast_ctx)
-
-
 @dataclass
 class GroupRollout:
     """One batch of G groups of K responses, rows group-major (row g * K + k); all (B, R) unless noted."""
@@ -207,7 +172,8 @@ class GRPOTrainer:
         *,
         setup=None,
     ):
-        from rlhf_edu.models import autocast, device_setup, disable_dropout, logps_autocast
+        from rlhf_edu.devices import autocast, device_setup, logps_autocast
+        from rlhf_edu.models import disable_dropout
 
         if not train_prompts:
             raise ValueError("GRPOTrainer needs at least one training prompt")

@@ -11,15 +11,12 @@ The numbered steps follow docs/implementation_details.md#ppo-loop and notebook 0
     5. clipped policy and value losses, epochs x minibatches x micro-batches;
     6. gradient clipping, Adam step, linear learning-rate decay, KL-coefficient update.
 
-The math lives in `rlhf_edu.ppo`; this module only orchestrates. Deliberate choices (measured in
-notebook 04 and the README):
+The math lives in `rlhf_edu.ppo`; this module only orchestrates. Deliberate choices:
 - The default critic is a zero-initialized value head on the policy's last hidden state (OAI 2019):
-  one forward and backward pass serves both losses. Measured at the cpu preset on 2 CPU cores (3
-  steps each): 18.0 s per step and 3.4 GB peak RSS, against 22.6 s and 4.6 GB for
-  `critic="reward_model"`, the separate value network initialized from the reward model (Stiennon et
-  al. 2020, N+). Over those 3 steps the separate critic's explained variance was 0.02, 0.12, 0.00 and
-  the zero head's 0.00, -0.00, 0.00: neither critic is informative this early, so the cheaper one is
-  the default where the budget is a laptop.
+  one forward and backward pass serves both losses, faster and lighter than `critic="reward_model"`,
+  the separate value network initialized from the reward model (Stiennon et al. 2020, N+), which
+  `bench/trl_ppo.py` times beside it. In a few steps neither critic's explained variance leaves 0,
+  so the cheaper one is the default where the budget is a laptop.
 - `trainable_layers` trains only the top blocks of the policy (a CPU budget choice, like LoRA).
 - `policy/entropy` is the sampled-token estimate mean(-log pi(y_t)), not the full-vocabulary entropy,
   and a mean over response tokens: OpenAI's and TRL's `objective/entropy` is the per-response sum,

@@ -57,7 +57,8 @@ class PPOTrainer:
         eval_sampling: SamplingConfig | None = None,
         setup=None,
     ):
-        from rlhf_edu.models import autocast, device_setup, disable_dropout, logps_autocast
+        from rlhf_edu.devices import autocast, device_setup, logps_autocast
+        from rlhf_edu.models import disable_dropout
 
         if not train_prompts:
             raise ValueError("PPOTrainer needs at least one training prompt")

@@ -15,7 +15,10 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 
+from rlhf_edu.budgets import FinalEvalBudget, TradeoffConfig
+from rlhf_edu.dpo import DPOConfig
 from rlhf_edu.generation import SamplingConfig
+from rlhf_edu.grpo_loop import GRPOConfig
 from rlhf_edu.ppo_loop import PPOConfig
 from rlhf_edu.reward import RewardConfig
 from rlhf_edu.sft import SFTConfig
@@ -31,6 +34,10 @@ class Preset:
     """`smoke`, `cpu` or `gpu`."""
     description: str
     """One line a notebook prints."""
+    tradeoffs: TradeoffConfig
+    """The budgets of notebook 05 (the kl_coef sweep, best-of-n, over-optimization, online refresh)."""
+    final: FinalEvalBudget
+    """The budgets of notebooks 06 and 07 (DPO, GRPO, the AI judge, best-of-n, the A/B widget)."""
     model_name: str = "SmolLM2-135M-Instruct"
     """The policy's starting point: the offline default, or any hub id where the hub is reachable."""
     n_eval: int = 64
@@ -69,7 +76,60 @@ PRESETS: dict[str, Preset] = {
     "smoke": Preset(
         name="smoke",
         description="CI and nbval: every code path with the real model, tiny budgets",
-        cell_timeout=600,  # whole smoke notebooks take 9 to 86 s
+        tradeoffs=TradeoffConfig(
+            kl_coefs=(0.01, 0.1, 0.5),
+            ppo=PPOConfig(
+                steps=3,
+                batch_size=4,
+                mini_batch_size=2,
+                micro_batch_size=2,
+                ppo_epochs=1,
+                lr=1e-4,
+                sampling=SamplingConfig(16, 0.7, 4),
+                trainable_layers=2,
+            ),
+            sweep_steps=2,
+            eval_every=1,
+            n_eval=4,
+            pool_size=4,
+            bon_ns=(1, 2, 4),
+            weak_pairs=8,
+            weak_reward=RewardConfig(lr=3e-5, batch_size=4, max_steps=2),
+            heldout_pairs=4,
+            overopt_kl_coef=0.0,
+            overopt_steps=2,
+            overopt_lr=5e-4,
+            overopt_eval_every=1,
+            refresh_kl_coef=0.1,
+            refresh_pairs=8,
+            refresh_old_pairs=4,
+            refresh_reward=RewardConfig(lr=3e-5, batch_size=4, max_steps=2),
+            refresh_steps=1,
+            mix_weights=(0.0, 0.5, 1.0),
+            mix_n=4,
+        ),
+        final=FinalEvalBudget(
+            dpo=DPOConfig(beta=0.1, lr=5e-5, batch_size=2, max_steps=2, trainable_layers=2),
+            dpo_heldout=4,
+            grpo=GRPOConfig(
+                steps=2,
+                prompts_per_step=2,
+                group_size=2,
+                mini_batch_size=4,
+                micro_batch_size=4,
+                lr=1e-4,
+                sampling=SamplingConfig(16, 1.0, 4),
+                trainable_layers=2,
+            ),
+            judge_pairs=4,
+            judge_reward=RewardConfig(lr=3e-5, batch_size=2, max_steps=1, trainable_layers=1),
+            judge_heldout=4,
+            judge_batch_size=4,
+            bon_n=2,
+            ab_items=3,
+            notes="every code path with the real model; numbers mean nothing",
+        ),
+        cell_timeout=600,  # a whole smoke notebook takes a minute or two
         n_eval=4,
         eval_sampling=SamplingConfig(max_new_tokens=16, temperature=0.7, batch_size=4),
         sft=SFTConfig(max_steps=2, batch_size=4, eval_every=2, n_heldout=4, lr=3e-5),
@@ -95,7 +155,66 @@ PRESETS: dict[str, Preset] = {
     "cpu": Preset(
         name="cpu",
         description="a 2-core laptop: every notebook in 10 minutes or less",
-        cell_timeout=1800,  # 03's reward model, 04's PPO, 05's sweep: 4 to 6 minutes a cell
+        tradeoffs=TradeoffConfig(
+            kl_coefs=(0.01, 0.1, 0.5),
+            ppo=PPOConfig(
+                steps=8,
+                batch_size=16,
+                mini_batch_size=8,
+                micro_batch_size=8,
+                ppo_epochs=2,
+                lr=1e-4,
+                sampling=SamplingConfig(64, 0.7, 16),
+                trainable_layers=8,
+            ),
+            sweep_steps=6,
+            eval_every=3,
+            n_eval=28,
+            pool_size=16,
+            bon_ns=(1, 2, 4, 8, 16),
+            weak_pairs=48,
+            weak_reward=RewardConfig(lr=1e-4, batch_size=8, warmup_steps=1),
+            heldout_pairs=32,
+            overopt_kl_coef=0.0,
+            overopt_steps=6,
+            overopt_lr=2e-4,
+            overopt_eval_every=2,
+            refresh_kl_coef=0.1,
+            refresh_pairs=32,
+            refresh_old_pairs=16,
+            refresh_reward=RewardConfig(lr=5e-5, batch_size=8),
+            refresh_steps=2,
+            mix_weights=(0.0, 0.25, 0.5, 0.75, 1.0),
+            mix_n=16,
+        ),
+        final=FinalEvalBudget(
+            # lr as the reward model's and PPO's (1e-4 on the top 8 blocks): at a few dozen steps the
+            # literature's 5e-7 to 1e-6 (batch 64, thousands of steps) would not move the policy.
+            dpo=DPOConfig(beta=0.1, lr=1e-4, batch_size=8, max_steps=28, warmup_steps=2, trainable_layers=8),
+            dpo_heldout=64,
+            # 4 minibatches per batch: 32 optimizer steps in all, a third of PPO's 112 (14 steps x 4 epochs
+            # x 2), hence twice its learning rate.
+            grpo=GRPOConfig(
+                steps=8,
+                prompts_per_step=4,
+                group_size=4,
+                mini_batch_size=4,
+                micro_batch_size=4,
+                epochs=1,
+                lr=2e-4,
+                kl_coef=0.05,
+                sampling=SamplingConfig(64, 1.0, 16),
+                trainable_layers=8,
+            ),
+            judge_pairs=48,
+            judge_reward=RewardConfig(lr=1e-4, batch_size=8, max_steps=10, warmup_steps=1, trainable_layers=4),
+            judge_heldout=48,
+            judge_batch_size=16,
+            bon_n=4,
+            ab_items=12,
+            notes="a 2-core laptop; 07 reuses the eval rows 06 cached",
+        ),
+        cell_timeout=1800,  # 03's reward model, 04's PPO, 05's sweep: several minutes a cell
         n_eval=128,
         eval_sampling=SamplingConfig(max_new_tokens=64, temperature=0.7, batch_size=16),
         sft=SFTConfig(max_steps=48, batch_size=8, eval_every=16, n_heldout=32, lr=3e-5),
@@ -120,7 +239,60 @@ PRESETS: dict[str, Preset] = {
     "gpu": Preset(
         name="gpu",
         description="a Colab T4 (16 GB): larger batches and more steps",
-        cell_timeout=1800,  # not yet measured on a T4; the notebooks aim at 10 minutes each
+        tradeoffs=TradeoffConfig(
+            kl_coefs=(0.01, 0.05, 0.2, 0.5),
+            ppo=PPOConfig(
+                steps=20,
+                batch_size=64,
+                mini_batch_size=16,
+                micro_batch_size=16,
+                ppo_epochs=2,
+                lr=2e-5,
+                sampling=SamplingConfig(64, 0.7, 64),
+            ),
+            sweep_steps=16,
+            eval_every=4,
+            n_eval=64,
+            pool_size=32,
+            bon_ns=(1, 2, 4, 8, 16, 32),
+            weak_pairs=64,
+            weak_reward=RewardConfig(lr=2e-5, batch_size=16),
+            heldout_pairs=128,
+            overopt_kl_coef=0.0,
+            overopt_steps=16,
+            overopt_lr=5e-5,
+            overopt_eval_every=4,
+            refresh_kl_coef=0.05,
+            refresh_pairs=128,
+            refresh_old_pairs=128,
+            refresh_reward=RewardConfig(lr=1e-5, batch_size=16),
+            refresh_steps=4,
+            mix_weights=(0.0, 0.25, 0.5, 0.75, 1.0),
+            mix_n=32,
+        ),
+        final=FinalEvalBudget(
+            dpo=DPOConfig(beta=0.1, lr=2e-5, batch_size=16, max_steps=96, warmup_steps=8),
+            dpo_heldout=256,
+            grpo=GRPOConfig(
+                steps=24,
+                prompts_per_step=8,
+                group_size=8,
+                mini_batch_size=16,
+                micro_batch_size=16,
+                epochs=1,
+                lr=5e-5,
+                kl_coef=0.05,
+                sampling=SamplingConfig(64, 1.0, 64),
+            ),
+            judge_pairs=256,
+            judge_reward=RewardConfig(lr=2e-5, batch_size=16, max_steps=16, warmup_steps=2),
+            judge_heldout=256,
+            judge_batch_size=32,
+            bon_n=16,
+            ab_items=16,
+            notes="a Colab T4: every notebook in 10 minutes or less",
+        ),
+        cell_timeout=1800,  # the notebooks aim at 10 minutes each on a T4
         n_eval=128,
         eval_sampling=SamplingConfig(max_new_tokens=64, temperature=0.7, batch_size=64),
         sft=SFTConfig(max_steps=160, batch_size=16, eval_every=20, n_heldout=32, lr=3e-5),

@@ -30,27 +30,15 @@ Deliberate deviations:
 
 from __future__ import annotations
 
-import itertools
 import math
-import random
-from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import partial
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
-from rlhf_edu.checkpoints import resume_training, rows_fingerprint, save_training_checkpoint
+from rlhf_edu.batches import build_sft_batch
 from rlhf_edu.generation import check_prompts
 from rlhf_edu.logprobs import check_context_length, last_token_index, position_ids_from_mask
-from rlhf_edu.sft import build_sft_batch
-from rlhf_edu.store import jsonable
-from rlhf_edu.training import clip_and_step, freeze_lower_layers, linear_schedule
-
-HEAD_FILE = "reward_head.safetensors"
-
 
 # --------------------------------------------------------------------------- the math
 
@@ -212,30 +200,6 @@ class RewardModel(torch.nn.Module):
 # --------------------------------------------------------------------------- data and scoring
 
 
-def build_pair_batch(
-    tokenizer,
-    prompts: list[str],
-    chosen: list[str],
-    rejected: list[str],
-    max_response_tokens: int = 96,
-    chosen_eos: list[bool] | None = None,
-    rejected_eos: list[bool] | None = None,
-) -> dict:
-    """One batch of 2B rows in the course layout: rows 0..B-1 chosen, rows B..2B-1 rejected.
-
-    Returns input_ids, attention_mask (2B, P + R), response_mask (2B, R) and context_length P, as
-    `sft.build_sft_batch` (EOS appended unless the `*_eos` flag says the response was cut off).
-    One forward pass scores both sides.
-
-    Notebook: 03_reward_model.ipynb
-    """
-    if not len(prompts) == len(chosen) == len(rejected):
-        raise ValueError(f"got {len(prompts)} prompts, {len(chosen)} chosen, {len(rejected)} rejected")
-    n = len(prompts)
-    eos = (chosen_eos or [True] * n) + (rejected_eos or [True] * n)
-    return build_sft_batch(tokenizer, prompts + prompts, chosen + rejected, max_response_tokens, eos=eos)
-
-
 @torch.no_grad()
 def score_texts(
     reward_model: RewardModel,
@@ -255,7 +219,7 @@ def score_texts(
     Each response gets EOS appended, as in training (`build_sft_batch`), unless `eos[i]` is False
     (cut off at the token budget), so pass decoded text without special tokens. With raw=True, the
     head output before gain and bias. Wrap the call in
-    `models.autocast(setup)` to score in bf16/fp16 (the head stays fp32).
+    `devices.autocast(setup)` to score in bf16/fp16 (the head stays fp32).
 
     Notebook: 03_reward_model.ipynb
     """
@@ -295,7 +259,7 @@ def score_samples(
     The reward model reads the sampled token ids themselves, EOS included, as PPO scores them
     (`ppo_loop.rollout`). Decoding to text and re-tokenizing (`score_texts`) can give
     other tokens (special tokens dropped, whitespace stripped) and other scores. With raw=True, the
-    head output before gain and bias. Wrap the call in `models.autocast(setup)` as `score_texts`.
+    head output before gain and bias. Wrap the call in `devices.autocast(setup)` as `score_texts`.
 
     Notebooks: 03_reward_model.ipynb, 06_dpo_grpo.ipynb
     """
@@ -386,284 +350,4 @@ class RewardConfig:
             raise ValueError(f"lr must be >= 0, got {self.lr}")
 
 
-def total_steps(config: RewardConfig, n_train: int) -> int:
-    """`config.max_steps`, or `epochs` passes of ceil(n_train / batch_size) steps.
-
-    Notebook: 03_reward_model.ipynb
-    """
-    if config.max_steps is not None:
-        return config.max_steps
-    return config.epochs * math.ceil(n_train / config.batch_size)
-
-
-def pair_batch_indices(n_train: int, batch_size: int, seed: int) -> Iterator[list[int]]:
-    """Pair indices of each step's batch, forever: a fresh seeded shuffle at each pass over the
-    pairs, cut into batches of `batch_size` (the last of a pass may be smaller)."""
-    rng = random.Random(seed)
-    while True:
-        order = rng.sample(range(n_train), n_train)
-        for start in range(0, n_train, batch_size):
-            yield order[start : start + batch_size]
-
-
-def train_reward_model(
-    reward_model: RewardModel,
-    tokenizer,
-    train_rows: list[dict],
-    heldout_rows: list[dict],
-    config: RewardConfig,
-    *,
-    setup=None,
-    live_plot=None,
-    progress: bool = True,
-    checkpoint_dir: str | Path | None = None,
-    checkpoint_every: int | None = None,
-) -> list[dict]:
-    """Fit `reward_model` in place to pairs {prompt, chosen, rejected}; return one record per step.
-
-    Records hold `train/loss`, `train/accuracy`, `train/margin` (mean r_c - r_r), `train/lr`,
-    `train/grad_norm`, and `eval/loss`, `eval/accuracy`, `eval/margin` at evaluation steps. The loss
-    sees the scores with the current gain and bias: call `set_normalization` after training.
-    With `checkpoint_dir` (a new or empty folder, or a checkpoint of this run), the reward model
-    (`save_reward_model`), optimizer and run state are saved there every `checkpoint_every` steps
-    and at the end; calling again with the same folder, config and training pairs resumes from the
-    last checkpoint and ends with the same weights and history as an uninterrupted run.
-
-    Notebook: 03_reward_model.ipynb
-    """
-    from rlhf_edu.models import autocast, device_setup
-
-    if not train_rows:
-        raise ValueError("train_reward_model needs at least one training pair")
-    setup = setup or device_setup()
-    autocast_ctx = autocast(setup)
-    device = next(reward_model.parameters()).device
-    max_steps = total_steps(config, len(train_rows))
-    freeze_lower_layers(reward_model, config.trainable_layers)
-    trainable = [p for p in reward_model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: linear_schedule(s, config.warmup_steps, max_steps)
-    )
-    scaler = torch.amp.GradScaler(setup.device, enabled=setup.grad_scaler)
-    optimizer.zero_grad(set_to_none=True)  # an interrupted earlier call may have left gradients
-    run = {"stage": "reward model", "config": jsonable(config), "data": rows_fingerprint(train_rows)}
-    start, history = resume_training(
-        checkpoint_dir, run, optimizer, scheduler, scaler, partial(load_reward_weights, reward_model), live_plot
-    )
-    batches = itertools.islice(pair_batch_indices(len(train_rows), config.batch_size, config.seed), start, None)
-    for step in tqdm(
-        range(start, max_steps), desc="reward model", initial=start, total=max_steps, disable=not progress
-    ):
-        # 1. Next batch of pairs (a fresh shuffle at each epoch; the last batch may be smaller).
-        chunk = [train_rows[i] for i in next(batches)]
-        batch = build_pair_batch(
-            tokenizer,
-            [r["prompt"] for r in chunk],
-            [r["chosen"] for r in chunk],
-            [r["rejected"] for r in chunk],
-            config.max_response_tokens,
-            chosen_eos=[r.get("chosen_eos", True) for r in chunk],
-            rejected_eos=[r.get("rejected_eos", True) for r in chunk],
-        )
-        input_ids = batch["input_ids"].to(device)  # (2B, P+R) chosen rows, then rejected rows
-        attention_mask = batch["attention_mask"].to(device)  # (2B, P+R)
-        # 2. Score both sides in one forward pass; Bradley-Terry loss, equation (2).
-        reward_model.train()
-        with autocast_ctx:
-            scores = reward_model(input_ids, attention_mask)  # (2B,)
-        chosen_scores, rejected_scores = scores[: len(chunk)], scores[len(chunk) :]  # (B,), (B,)
-        loss = reward_loss(chosen_scores, rejected_scores)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"reward-model loss (train/loss) is {loss.item()} at step {step}; lower the learning rate"
-            )
-        # 3. Backward, clip, step (with fp16's grad scaler, a non-finite norm only skips the step).
-        scaler.scale(loss).backward()
-        grad_norm = clip_and_step(optimizer, scaler, trainable, config.max_grad_norm, step, "reward-model")
-        record = {
-            "step": step + 1,
-            "train/loss": loss.item(),
-            "train/accuracy": reward_accuracy(chosen_scores.detach(), rejected_scores.detach()),
-            "train/margin": float((chosen_scores - rejected_scores).detach().mean()),
-            "train/lr": scheduler.get_last_lr()[0],
-            "train/grad_norm": float(grad_norm),
-        }
-        scheduler.step()
-        # 4. Held-out loss and accuracy now and then.
-        if heldout_rows and ((step + 1) % config.eval_every == 0 or step + 1 == max_steps):
-            with autocast_ctx:
-                record.update(evaluate_reward_model(reward_model, tokenizer, heldout_rows, config))
-        history.append(record)
-        if live_plot is not None:
-            live_plot.update(step + 1, record, force=step + 1 == max_steps)
-        # 5. Checkpoint now and then, and at the end.
-        if checkpoint_dir is not None and (
-            step + 1 == max_steps or (checkpoint_every and (step + 1) % checkpoint_every == 0)
-        ):
-            save_training_checkpoint(
-                checkpoint_dir,
-                lambda folder: save_reward_model(reward_model, tokenizer, folder),
-                optimizer,
-                scheduler,
-                scaler,
-                {**run, "step": step + 1, "history": history},
-            )
-    reward_model.eval()
-    return history
-
-
-def load_reward_weights(reward_model: RewardModel, folder: Path) -> None:
-    """Copy the weights, head, gain and bias that `save_reward_model` wrote in `folder` into
-    `reward_model` (same architecture), without building a second head."""
-    from safetensors.torch import load_file
-    from transformers import AutoModel
-
-    check_reward_model_dir(folder, fix="delete the checkpoint folder to start the run over")
-    backbone = AutoModel.from_pretrained(folder, dtype=torch.float32)
-    state = {f"backbone.{k}": v for k, v in backbone.state_dict().items()}
-    try:
-        reward_model.load_state_dict({**state, **load_file(str(folder / HEAD_FILE))})
-    except RuntimeError as err:
-        raise ValueError(f"the checkpoint in {folder} holds another reward model's weights: {err}") from None
-
-
 # --------------------------------------------------------------------------- saving and loading
-
-
-def save_reward_model(reward_model: RewardModel, tokenizer, out_dir: str | Path, info: dict | None = None) -> Path:
-    """Save as safetensors only: the backbone (`save_pretrained`), the tokenizer, and
-    `reward_head.safetensors` holding head.weight (1, H), head.bias (1,), gain () and bias ().
-
-    `info` (e.g. the config and history) goes to `run_info.json`.
-
-    Notebook: 03_reward_model.ipynb
-    """
-    from safetensors.torch import save_file
-
-    from rlhf_edu.store import write_json
-
-    out_dir = Path(out_dir)
-    (out_dir / "run_info.json").unlink(missing_ok=True)  # written last: it marks a finished save
-    reward_model.backbone.save_pretrained(out_dir, safe_serialization=True)
-    tokenizer.save_pretrained(out_dir)
-    head_state = {
-        k: v.detach().cpu().contiguous() for k, v in reward_model.state_dict().items() if not k.startswith("backbone.")
-    }
-    save_file(head_state, str(out_dir / HEAD_FILE))
-    if info is not None:
-        write_json(out_dir / "run_info.json", info)
-    return out_dir
-
-
-def check_reward_model_dir(out_dir: Path, fix: str | None = None) -> None:
-    """FileNotFoundError naming the folder, the missing file and what to do (`fix`, by default
-    the notebook that writes an artifacts folder), unless `out_dir` holds a complete
-    `save_reward_model` output."""
-    from rlhf_edu.models import check_checkpoint
-
-    check_checkpoint(out_dir, extra=(HEAD_FILE,), fix=fix)
-
-
-def load_reward_model(out_dir: str | Path, device: str | torch.device = "cpu") -> tuple[RewardModel, object]:
-    """Load what `save_reward_model` wrote: -> (reward_model in eval mode, tokenizer).
-
-    A missing folder or file is a FileNotFoundError naming it (and notebook 03, which writes
-    artifacts/reward_model).
-
-    Notebook: 03_reward_model.ipynb
-    """
-    from safetensors.torch import load_file
-    from transformers import AutoModel, AutoTokenizer
-
-    from rlhf_edu.models import setup_tokenizer
-
-    out_dir = Path(out_dir)
-    check_reward_model_dir(out_dir)
-    tokenizer = AutoTokenizer.from_pretrained(out_dir)
-    setup_tokenizer(tokenizer)
-    reward_model = RewardModel(AutoModel.from_pretrained(out_dir, dtype=torch.float32))
-    missing, unexpected = reward_model.load_state_dict(load_file(str(out_dir / HEAD_FILE)), strict=False)
-    if unexpected or any(not k.startswith("backbone.") for k in missing):
-        raise RuntimeError(f"{out_dir / HEAD_FILE} does not fit: missing {missing}, unexpected {unexpected}")
-    return reward_model.to(device).eval(), tokenizer
-
-
-def reward_model_key(preset) -> dict:
-    """What a saved reward model must have been built from to be reused: the preset, its
-    RewardConfig, the preference data and learner labels (`training_data_fingerprint`), and the
-    SFT policy it started from (`sft_run_id`). Saved in its run_info.json (notebook 03).
-    Notebooks: 03_reward_model.ipynb and later"""
-    from dataclasses import asdict
-
-    from rlhf_edu.preferences import training_data_fingerprint
-    from rlhf_edu.sft import sft_run_id
-
-    return {
-        "preset": preset.name,
-        "config": asdict(preset.reward),
-        "data": training_data_fingerprint(),
-        "sft": sft_run_id(),
-    }
-
-
-def load_or_train_reward_model(preset, policy, tokenizer, setup=None, *, progress: bool = True):
-    """The reward model of notebook 03: its checkpoint in artifacts/reward_model when it was trained
-    from what `reward_model_key` lists (preset, RewardConfig, pairs and labels, SFT policy),
-    otherwise trained now the way notebook 03 trains it (the
-    learner's exported labels first, then the annotator's pairs; gain and bias from the SFT
-    policy's samples) and saved there.
-
-    `policy` is the SFT policy (its samples set the normalization; a copy of it is the backbone).
-    Returns (reward_model, message); the message says which happened.
-    Notebooks: 04_ppo.ipynb and later
-    """
-    import copy
-    import json
-
-    from rlhf_edu.data import load_concepts, make_prompt
-    from rlhf_edu.generation import sample
-    from rlhf_edu.models import autocast, device_setup
-    from rlhf_edu.preferences import reward_training_rows
-    from rlhf_edu.store import artifacts_dir
-
-    setup = setup or device_setup()
-    key = reward_model_key(preset)
-    out_dir = artifacts_dir() / "reward_model"
-    info_path = out_dir / "run_info.json"
-    if info_path.exists():
-        info = json.loads(info_path.read_text())
-        if all(info.get(k) == v for k, v in key.items()):
-            reward_model, _ = load_reward_model(out_dir, next(policy.parameters()).device)
-            return reward_model, f"loaded the reward model from {out_dir}"
-    train_rows, n_mine = reward_training_rows(preset.reward_pairs, preset.seed)
-    torch.manual_seed(preset.seed)
-    reward_model = RewardModel.from_causal_lm(copy.deepcopy(policy))
-    history = train_reward_model(reward_model, tokenizer, train_rows, [], preset.reward, setup=setup, progress=progress)
-    concepts = list(load_concepts("train")["concept"])
-    norm_prompts = [make_prompt(c) for c in random.Random(1).sample(concepts, preset.reward_norm_samples)]
-    norm = sample(
-        policy,
-        tokenizer,
-        norm_prompts,
-        preset.eval_sampling,
-        generator=torch.Generator().manual_seed(preset.seed),
-        autocast_ctx=autocast(setup),
-    )
-    with autocast(setup):  # the sampled tokens, as PPO and GRPO will score them
-        raw = score_samples(reward_model, norm.input_ids, norm.attention_mask, raw=True)  # (N,)
-    reward_model.set_normalization(raw)
-    save_reward_model(
-        reward_model,
-        tokenizer,
-        out_dir,
-        info={
-            **key,
-            "n_train_pairs": len(train_rows),
-            "history": history,
-        },
-    )
-    return reward_model, (
-        f"no reward model for the {preset.name} preset in {out_dir}: trained one now on "
-        f"{len(train_rows)} pairs ({n_mine} yours) with {preset.reward}"
-    )

@@ -30,7 +30,7 @@ answer that is already good in form, so a keyword repeated, pasted into an answe
 else, or buried in a long ramble earns little or nothing (tests/test_rubric.py checks each kind). Measured rates, in the
 demonstrations and in SFT samples, are in data/README.md (`scripts/quality_rates.py`). A fourth
 quality, a closing invitation to notice or try something, was measured and left out: the SFT policy
-ends that way in about 1% of its samples, too rarely for reinforcement learning to find it.
+ends that way too rarely for reinforcement learning to find it.
 
 What it cannot judge: whether the facts are true, whether the analogy helps, whether a child would
 enjoy it. "Gravity is a big hug from your mommy" scores well. Real RLHF uses people for exactly the

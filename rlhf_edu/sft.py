@@ -19,11 +19,9 @@ Deliberate choices:
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import random
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
@@ -31,6 +29,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from rlhf_edu.batches import build_sft_batch
 from rlhf_edu.checkpoints import (
     load_causal_lm_weights,
     resume_training,
@@ -38,10 +37,9 @@ from rlhf_edu.checkpoints import (
     save_checkpoint,
     save_training_checkpoint,
 )
-from rlhf_edu.generation import encode_prompts
 from rlhf_edu.logprobs import masked_mean, per_token_logps
 from rlhf_edu.store import jsonable
-from rlhf_edu.training import clip_and_step, linear_schedule
+from rlhf_edu.training import clip_and_step, linear_schedule, sft_batch_indices
 
 
 @dataclass(frozen=True)
@@ -76,41 +74,6 @@ class SFTConfig:
             raise ValueError(f"lr must be >= 0, got {self.lr}")
 
 
-def build_sft_batch(
-    tokenizer, prompts: list[str], responses: list[str], max_response_tokens: int = 96, eos: list[bool] | None = None
-) -> dict:
-    """Tokenize (prompt, response) pairs into the course layout.
-
-    Returns input_ids, attention_mask (B, P + R), response_mask (B, R) and context_length P.
-    Each response is followed by EOS, except where `eos[i]` is False: a sampled response that was
-    cut off at the token budget is scored as it was sampled, without an EOS it never emitted.
-    response_mask is 1 on the response tokens and the EOS.
-    """
-    prompt_ids, prompt_mask = encode_prompts(tokenizer, prompts)  # (B, P), left-padded
-    eos_id, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
-    ended = [True] * len(responses) if eos is None else [bool(e) for e in eos]
-    if len(ended) != len(responses):
-        raise ValueError(f"got {len(responses)} responses but {len(ended)} eos flags")
-    encoded = [
-        tokenizer(r, add_special_tokens=False).input_ids + ([eos_id] if e else []) for r, e in zip(responses, ended)
-    ]
-    for i, ids in enumerate(encoded):
-        if len(ids) > max_response_tokens:
-            raise ValueError(f"response {i} is {len(ids)} tokens, more than max_response_tokens={max_response_tokens}")
-    R = max(len(ids) for ids in encoded)
-    response_ids = torch.full((len(encoded), R), pad, dtype=torch.long)  # (B, R) right-padded
-    response_mask = torch.zeros((len(encoded), R), dtype=torch.long)  # (B, R)
-    for i, ids in enumerate(encoded):
-        response_ids[i, : len(ids)] = torch.tensor(ids)
-        response_mask[i, : len(ids)] = 1
-    return {
-        "input_ids": torch.cat([prompt_ids, response_ids], dim=1),  # (B, P+R)
-        "attention_mask": torch.cat([prompt_mask, response_mask], dim=1),  # (B, P+R)
-        "response_mask": response_mask,  # (B, R)
-        "context_length": prompt_ids.shape[1],
-    }
-
-
 def sft_loss(per_token_logps: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
     """Completion-only negative log-likelihood: mean over response tokens. (B, R), (B, R) -> ()."""
     return -masked_mean(per_token_logps, response_mask)
@@ -140,19 +103,6 @@ def heldout_loss(model, tokenizer, rows: list[dict], config: SFTConfig, autocast
         n = int(batch["response_mask"].sum())
         total, tokens = total + float(loss) * n, tokens + n
     return total / max(tokens, 1)
-
-
-def sft_batch_indices(n_train: int, batch_size: int, seed: int) -> Iterator[list[int]]:
-    """Row indices of each step's batch, forever: a seeded reshuffle is appended whenever fewer than
-    `batch_size` rows are left, so every batch is full (it may span two passes over the data)."""
-    rng = random.Random(seed)
-    order: list[int] = []
-    size = min(batch_size, n_train)
-    while True:
-        if len(order) < batch_size:
-            order += rng.sample(range(n_train), n_train)
-        batch, order = order[:size], order[size:]
-        yield batch
 
 
 def split_heldout(rows: list[dict], n_heldout: int, seed: int) -> tuple[list[dict], list[dict]]:
@@ -191,7 +141,7 @@ def train_sft(
 
     Notebook: 01_sft.ipynb
     """
-    from rlhf_edu.models import autocast, device_setup
+    from rlhf_edu.devices import autocast, device_setup
 
     setup = setup or device_setup()
     autocast_ctx = autocast(setup)
@@ -272,7 +222,8 @@ def load_or_train_sft(preset, setup=None, *, progress: bool = True):
     so that each runs on its own in a fresh runtime.
     """
     from rlhf_edu.data import load_sft_demos
-    from rlhf_edu.models import device_setup, load_model
+    from rlhf_edu.devices import device_setup
+    from rlhf_edu.models import load_model
     from rlhf_edu.store import artifacts_dir
 
     setup = setup or device_setup()
@@ -301,13 +252,3 @@ def sft_checkpoint_mismatch(ckpt: Path, wanted: dict) -> str | None:
     if differ:
         return f"the SFT policy in {ckpt} was trained with another {' and '.join(differ)}"
     return None
-
-
-def sft_run_id() -> str | None:
-    """A digest of the saved SFT policy's run_info.json (config, data, base model, history): it
-    changes whenever another SFT policy is saved, so what was built on the old one (the reward
-    model) is known to be stale. None when there is none."""
-    from rlhf_edu.store import artifacts_dir
-
-    info = artifacts_dir() / "sft" / "run_info.json"
-    return hashlib.sha1(info.read_bytes()).hexdigest()[:16] if info.exists() else None

@@ -132,3 +132,46 @@ def fingerprint(model: torch.nn.Module) -> str:
         return f"{float(total):.11e}"
 
     return _memoized("fingerprint", model, compute)
+
+
+def sft_run_id() -> str | None:
+    """A digest of the saved SFT policy's run_info.json (config, data, base model, history): it
+    changes whenever another SFT policy is saved, so what was built on the old one (the reward
+    model) is known to be stale. None when there is none."""
+    info = artifacts_dir() / "sft" / "run_info.json"
+    return hashlib.sha1(info.read_bytes()).hexdigest()[:16] if info.exists() else None
+
+
+class RunCache:
+    """JSON records in one folder, `<name>-<key>.json`. Notebook: 05_reward_kl_tradeoffs.ipynb"""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def path(self, name: str, key: str) -> Path:
+        return self.root / f"{name}-{key}.json"
+
+    def load(self, name: str, key: str) -> dict | None:
+        path = self.path(name, key)
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def save(self, name: str, key: str, record: dict) -> dict:
+        from rlhf_edu.store import write_json
+
+        write_json(self.path(name, key), {**record, "key": key})
+        return record
+
+
+class Lazy:
+    """A value built on first call: when every run that needs it is cached, it is never built.
+
+    Notebook: 05_reward_kl_tradeoffs.ipynb"""
+
+    def __init__(self, build):
+        self.build, self.value = build, None
+
+    def __call__(self):
+        if self.value is None:
+            self.value = self.build()
+        return self.value

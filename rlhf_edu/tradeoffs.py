@@ -284,3 +284,12 @@ def pareto_front(points) -> list[int]:
             front.append(i)
             best_gold = pts[i][1]
     return front
+
+
+def pool_array(pool: dict, key: str) -> np.ndarray:
+    """(P, N) array of one field of the pool: "gold", a rubric component, "tokens", or a proxy name.
+
+    Notebook: 05_reward_kl_tradeoffs.ipynb"""
+    if key in pool["proxy"]:
+        return np.array(pool["proxy"][key], dtype=float)
+    return np.array([[float(s[key]) for s in row] for row in pool["samples"]])

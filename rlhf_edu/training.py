@@ -6,10 +6,12 @@ no stage.
 
 from __future__ import annotations
 
+import math
 import random
 import time
 import warnings
 from collections import defaultdict
+from collections.abc import Iterator
 
 import torch
 
@@ -137,3 +139,34 @@ def freeze_lower_layers(model: torch.nn.Module, trainable_layers: int | None) ->
         in_blocks = id(p) in block_params
         if (in_blocks and id(p) not in top) or (not in_blocks and "norm" not in name and "ln_f" not in name):
             p.requires_grad_(False)
+
+
+def total_steps(config, n_train: int) -> int:
+    """`config.max_steps`, or `config.epochs` passes of ceil(n_train / config.batch_size) steps
+    (a RewardConfig or a DPOConfig). Notebooks: 03_reward_model.ipynb, 06_dpo_grpo.ipynb"""
+    if config.max_steps is not None:
+        return config.max_steps
+    return config.epochs * math.ceil(n_train / config.batch_size)
+
+
+def pair_batch_indices(n_train: int, batch_size: int, seed: int) -> Iterator[list[int]]:
+    """Pair indices of each step's batch, forever: a fresh seeded shuffle at each pass over the
+    pairs, cut into batches of `batch_size` (the last of a pass may be smaller)."""
+    rng = random.Random(seed)
+    while True:
+        order = rng.sample(range(n_train), n_train)
+        for start in range(0, n_train, batch_size):
+            yield order[start : start + batch_size]
+
+
+def sft_batch_indices(n_train: int, batch_size: int, seed: int) -> Iterator[list[int]]:
+    """Row indices of each step's batch, forever: a seeded reshuffle is appended whenever fewer than
+    `batch_size` rows are left, so every batch is full (it may span two passes over the data)."""
+    rng = random.Random(seed)
+    order: list[int] = []
+    size = min(batch_size, n_train)
+    while True:
+        if len(order) < batch_size:
+            order += rng.sample(range(n_train), n_train)
+        batch, order = order[:size], order[size:]
+        yield batch

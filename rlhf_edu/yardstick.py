@@ -5,7 +5,7 @@
   `preset.seed`, so two policies answer with the same randomness and the SFT policy's answers, and
   its gold score, are the same in every notebook;
 - the scores: the gold rubric on every answer, plus the KL to a reference and the reward model's
-  score where a notebook has them (`final_eval.score_samples`);
+  score where a notebook has them (`eval_rows.score_samples`);
 - one cache: artifacts/eval_rows/<name>.json, keyed by everything the rows depend on (the weights of
   each model, the prompts, the sampling, the seed, the dtype and the rubric's source), so a policy
   evaluated in notebook 04 is not sampled again in 06 or 07.
@@ -39,28 +39,33 @@ def prompts_for(preset) -> list[str]:
     return eval_prompts(preset.n_eval)
 
 
+def spec(preset, setup):
+    """The yardstick as an `eval_rows.EvalSpec`: the preset's eval prompts, its evaluation sampling
+    and seed; the dtype and the rubric's digest join the cache key (another dtype or another rubric
+    gives other rows)."""
+    from rlhf_edu.devices import autocast
+    from rlhf_edu.eval_rows import EvalSpec
+
+    return EvalSpec(
+        prompts=prompts_for(preset),
+        sampling=preset.eval_sampling,
+        preset_name=preset.name,
+        seed=preset.seed,
+        autocast_ctx=autocast(setup),
+        extra={"dtype": setup.dtype_name, "rubric": rubric_digest()},
+    )
+
+
 def evaluate(
     name: str, model, tokenizer, preset, setup, *, reference=None, reward_model=None, refresh: bool = False
 ) -> tuple[list[dict], str]:
     """Rows {prompt, response, tokens, eos, gold, <components>[, kl, ref_nll, ref_tokens][, rm]} of
     policy `model` on the yardstick's prompts, sampled and scored once and cached as
     artifacts/eval_rows/<name>.json. Returns (rows, a line saying whether they were cached)."""
-    from rlhf_edu.final_eval import policy_eval_rows
-    from rlhf_edu.models import autocast
+    from rlhf_edu.eval_rows import policy_eval_rows
 
     return policy_eval_rows(
-        name,
-        model,
-        tokenizer,
-        prompts_for(preset),
-        preset.eval_sampling,
-        preset_name=preset.name,
-        seed=preset.seed,
-        reference=reference,
-        reward_model=reward_model,
-        autocast_ctx=autocast(setup),
-        refresh=refresh,
-        extra={"dtype": setup.dtype_name, "rubric": rubric_digest()},
+        name, model, tokenizer, spec(preset, setup), reference=reference, reward_model=reward_model, refresh=refresh
     )
 
 
@@ -68,23 +73,11 @@ def best_of_n(
     policy, tokenizer, n: int, preset, setup, *, reference, reward_model, refresh: bool = False
 ) -> tuple[list[dict], str]:
     """The best-of-n baseline on the yardstick: n answers of `policy` per eval prompt at the
-    evaluation temperature, the reward model keeps one (`final_eval.best_of_n_rows`); cached."""
-    from rlhf_edu.final_eval import best_of_n_eval_rows
-    from rlhf_edu.models import autocast
+    evaluation temperature, the reward model keeps one (`eval_rows.best_of_n_rows`); cached."""
+    from rlhf_edu.eval_rows import best_of_n_eval_rows
 
     return best_of_n_eval_rows(
-        policy,
-        tokenizer,
-        prompts_for(preset),
-        preset.eval_sampling,
-        n,
-        preset_name=preset.name,
-        seed=preset.seed,
-        reference=reference,
-        reward_model=reward_model,
-        autocast_ctx=autocast(setup),
-        refresh=refresh,
-        extra={"dtype": setup.dtype_name, "rubric": rubric_digest()},
+        policy, tokenizer, spec(preset, setup), n, reference=reference, reward_model=reward_model, refresh=refresh
     )
 
 

@@ -28,8 +28,9 @@ import torch
 
 from rlhf_edu.annotator import AnnotatorConfig, SimulatedAnnotator
 from rlhf_edu.data import data_dir, load_concepts, load_sft_demos, make_prompt
+from rlhf_edu.devices import autocast, device_setup
 from rlhf_edu.generation import SamplingConfig
-from rlhf_edu.models import autocast, device_setup, load_model
+from rlhf_edu.models import load_model
 from rlhf_edu.preferences import label_pair, sample_pairs
 from rlhf_edu.presets import get_preset
 from rlhf_edu.rubric import score

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from rlhf_edu.ai_judge import CONSTITUTION, constitution_preferences, guided_prompt, response_logps
+from rlhf_edu.batches import build_sft_batch
 from rlhf_edu.logprobs import per_token_logps
 from rlhf_edu.models import tiny_model_and_tokenizer
-from rlhf_edu.sft import build_sft_batch
 
 ROWS = [
     {

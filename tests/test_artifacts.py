@@ -7,8 +7,9 @@ from dataclasses import asdict
 
 from rlhf_edu.checkpoints import rows_fingerprint
 from rlhf_edu.presets import get_preset
-from rlhf_edu.reward import reward_model_key
-from rlhf_edu.sft import sft_checkpoint_mismatch, sft_run_id
+from rlhf_edu.reward_training import reward_model_key
+from rlhf_edu.sft import sft_checkpoint_mismatch
+from rlhf_edu.store import sft_run_id
 
 
 def write_sft_info(folder, **info):

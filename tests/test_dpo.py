@@ -10,6 +10,7 @@ import warnings
 import pytest
 import torch
 
+from rlhf_edu.devices import choose_device_setup, device_setup
 from rlhf_edu.dpo import (
     DPOConfig,
     dpo_loss,
@@ -19,7 +20,7 @@ from rlhf_edu.dpo import (
     sequence_logps,
     train_dpo,
 )
-from rlhf_edu.models import choose_device_setup, device_setup, tiny_model_and_tokenizer
+from rlhf_edu.models import tiny_model_and_tokenizer
 
 CPU = device_setup("cpu")  # this CPU's dtype rule, or RLHF_EDU_DTYPE
 LOG2 = math.log(2.0)

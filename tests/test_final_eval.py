@@ -8,6 +8,8 @@ import math
 import pytest
 import torch
 
+from rlhf_edu import ai_judge as aj
+from rlhf_edu import eval_rows as er
 from rlhf_edu import final_eval as fe
 from rlhf_edu import store
 from rlhf_edu.generation import SamplingConfig
@@ -48,12 +50,13 @@ def perturb(model, seed=1):
 # --------------------------------------------------------------------------- budgets
 
 
-def test_every_preset_has_a_budget_and_unknown_ones_fail():
-    assert set(fe.BUDGETS) == set(PRESETS)
-    for name in PRESETS:
-        assert fe.final_eval_budget(name) is fe.BUDGETS[name]
-    with pytest.raises(ValueError, match="no budgets"):
-        fe.final_eval_budget("tpu")
+def test_every_preset_carries_the_budgets_of_06_and_07():
+    from rlhf_edu.budgets import FinalEvalBudget
+
+    for preset in PRESETS.values():
+        assert isinstance(preset.final, FinalEvalBudget)
+    with pytest.raises(ValueError, match="unknown preset"):
+        get_preset("tpu")
 
 
 def test_budgets_fit_the_data_and_grow_with_the_preset():
@@ -61,7 +64,7 @@ def test_budgets_fit_the_data_and_grow_with_the_preset():
 
     train = to_preference_rows(load_pairs("train"))
     heldout = to_preference_rows(load_pairs("heldout"))
-    smoke, cpu, gpu = (fe.final_eval_budget(n) for n in ("smoke", "cpu", "gpu"))
+    smoke, cpu, gpu = (get_preset(n).final for n in ("smoke", "cpu", "gpu"))
     for b in (smoke, cpu, gpu):
         assert b.dpo_pairs <= len(train) and b.judge_pairs <= len(train)
         assert b.dpo_heldout <= len(heldout) and b.judge_heldout <= len(heldout)
@@ -70,7 +73,7 @@ def test_budgets_fit_the_data_and_grow_with_the_preset():
     assert smoke.grpo.steps < cpu.grpo.steps <= gpu.grpo.steps
     assert cpu.dpo_pairs == cpu.dpo.batch_size * cpu.dpo.max_steps
     for name in ("cpu", "gpu"):  # the same blocks train as in PPO (notebook 06 compares them)
-        b, ppo = fe.final_eval_budget(name), get_preset(name).ppo
+        b, ppo = get_preset(name).final, get_preset(name).ppo
         assert b.dpo.trainable_layers == b.grpo.trainable_layers == ppo.trainable_layers
         assert b.grpo.kl_coef == ppo.kl_coef and b.grpo.sampling == ppo.sampling
 
@@ -79,7 +82,7 @@ def test_a_budget_without_dpo_steps_is_rejected():
     from dataclasses import replace
 
     with pytest.raises(ValueError, match="max_steps"):
-        replace(fe.final_eval_budget("smoke"), dpo=replace(fe.final_eval_budget("smoke").dpo, max_steps=None))
+        replace(get_preset("smoke").final, dpo=replace(get_preset("smoke").final.dpo, max_steps=None))
 
 
 # --------------------------------------------------------------------------- fingerprints, saving, loading
@@ -108,7 +111,7 @@ def test_fingerprint_follows_the_weights(models):
 
 def test_save_and_load_a_policy_checks_preset_config_and_reference(artifacts, models):
     policy, reference, _, tok = models
-    preset, budget = get_preset("smoke"), fe.final_eval_budget("smoke")
+    preset, budget = get_preset("smoke"), get_preset("smoke").final
     model, _, _, reason = fe.load_policy("dpo", preset, budget)
     assert model is None and "missing" in reason
     trained = perturb(copy.deepcopy(policy))
@@ -120,7 +123,7 @@ def test_save_and_load_a_policy_checks_preset_config_and_reference(artifacts, mo
     assert store.fingerprint(loaded) == store.fingerprint(trained)
     # another preset, another config, another reference: not this run's policy
     assert fe.load_policy("dpo", get_preset("cpu"), budget)[0] is None
-    assert fe.load_policy("dpo", preset, fe.final_eval_budget("cpu"))[0] is None
+    assert fe.load_policy("dpo", preset, get_preset("cpu").final)[0] is None
     model, _, _, reason = fe.load_policy("dpo", preset, budget, reference=trained)
     assert model is None and "another SFT" in reason
     with pytest.raises(ValueError, match="unknown policy"):
@@ -129,7 +132,7 @@ def test_save_and_load_a_policy_checks_preset_config_and_reference(artifacts, mo
 
 def test_load_ppo_needs_a_finished_run_against_the_same_models(artifacts, models):
     policy, reference, reward_model, tok = models
-    preset, budget = get_preset("smoke"), fe.final_eval_budget("smoke")
+    preset, budget = get_preset("smoke"), get_preset("smoke").final
     root = artifacts / "ppo"
     ppo = perturb(copy.deepcopy(policy), seed=5)
     ppo.save_pretrained(root / "policy")
@@ -161,30 +164,31 @@ def test_cached_rows_compute_once_per_key(artifacts):
         return [{"x": len(calls)}]
 
     settings = {"preset": "smoke", "sampling": SAMPLING, "models": {"policy": "1.0"}}
-    rows, message = fe.cached_rows("toy", settings, compute)
+    rows, message = er.cached_rows("toy", settings, compute)
     assert rows == [{"x": 1}] and "sampled" in message
-    rows, message = fe.cached_rows("toy", dict(settings), compute)
+    rows, message = er.cached_rows("toy", dict(settings), compute)
     assert rows == [{"x": 1}] and "from" in message and len(calls) == 1
-    rows, _ = fe.cached_rows("toy", {**settings, "preset": "cpu"}, compute)  # another key: computed again
+    rows, _ = er.cached_rows("toy", {**settings, "preset": "cpu"}, compute)  # another key: computed again
     assert rows == [{"x": 2}]
-    rows, _ = fe.cached_rows("toy", {**settings, "preset": "cpu"}, compute, refresh=True)
+    rows, _ = er.cached_rows("toy", {**settings, "preset": "cpu"}, compute, refresh=True)
     assert rows == [{"x": 3}] and (artifacts / "eval_rows" / "toy.json").exists()
 
 
 def test_policy_eval_rows_score_and_cache(artifacts, models, monkeypatch):
     policy, reference, reward_model, tok = models
-    kwargs = {"preset_name": "smoke", "seed": 0, "reference": reference, "reward_model": reward_model}
-    rows, message = fe.policy_eval_rows("sft", policy, tok, PROMPTS, SAMPLING, **kwargs)
+    spec = er.EvalSpec(PROMPTS, SAMPLING, preset_name="smoke", seed=0)
+    kwargs = {"reference": reference, "reward_model": reward_model}
+    rows, message = er.policy_eval_rows("sft", policy, tok, spec, **kwargs)
     assert len(rows) == len(PROMPTS) and "sampled" in message
     for r in rows:
         assert {"gold", "rm", "kl", "ref_nll", "ref_tokens", "tokens", "eos", *COMPONENTS} <= set(r)
         assert abs(r["kl"]) < 1e-4  # the policy is the reference
         assert math.isfinite(r["rm"]) and r["ref_nll"] > 0 and r["ref_tokens"] >= 1
-    monkeypatch.setattr(fe, "sample", lambda *a, **k: pytest.fail("not cached"))
-    again, message = fe.policy_eval_rows("sft", policy, tok, PROMPTS, SAMPLING, **kwargs)
+    monkeypatch.setattr(er, "sample", lambda *a, **k: pytest.fail("not cached"))
+    again, message = er.policy_eval_rows("sft", policy, tok, spec, **kwargs)
     assert again == rows and "from" in message
     with pytest.raises(pytest.fail.Exception):  # other weights: another key, so it samples again
-        fe.policy_eval_rows("sft", perturb(copy.deepcopy(policy)), tok, PROMPTS, SAMPLING, **kwargs)
+        er.policy_eval_rows("sft", perturb(copy.deepcopy(policy)), tok, spec, **kwargs)
 
 
 def test_eval_rows_are_evaluate_policys_plus_perplexity(artifacts, models):
@@ -192,9 +196,8 @@ def test_eval_rows_are_evaluate_policys_plus_perplexity(artifacts, models):
 
     policy, reference, reward_model, tok = models
     other = perturb(copy.deepcopy(policy), seed=2)
-    rows, _ = fe.policy_eval_rows(
-        "x", other, tok, PROMPTS, SAMPLING, preset_name="smoke", seed=4, reference=reference, reward_model=reward_model
-    )
+    spec = er.EvalSpec(PROMPTS, SAMPLING, preset_name="smoke", seed=4)
+    rows, _ = er.policy_eval_rows("x", other, tok, spec, reference=reference, reward_model=reward_model)
     expected = evaluate_policy(other, tok, PROMPTS, SAMPLING, seed=4, reference=reference, reward_model=reward_model)
     for r, e in zip(rows, expected):
         assert r["response"] == e["response"] and r["gold"] == e["gold"] and r["tokens"] == e["tokens"]
@@ -208,7 +211,7 @@ def test_perplexity_sums_match_a_token_by_token_loop_without_padding(models):
     policy, reference, _, tok = models
     samples = sample(policy, tok, PROMPTS, SAMPLING, generator=torch.Generator().manual_seed(1))
     assert samples.response_mask.sum(1).unique().numel() > 1 or samples.prompt_mask.sum(1).unique().numel() > 1
-    rows = fe.score_samples(samples, PROMPTS, reference=reference, temperature=SAMPLING.temperature, batch_size=3)
+    rows = er.score_samples(samples, PROMPTS, reference=reference, temperature=SAMPLING.temperature, batch_size=3)
     assert all("rm" not in r and "kl" not in r for r in rows)
     for i, row in enumerate(rows):
         prompt = samples.prompt_ids[i][samples.prompt_mask[i].bool()]  # (P_i,) without its padding
@@ -223,21 +226,22 @@ def test_perplexity_sums_match_a_token_by_token_loop_without_padding(models):
 
 def test_best_of_n_keeps_the_highest_reward_model_score(models):
     policy, _, reward_model, tok = models
-    rows = fe.best_of_n_rows(policy, tok, PROMPTS, SAMPLING, 3, reward_model, seed=0)
+    rows = er.best_of_n_rows(policy, tok, PROMPTS, SAMPLING, 3, reward_model, seed=0)
     assert len(rows) == len(PROMPTS)
     for r in rows:
         assert len(r["pool_rm"]) == 3 and r["rm"] == max(r["pool_rm"])
         assert r["kl"] == pytest.approx(math.log(3) - 2 / 3)
-    single = fe.best_of_n_rows(policy, tok, PROMPTS, SAMPLING, 1, reward_model, seed=0)
+    single = er.best_of_n_rows(policy, tok, PROMPTS, SAMPLING, 1, reward_model, seed=0)
     assert all(r["kl"] == 0.0 and r["rm"] == r["pool_rm"][0] for r in single)
 
 
 def test_best_of_n_eval_rows_cache_depends_on_n(artifacts, models):
     policy, reference, reward_model, tok = models
-    kwargs = {"preset_name": "smoke", "seed": 0, "reference": reference, "reward_model": reward_model}
-    _, first = fe.best_of_n_eval_rows(policy, tok, PROMPTS, SAMPLING, 2, **kwargs)
-    _, second = fe.best_of_n_eval_rows(policy, tok, PROMPTS, SAMPLING, 2, **kwargs)
-    _, third = fe.best_of_n_eval_rows(policy, tok, PROMPTS, SAMPLING, 3, **kwargs)
+    spec = er.EvalSpec(PROMPTS, SAMPLING, preset_name="smoke", seed=0)
+    kwargs = {"reference": reference, "reward_model": reward_model}
+    _, first = er.best_of_n_eval_rows(policy, tok, spec, 2, **kwargs)
+    _, second = er.best_of_n_eval_rows(policy, tok, spec, 2, **kwargs)
+    _, third = er.best_of_n_eval_rows(policy, tok, spec, 3, **kwargs)
     assert "sampled" in first and "from" in second and "sampled" in third
 
 
@@ -292,19 +296,19 @@ def test_ab_store_path_names_the_comparison(artifacts):
 
 
 def test_judge_prompt_shows_the_criteria_both_answers_and_cut_offs():
-    text = fe.judge_prompt(PROMPTS[0], "first answer", "second answer", True, False)
-    assert fe.JUDGE_CRITERIA in text and PROMPTS[0] in text
-    assert text.index("Answer A: first answer") < text.index("Answer B: second answer" + fe.CUT_OFF)
+    text = aj.judge_prompt(PROMPTS[0], "first answer", "second answer", True, False)
+    assert aj.JUDGE_CRITERIA in text and PROMPTS[0] in text
+    assert text.index("Answer A: first answer") < text.index("Answer B: second answer" + aj.CUT_OFF)
 
 
 def test_judge_margins_match_a_full_forward_without_padding(models):
     policy, _, _, tok = models
     requests = [
-        fe.judge_prompt(PROMPTS[0], "Rain is water.", "It rains.", True, True),
-        fe.judge_prompt(PROMPTS[1], "A volcano is a hot mountain that can blow up.", "Hot.", True, False),
+        aj.judge_prompt(PROMPTS[0], "Rain is water.", "It rains.", True, True),
+        aj.judge_prompt(PROMPTS[1], "A volcano is a hot mountain that can blow up.", "Hot.", True, False),
     ]
-    margins = fe.judge_margins(policy, tok, requests, batch_size=2)
-    id_a, id_b = fe.choice_token_ids(tok)
+    margins = aj.judge_margins(policy, tok, requests, batch_size=2)
+    id_a, id_b = aj.choice_token_ids(tok)
     from rlhf_edu.generation import encode_prompts
 
     for request, margin in zip(requests, margins.tolist()):
@@ -326,19 +330,19 @@ def test_ai_preferences_cancel_position_bias_and_flip_with_the_labels(models):
         },
         {"prompt": PROMPTS[2], "chosen": "Gravity pulls things down.", "rejected": "Things float."},
     ]
-    prefs = fe.ai_preferences(policy, tok, rows, batch_size=4)
+    prefs = aj.ai_preferences(policy, tok, rows, batch_size=4)
     torch.testing.assert_close(prefs["preference"], (prefs["first"] - prefs["second"]) / 2)
     torch.testing.assert_close(prefs["first"], prefs["preference"] + prefs["position_bias"])
-    flipped = fe.ai_preferences(policy, tok, fe.relabel(rows, torch.tensor([-1.0, -1.0])), batch_size=4)
+    flipped = aj.ai_preferences(policy, tok, aj.relabel(rows, torch.tensor([-1.0, -1.0])), batch_size=4)
     torch.testing.assert_close(flipped["preference"], -prefs["preference"], atol=1e-4, rtol=0)
     torch.testing.assert_close(flipped["position_bias"], prefs["position_bias"], atol=1e-4, rtol=0)
 
 
 def test_relabel_swaps_where_the_judge_disagrees():
     rows = [{"prompt": "p", "chosen": "a", "rejected": "b", "chosen_eos": True, "rejected_eos": False}] * 3
-    out = fe.relabel(rows, torch.tensor([0.5, -0.5, 0.0]))
+    out = aj.relabel(rows, torch.tensor([0.5, -0.5, 0.0]))
     assert [r["chosen"] for r in out] == ["a", "b", "a"]
     assert (out[1]["chosen_eos"], out[1]["rejected_eos"]) == (False, True)
     assert rows[1]["chosen"] == "a"  # the input is not changed
     with pytest.raises(ValueError, match="preferences"):
-        fe.relabel(rows, torch.tensor([1.0]))
+        aj.relabel(rows, torch.tensor([1.0]))

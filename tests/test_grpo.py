@@ -10,6 +10,7 @@ import warnings
 import pytest
 import torch
 
+from rlhf_edu.devices import device_setup
 from rlhf_edu.generation import SamplingConfig
 from rlhf_edu.grpo import (
     aggregate_loss,
@@ -21,14 +22,10 @@ from rlhf_edu.grpo import (
     rloo_advantages,
     zero_std_groups,
 )
-from rlhf_edu.grpo_loop import (
-    GRPOConfig,
-    GRPOTrainer,
-    reward_model_scorer,
-    train_grpo,
-)
+from rlhf_edu.grpo_loop import GRPOConfig, GRPOTrainer, train_grpo
 from rlhf_edu.logprobs import masked_sum
-from rlhf_edu.models import device_setup, tiny_model_and_tokenizer
+from rlhf_edu.models import tiny_model_and_tokenizer
+from rlhf_edu.reward_functions import reward_model_scorer
 from rlhf_edu.training import prompts_for_step
 
 CPU = device_setup("cpu")  # this CPU's dtype rule, or RLHF_EDU_DTYPE

@@ -1,11 +1,10 @@
 import pytest
 import torch
 
+from rlhf_edu.devices import choose_device_setup, cpu_has_native_bf16
 from rlhf_edu.models import (
     OFFLINE_DEFAULT,
     ModelNotAvailableError,
-    choose_device_setup,
-    cpu_has_native_bf16,
     load_model,
     setup_tokenizer,
     tiny_model,

@@ -7,8 +7,9 @@ import math
 import pytest
 import torch
 
+from rlhf_edu.devices import device_setup
 from rlhf_edu.generation import SamplingConfig
-from rlhf_edu.models import device_setup, tiny_model_and_tokenizer
+from rlhf_edu.models import tiny_model_and_tokenizer
 from rlhf_edu.ppo_loop import PPOConfig
 from rlhf_edu.ppo_trainer import PPOTrainer
 from rlhf_edu.reward import RewardModel

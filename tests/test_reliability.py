@@ -17,29 +17,19 @@ import torch
 from test_ppo_loop import CountReward
 
 import rlhf_edu.sft as sft_module
+from rlhf_edu.batches import build_sft_batch
 from rlhf_edu.checkpoints import save_checkpoint
+from rlhf_edu.devices import DeviceSetup, device_setup
 from rlhf_edu.dpo import DPOConfig, train_dpo
 from rlhf_edu.generation import SamplingConfig, sample
 from rlhf_edu.grpo_loop import GRPOConfig, GRPOTrainer
 from rlhf_edu.logprobs import per_token_logps
-from rlhf_edu.models import (
-    DeviceSetup,
-    device_setup,
-    load_model,
-    setup_tokenizer,
-    tiny_model_and_tokenizer,
-    tiny_tokenizer,
-)
+from rlhf_edu.models import load_model, setup_tokenizer, tiny_model_and_tokenizer, tiny_tokenizer
 from rlhf_edu.ppo_loop import PPOConfig
 from rlhf_edu.ppo_trainer import PPOTrainer
-from rlhf_edu.reward import (
-    RewardConfig,
-    RewardModel,
-    load_reward_model,
-    score_texts,
-    train_reward_model,
-)
-from rlhf_edu.sft import SFTConfig, build_sft_batch, train_sft
+from rlhf_edu.reward import RewardConfig, RewardModel, score_texts
+from rlhf_edu.reward_training import load_reward_model, train_reward_model
+from rlhf_edu.sft import SFTConfig, train_sft
 
 CPU = device_setup("cpu")  # this CPU's dtype rule, or RLHF_EDU_DTYPE
 FP16_LIKE = DeviceSetup("cpu", None, True, "fp32 compute with a grad scaler, as fp16 autocast on a T4")
@@ -251,7 +241,8 @@ KILLED_SFT = """
 import sys, time
 import torch
 torch.set_num_threads(1)
-from rlhf_edu.models import device_setup, tiny_model_and_tokenizer
+from rlhf_edu.models import tiny_model_and_tokenizer
+from rlhf_edu.devices import device_setup
 from rlhf_edu.sft import SFTConfig, train_sft
 
 class SlowPlot:  # a slow notebook: time for the parent to kill it mid-run
@@ -518,7 +509,7 @@ def test_missing_artifacts_name_the_folder_the_file_and_the_notebook(tmp_path):
     ) as err:
         load_model(str(tmp_path / "artifacts" / "dpo"))
     assert raised_by_rlhf_edu(err)
-    from rlhf_edu.reward import HEAD_FILE, save_reward_model
+    from rlhf_edu.reward_training import HEAD_FILE, save_reward_model
 
     save_reward_model(RewardModel.from_causal_lm(model), tok, tmp_path / "artifacts" / "reward_model")
     (tmp_path / "artifacts" / "reward_model" / HEAD_FILE).unlink()

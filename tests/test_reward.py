@@ -4,24 +4,22 @@ import random
 import pytest
 import torch
 
+from rlhf_edu.batches import build_pair_batch
 from rlhf_edu.generation import chat_prompt
 from rlhf_edu.reward import (
     RewardConfig,
     RewardModel,
-    build_pair_batch,
     evaluate_reward_model,
     fit_normalization,
     init_head,
     last_token_index,
-    load_reward_model,
     reward_accuracy,
     reward_loss,
-    save_reward_model,
     score_samples,
     score_texts,
-    total_steps,
-    train_reward_model,
 )
+from rlhf_edu.reward_training import load_reward_model, save_reward_model, train_reward_model
+from rlhf_edu.training import total_steps
 
 
 def synthetic_pairs(n: int, seed: int) -> list[dict]:
@@ -243,7 +241,8 @@ def test_nan_loss_raises_and_names_the_quantity(tiny, monkeypatch):
 
 def test_cut_off_responses_are_scored_without_eos(tiny):
     """A response that hit the token budget is scored as sampled: no EOS appended."""
-    from rlhf_edu.reward import RewardModel, build_pair_batch, last_token_index
+    from rlhf_edu.batches import build_pair_batch
+    from rlhf_edu.reward import RewardModel, last_token_index
 
     model, tok = tiny
     batch = build_pair_batch(tok, ["hi"], ["ok."], ["ok."], chosen_eos=[True], rejected_eos=[False])

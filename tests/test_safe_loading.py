@@ -44,11 +44,13 @@ def test_checkpoints_are_safetensors(tmp_path):
     import copy
 
     from rlhf_edu.checkpoints import save_checkpoint
+    from rlhf_edu.devices import device_setup
     from rlhf_edu.generation import SamplingConfig
-    from rlhf_edu.models import device_setup, tiny_model_and_tokenizer
+    from rlhf_edu.models import tiny_model_and_tokenizer
     from rlhf_edu.ppo_loop import PPOConfig
     from rlhf_edu.ppo_trainer import PPOTrainer
-    from rlhf_edu.reward import RewardModel, save_reward_model
+    from rlhf_edu.reward import RewardModel
+    from rlhf_edu.reward_training import save_reward_model
 
     model, tok = tiny_model_and_tokenizer()
     save_checkpoint(model, tok, tmp_path / "sft")

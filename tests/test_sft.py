@@ -1,9 +1,10 @@
 import torch
 import torch.nn.functional as F
 
+from rlhf_edu.batches import build_sft_batch
 from rlhf_edu.logprobs import per_token_logps
 from rlhf_edu.models import load_model
-from rlhf_edu.sft import SFTConfig, build_sft_batch, sft_loss, train_sft
+from rlhf_edu.sft import SFTConfig, sft_loss, train_sft
 from rlhf_edu.training import linear_schedule
 
 ROWS = [

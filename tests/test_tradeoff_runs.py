@@ -9,15 +9,18 @@ import numpy as np
 import pytest
 import torch
 
-from rlhf_edu import store
+from rlhf_edu import explorer, proxies, store
 from rlhf_edu import tradeoff_runs as tr
+from rlhf_edu.budgets import TradeoffConfig
+from rlhf_edu.devices import device_setup
 from rlhf_edu.generation import SamplingConfig
 from rlhf_edu.metrics import evaluate_policy
-from rlhf_edu.models import device_setup, tiny_model_and_tokenizer
+from rlhf_edu.models import tiny_model_and_tokenizer
 from rlhf_edu.ppo_loop import PPOConfig
+from rlhf_edu.presets import get_preset
 from rlhf_edu.reward import RewardConfig, RewardModel, score_texts
 from rlhf_edu.rubric import COMPONENTS
-from rlhf_edu.tradeoffs import bon_curve, bon_kl_bound
+from rlhf_edu.tradeoffs import bon_curve, bon_kl_bound, pool_array
 
 CPU = device_setup("cpu")  # this CPU's dtype rule, or RLHF_EDU_DTYPE
 
@@ -68,7 +71,7 @@ def tiny_ppo(**overrides) -> PPOConfig:
     return PPOConfig(**{**base, **overrides})
 
 
-def tiny_tradeoffs(**overrides) -> tr.TradeoffConfig:
+def tiny_tradeoffs(**overrides) -> TradeoffConfig:
     base = {
         "kl_coefs": (0.01, 0.1, 0.5),
         "ppo": tiny_ppo(steps=3),
@@ -92,7 +95,7 @@ def tiny_tradeoffs(**overrides) -> tr.TradeoffConfig:
         "mix_weights": (0.0, 1.0),
         "mix_n": 2,
     }
-    return tr.TradeoffConfig(**{**base, **overrides})
+    return TradeoffConfig(**{**base, **overrides})
 
 
 ROWS = [  # preference rows short enough for the character-level tiny tokenizer
@@ -122,7 +125,7 @@ def test_every_preset_has_consistent_budgets():
     from rlhf_edu.presets import PRESETS
 
     for name, preset in PRESETS.items():
-        tc = tr.tradeoff_config(name)
+        tc = get_preset(name).tradeoffs
         assert len(tc.kl_coefs) >= 3 and tc.refresh_kl_coef in tc.kl_coefs
         assert tc.ppo.steps == tc.sweep_steps + tc.refresh_steps
         assert max(tc.bon_ns) <= tc.pool_size and tc.mix_n <= tc.pool_size and tc.n_eval <= preset.n_eval
@@ -132,14 +135,12 @@ def test_every_preset_has_consistent_budgets():
         assert tc.sweep_config(0.5).kl_coef == 0.5 and tc.sweep_config(0.5).steps == tc.ppo.steps
         overopt = tc.overopt_config()
         assert (overopt.kl_coef, overopt.lr, overopt.steps) == (tc.overopt_kl_coef, tc.overopt_lr, tc.overopt_steps)
-    smoke, cpu = tr.tradeoff_config("smoke"), tr.tradeoff_config("cpu")
+    smoke, cpu = get_preset("smoke").tradeoffs, get_preset("cpu").tradeoffs
     assert smoke.ppo.steps <= 3 and smoke.n_eval <= 4 and max(smoke.bon_ns) <= 4
     assert (cpu.n_eval, cpu.pool_size, cpu.ppo.batch_size, cpu.ppo.ppo_epochs, cpu.weak_pairs) == (28, 16, 16, 2, 48)
     # the over-optimization run is evaluated at least 3 times after step 0, so a peak can come before its end
-    for tc in (cpu, tr.tradeoff_config("gpu")):
+    for tc in (cpu, get_preset("gpu").tradeoffs):
         assert tc.overopt_steps // tc.overopt_eval_every >= 3 and tc.sweep_steps // tc.eval_every >= 2
-    with pytest.raises(ValueError, match="no tradeoff budgets"):
-        tr.tradeoff_config("tpu")
 
 
 def test_inconsistent_budgets_are_refused():
@@ -158,7 +159,7 @@ def test_cache_keys_and_records(tmp_path):
     assert store.cache_key({"a": 1, "b": 2}, tiny_ppo()) == store.cache_key({"b": 2, "a": 1}, tiny_ppo())
     assert store.cache_key(tiny_ppo()) != store.cache_key(tiny_ppo(kl_coef=0.1))
     assert len(store.cache_key("x")) == 16
-    cache = tr.RunCache(tmp_path / "t")
+    cache = store.RunCache(tmp_path / "t")
     assert cache.load("ppo", "abc") is None
     cache.save("ppo", "abc", {"points": [1.5, 2.0]})
     assert cache.load("ppo", "abc") == {"points": [1.5, 2.0], "key": "abc"}
@@ -173,7 +174,7 @@ def test_cache_keys_and_records(tmp_path):
 
 def test_lazy_builds_once_and_only_when_called():
     calls = []
-    lazy = tr.Lazy(lambda: calls.append(1) or "model")
+    lazy = store.Lazy(lambda: calls.append(1) or "model")
     assert calls == []
     assert lazy() == "model" and lazy() == "model" and calls == [1]
 
@@ -198,7 +199,7 @@ def test_trajectory_starts_at_kl_zero_and_summarizes_its_rows():
 
 
 def test_ppo_run_is_cached_and_never_rebuilds_the_reward_model(tmp_path):
-    ctx, cache = context(), tr.RunCache(tmp_path)
+    ctx, cache = context(), store.RunCache(tmp_path)
     built = []
 
     def build():
@@ -213,7 +214,7 @@ def test_ppo_run_is_cached_and_never_rebuilds_the_reward_model(tmp_path):
         1,
         cache,
         label="run",
-        reward_model=tr.Lazy(build),
+        reward_model=store.Lazy(build),
         reward_model_id="weak-7",
         keep_checkpoint=True,
         progress=False,
@@ -233,7 +234,7 @@ def test_ppo_run_is_cached_and_never_rebuilds_the_reward_model(tmp_path):
 
 
 def test_saved_policy_is_used_only_with_its_own_config(tmp_path):
-    ctx, cache = context(), tr.RunCache(tmp_path / "cache")
+    ctx, cache = context(), store.RunCache(tmp_path / "cache")
     assert tr.evaluate_saved_policy(ctx, tmp_path / "none", tiny_ppo(), cache) is None
     trainer = tr.make_trainer(ctx, tiny_ppo(steps=1))
     trainer.train(progress=False)
@@ -254,12 +255,12 @@ def test_pool_scores_are_those_of_the_sampled_tokens():
     repeated = [p for p in EVAL[:3] for _ in range(4)]
     rows = evaluate_policy(ctx.sft, ctx.tokenizer, repeated, SAMPLING, seed=3, reward_model=ctx.reward_model)
     assert [s["response"] for row in pool["samples"] for s in row] == [r["response"] for r in rows]
-    assert tr.pool_array(pool, "gold").ravel().tolist() == pytest.approx([r["gold"] for r in rows])
+    assert pool_array(pool, "gold").ravel().tolist() == pytest.approx([r["gold"] for r in rows])
     assert any(not s["eos"] for row in pool["samples"] for s in row)  # cut-off responses are in the test
     for batch_size in (16, 5):  # padding differs, scores do not
         scores = tr.score_pool(ctx.reward_model, ctx.tokenizer, pool, batch_size)
         np.testing.assert_allclose(np.ravel(scores), [r["rm"] for r in rows], atol=1e-5)
-    assert tr.pool_array(pool, "tokens").shape == (3, 4)
+    assert pool_array(pool, "tokens").shape == (3, 4)
 
 
 def hand_pool():
@@ -283,8 +284,8 @@ def hand_pool():
 
 def test_bon_entries_follow_the_proxy_and_the_unbiased_curve():
     pool = hand_pool()
-    entries = tr.bon_entries(pool, "rm", [1, 2, 3], "bon", (0.5, 0.25), (1.0, 2.0))
-    curve = bon_curve(tr.pool_array(pool, "gold"), tr.pool_array(pool, "rm"), [1, 2, 3])
+    entries = explorer.bon_entries(pool, "rm", [1, 2, 3], "bon", (0.5, 0.25), (1.0, 2.0))
+    curve = bon_curve(pool_array(pool, "gold"), pool_array(pool, "rm"), [1, 2, 3])
     assert [e["n"] for e in entries] == [1, 2, 3]
     assert [s["response"] for s in entries[0]["samples"]] == ["a", "d"]  # n = 1: the first sample
     assert [s["response"] for s in entries[1]["samples"]] == ["b", "d"]  # best of the first two by the proxy
@@ -308,7 +309,7 @@ def test_ppo_entries_use_the_units_and_clip_negative_kl():
         }
     ]
     record = {"label": "PPO", "kl_coef": 0.1, "points": [tr.summarize(0, rows)]}
-    (entry,) = tr.ppo_entries(record, "ppo", (0.6, 0.1), (0.0, 2.0))
+    (entry,) = explorer.ppo_entries(record, "ppo", (0.6, 0.1), (0.0, 2.0))
     assert entry["kl"] == 0.0 and entry["gold"] == pytest.approx(2.0) and entry["proxy"] == pytest.approx(0.5)
     assert entry["samples"][0]["proxy"] == 1.0 and entry["kl_coef"] == 0.1
 
@@ -319,7 +320,7 @@ def test_ppo_entries_use_the_units_and_clip_negative_kl():
 def test_weak_proxy_is_normalized_on_its_own_pairs_and_leaves_the_sft_policy_alone():
     sft, tok = tiny_model_and_tokenizer()
     before = store.fingerprint(sft)
-    rm, history = tr.train_weak_proxy(
+    rm, history = proxies.train_weak_proxy(
         sft, tok, ROWS, RewardConfig(lr=1e-3, batch_size=2, max_steps=2), seed=0, setup=CPU, progress=False
     )
     assert len(history) == 2 and all(math.isfinite(h["train/loss"]) for h in history)
@@ -342,12 +343,12 @@ class AlwaysFirst:
 
 
 def test_online_refresh_runs_two_paired_arms_from_the_base_run(tmp_path):
-    ctx, cache, tc = context(), tr.RunCache(tmp_path), tiny_tradeoffs()
+    ctx, cache, tc = context(), store.RunCache(tmp_path), tiny_tradeoffs()
     stale_before = store.fingerprint(ctx.reward_model)
     config = tc.sweep_config(tc.refresh_kl_coef)
     # no checkpoint kept: online_refresh trains the base run again to make one
     base = tr.ppo_run(ctx, config, tc.sweep_steps, tc.sweep_steps, cache, label="base", progress=False)
-    refresh = tr.online_refresh(ctx, tc, base, cache, old_rows=ROWS[:2], annotator=AlwaysFirst(), progress=False)
+    refresh = proxies.online_refresh(ctx, tc, base, cache, old_rows=ROWS[:2], annotator=AlwaysFirst(), progress=False)
     assert not refresh["cached"] and len(refresh["pairs"]) == tc.refresh_pairs == refresh["n_fresh_rows"]
     assert all(p["label"] == "0" for p in refresh["pairs"]) and 0 <= refresh["accuracy"]["refreshed"] <= 1
     stale, fresh = refresh["arms"]["stale"], refresh["arms"]["refreshed"]
@@ -360,10 +361,10 @@ def test_online_refresh_runs_two_paired_arms_from_the_base_run(tmp_path):
     assert stale["history"][0]["objective/score"] != pytest.approx(fresh["history"][0]["objective/score"], abs=1e-6)
     # the re-made base resumes exactly: the stale arm's step is the step a continuous run takes there
     continuous = tr.ppo_run(
-        ctx, config, tc.ppo.steps, tc.ppo.steps, tr.RunCache(tmp_path / "c"), label="continuous", progress=False
+        ctx, config, tc.ppo.steps, tc.ppo.steps, store.RunCache(tmp_path / "c"), label="continuous", progress=False
     )
     assert stale["history"][0]["objective/kl"] == pytest.approx(continuous["history"][-1]["objective/kl"], abs=1e-5)
     assert stale["points"][-1]["rows"] == continuous["points"][-1]["rows"]
     assert store.fingerprint(ctx.reward_model) == stale_before, "the refresh changed the stale reward model"
     assert not (tmp_path / f"checkpoint-{base['key']}").exists(), "the base checkpoint was not cleaned up"
-    assert tr.online_refresh(ctx, tc, base, cache, old_rows=ROWS[:2], annotator=AlwaysFirst())["cached"]
+    assert proxies.online_refresh(ctx, tc, base, cache, old_rows=ROWS[:2], annotator=AlwaysFirst())["cached"]

@@ -10,8 +10,9 @@ import torch
 
 from rlhf_edu import yardstick
 from rlhf_edu.annotator import SimulatedAnnotator
+from rlhf_edu.devices import device_setup
 from rlhf_edu.generation import SamplingConfig
-from rlhf_edu.models import device_setup, tiny_model_and_tokenizer
+from rlhf_edu.models import tiny_model_and_tokenizer
 from rlhf_edu.presets import get_preset
 from rlhf_edu.reward import RewardModel
 from rlhf_edu.rubric import COMPONENTS, score
@@ -40,7 +41,7 @@ def test_same_policy_same_rows_with_or_without_the_scorers(artifacts, monkeypatc
     assert all(abs(r["kl"]) < 1e-4 and math.isfinite(r["rm"]) for r in full)
     for r in bare:  # the gold is the rubric's, on the text and the eos flag
         assert r["gold"] == score(r["prompt"], r["response"], r["eos"])[0]
-    monkeypatch.setattr("rlhf_edu.final_eval.sample", lambda *a, **k: pytest.fail("not cached"))
+    monkeypatch.setattr("rlhf_edu.eval_rows.sample", lambda *a, **k: pytest.fail("not cached"))
     again, message = yardstick.evaluate(
         "sft", policy, tok, PRESET, setup, reference=reference, reward_model=reward_model
     )
@@ -53,7 +54,7 @@ def test_the_cache_key_holds_the_rubric_and_the_dtype(artifacts, monkeypatch):
     yardstick.evaluate("p", policy, tok, PRESET, setup)
     monkeypatch.setattr(yardstick, "rubric_digest", lambda: "another rubric")
     calls = []
-    monkeypatch.setattr("rlhf_edu.final_eval.sample", lambda *a, **k: calls.append(1) or pytest.fail("sampled"))
+    monkeypatch.setattr("rlhf_edu.eval_rows.sample", lambda *a, **k: calls.append(1) or pytest.fail("sampled"))
     with pytest.raises(pytest.fail.Exception):
         yardstick.evaluate("p", policy, tok, PRESET, setup)
     assert calls == [1]
