@@ -58,7 +58,7 @@ def build_pair_batch(
     """One batch of 2B rows in the course layout: rows 0..B-1 chosen, rows B..2B-1 rejected.
 
     Returns input_ids, attention_mask (2B, P + R), response_mask (2B, R) and context_length P, as
-    `sft.build_sft_batch` (EOS appended unless the `*_eos` flag says the response was cut off).
+    `build_sft_batch` (EOS appended unless the `*_eos` flag says the response was cut off).
     One forward pass scores both sides.
 
     Notebook: 03_reward_model.ipynb

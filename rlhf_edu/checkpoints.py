@@ -120,19 +120,19 @@ def load_training_checkpoint(folder: Path, run: dict, optimizer, scheduler, scal
     return state["step"], state["history"]
 
 
-def resume_training(checkpoint_dir, run: dict, optimizer, scheduler, scaler, load_weights, live_plot=None):
+def resume_training(checkpoint_dir, run: dict, optimizer, scheduler, scaler, load_weights, on_step=None):
     """(start step, history) of a training loop: (0, []) without `checkpoint_dir` or before its first
     checkpoint; otherwise the checkpoint's, after checking it belongs to `run`, restoring the
     optimizer, scheduler and scaler and calling `load_weights(folder)`. A resumed run's past is
-    replayed into `live_plot`."""
+    replayed into `on_step(step, record)`."""
     found = None if checkpoint_dir is None else find_checkpoint(checkpoint_dir)
     if found is None:
         return 0, []
     start, history = load_training_checkpoint(found, run, optimizer, scheduler, scaler)
     load_weights(found)
-    if live_plot is not None:
+    if on_step is not None:
         for record in history:
-            live_plot.update(record["step"], record)
+            on_step(record["step"], record)
     return start, history
 
 

@@ -163,7 +163,7 @@ class DPOConfig:
 
 
 def pair_batch(tokenizer, rows: list[dict], max_response_tokens: int) -> dict:
-    """`reward.build_pair_batch` for rows {prompt, chosen, rejected, chosen_eos?, rejected_eos?}:
+    """`batches.build_pair_batch` for rows {prompt, chosen, rejected, chosen_eos?, rejected_eos?}:
     2B sequences, rows 0..B-1 chosen, B..2B-1 rejected, in the course layout."""
     return build_pair_batch(
         tokenizer,
@@ -273,10 +273,10 @@ def train_dpo(
     tokenizer,
     rows: list[dict],
     config: DPOConfig,
-    progress: bool = True,
-    callback=None,
     *,
     setup=None,
+    on_step=None,
+    progress: bool = True,
 ) -> list[dict]:
     """Train `policy` in place on preference rows with DPO / cDPO / IPO; return one record per step.
 
@@ -284,7 +284,7 @@ def train_dpo(
     `loss`, `rewards/chosen`, `rewards/rejected` (mean implicit rewards), `rewards/margins`,
     `rewards/accuracies` (share of pairs with a positive margin, ties half), `logps/chosen`,
     `logps/rejected` (mean policy sequence log-probs), `train/lr` and `train/grad_norm`, all
-    measured on the step's batch before its update. `callback(step, record)` is called after each
+    measured on the step's batch before its update. `on_step(step, record)` is called after each
     step (a `plots.LivePlot.update` fits). At the first step it warns when the policy's log-probs
     are not the reference's (`check_start_at_reference`).
 
@@ -352,7 +352,7 @@ def train_dpo(
         grad_norm = clip_and_step(optimizer, scaler, trainable, config.max_grad_norm, step, "DPO")
         record = {
             "step": step + 1,
-            "loss": loss.item(),
+            "train/loss": loss.item(),
             "rewards/chosen": float(chosen_rewards.mean()),
             "rewards/rejected": float(rejected_rewards.mean()),
             "rewards/margins": float((chosen_rewards - rejected_rewards).mean()),
@@ -364,7 +364,7 @@ def train_dpo(
         }
         scheduler.step()
         history.append(record)
-        if callback is not None:
-            callback(step + 1, record)
+        if on_step is not None:
+            on_step(step + 1, record)
     policy.eval()
     return history

@@ -301,7 +301,7 @@ class GRPOTrainer:
                     stats["policy/approxkl"].append(float(0.5 * masked_mean(log_ratio**2, r_mask)))
                     stats["policy/ratio_max"].append(float(zero_where_masked(log_ratio.exp(), r_mask).max()))
                 grad_norm = clip_and_step(self.optimizer, self.scaler, self.params, cfg.max_grad_norm, step, "GRPO")
-                stats["loss"].append(mb_loss)
+                stats["policy/loss"].append(mb_loss)
                 stats["policy/grad_norm"].append(float(grad_norm))
         out = {k: (max(v) if k == "policy/ratio_max" else sum(v) / len(v)) for k, v in stats.items()}
         warn_if_first_ratio_off(first_ratio_dev, self.ratio_tolerance, step, "GRPO")
@@ -340,17 +340,17 @@ class GRPOTrainer:
         self.history.append(metrics)
         return (metrics, rollout) if keep_rollout else metrics
 
-    def train(self, steps: int | None = None, *, progress: bool = True, callback=None) -> list[dict]:
+    def train(self, steps: int | None = None, *, on_step=None, progress: bool = True) -> list[dict]:
         """Run until `steps` iterations in total (default `config.steps`); returns the history.
-        `callback(step, metrics)` is called after each step (a `plots.LivePlot.update` fits)."""
+        `on_step(step, metrics)` is called after each step (a `plots.LivePlot` fits)."""
         steps = self.config.steps if steps is None else steps
         bar = tqdm(total=steps, initial=self.step_count, desc=self.config.advantage.upper(), disable=not progress)
         while self.step_count < steps:
             metrics = self.step()
             bar.update(1)
             bar.set_postfix({"score": f"{metrics['objective/score']:+.2f}", "kl": f"{metrics['objective/kl']:.2f}"})
-            if callback is not None:
-                callback(self.step_count, metrics)
+            if on_step is not None:
+                on_step(self.step_count, metrics)
         bar.close()
         return self.history
 
@@ -364,11 +364,11 @@ def train_grpo(
     config: GRPOConfig = GRPOConfig(),
     *,
     setup=None,
+    on_step=None,
     progress: bool = True,
-    callback=None,
 ) -> GRPOTrainer:
     """Build a GRPOTrainer and run `config.steps` iterations; returns the trainer (its `history`
     holds one metrics dict per step). Notebook: 06_dpo_grpo.ipynb"""
     trainer = GRPOTrainer(policy, reference, reward_fn, tokenizer, train_prompts, config, setup=setup)
-    trainer.train(progress=progress, callback=callback)
+    trainer.train(on_step=on_step, progress=progress)
     return trainer

@@ -58,8 +58,10 @@ def in_notebook() -> bool:
 class LivePlot:
     """One panel per group of metric keys, redrawn every `every` updates.
 
+    Every training loop takes it as `on_step`: it is called with (step, record) after each step.
+
     >>> plot = LivePlot({"loss": ["train/loss", "eval/loss"]})
-    >>> plot.update(step=1, metrics={"train/loss": 2.3})
+    >>> plot(1, {"train/loss": 2.3})
     """
 
     def __init__(self, panels: dict[str, list[str]], every: int = 1, title: str = ""):
@@ -77,6 +79,10 @@ class LivePlot:
             from IPython.display import display
 
             self._handle = display(self.fig, display_id=True)
+
+    def __call__(self, step: int, metrics: dict[str, float]) -> None:
+        """Record a step's metrics (the `on_step` of every training loop); redraw every `every` calls."""
+        self.update(step, metrics)
 
     def update(self, step: int, metrics: dict[str, float], force: bool = False) -> None:
         for key, value in metrics.items():

@@ -222,7 +222,7 @@ class PPOTrainer:
         self,
         steps: int | None = None,
         *,
-        live_plot=None,
+        on_step=None,
         progress: bool = True,
         checkpoint_dir: str | Path | None = None,
         checkpoint_every: int | None = None,
@@ -232,16 +232,16 @@ class PPOTrainer:
         With `checkpoint_dir`, a checkpoint is written every `checkpoint_every` steps and at the end.
         """
         steps = self.config.steps if steps is None else steps
-        if live_plot is not None:  # a resumed run shows its past too
+        if on_step is not None:  # a resumed run shows its past too
             for metrics in self.history:
-                live_plot.update(metrics["step"], metrics)
+                on_step(metrics["step"], metrics)
         bar = tqdm(total=steps, initial=self.step_count, desc="PPO", disable=not progress)
         while self.step_count < steps:
             metrics = self.step()
             bar.update(1)
             bar.set_postfix({"score": f"{metrics['objective/score']:+.2f}", "kl": f"{metrics['objective/kl']:.2f}"})
-            if live_plot is not None:
-                live_plot.update(self.step_count, metrics, force=self.step_count == steps)
+            if on_step is not None:
+                on_step(self.step_count, metrics)
             if checkpoint_dir is not None and (
                 self.step_count == steps or (checkpoint_every and self.step_count % checkpoint_every == 0)
             ):
@@ -340,10 +340,10 @@ def train_ppo(
 ) -> PPOTrainer:
     """Build a PPOTrainer and run `config.steps` iterations; returns the trainer (its `history`
     holds one metrics dict per step). Keyword arguments go to PPOTrainer (`eval_prompts`,
-    `eval_sampling`, `setup`) or to `PPOTrainer.train` (`live_plot`, `progress`, `checkpoint_dir`,
+    `eval_sampling`, `setup`) or to `PPOTrainer.train` (`on_step`, `progress`, `checkpoint_dir`,
     `checkpoint_every`). Notebook: 04_ppo.ipynb
     """
-    train_keys = {"live_plot", "progress", "checkpoint_dir", "checkpoint_every"}
+    train_keys = {"on_step", "progress", "checkpoint_dir", "checkpoint_every"}
     train_kwargs = {k: v for k, v in kwargs.items() if k in train_keys}
     trainer = PPOTrainer(
         policy,

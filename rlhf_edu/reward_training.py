@@ -38,7 +38,7 @@ def train_reward_model(
     config: RewardConfig,
     *,
     setup=None,
-    live_plot=None,
+    on_step=None,
     progress: bool = True,
     checkpoint_dir: str | Path | None = None,
     checkpoint_every: int | None = None,
@@ -73,7 +73,7 @@ def train_reward_model(
     optimizer.zero_grad(set_to_none=True)  # an interrupted earlier call may have left gradients
     run = {"stage": "reward model", "config": jsonable(config), "data": rows_fingerprint(train_rows)}
     start, history = resume_training(
-        checkpoint_dir, run, optimizer, scheduler, scaler, partial(load_reward_weights, reward_model), live_plot
+        checkpoint_dir, run, optimizer, scheduler, scaler, partial(load_reward_weights, reward_model), on_step
     )
     batches = itertools.islice(pair_batch_indices(len(train_rows), config.batch_size, config.seed), start, None)
     for step in tqdm(
@@ -119,8 +119,8 @@ def train_reward_model(
             with autocast_ctx:
                 record.update(evaluate_reward_model(reward_model, tokenizer, heldout_rows, config))
         history.append(record)
-        if live_plot is not None:
-            live_plot.update(step + 1, record, force=step + 1 == max_steps)
+        if on_step is not None:
+            on_step(step + 1, record)
         # 5. Checkpoint now and then, and at the end.
         if checkpoint_dir is not None and (
             step + 1 == max_steps or (checkpoint_every and (step + 1) % checkpoint_every == 0)

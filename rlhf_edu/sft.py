@@ -123,7 +123,7 @@ def train_sft(
     config: SFTConfig,
     *,
     setup=None,
-    live_plot=None,
+    on_step=None,
     out_dir: str | Path | None = None,
     progress: bool = True,
     checkpoint_dir: str | Path | None = None,
@@ -132,7 +132,7 @@ def train_sft(
     """Fine-tune `model` in place on demonstrations {prompt, response}; return one record per step.
 
     Records hold `train/loss`, `train/lr`, `train/grad_norm`, `train/tokens`, and `eval/loss` at
-    evaluation steps. `live_plot` (a plots.LivePlot) is updated every step. With `out_dir`, the
+    evaluation steps. `on_step(step, record)` (a plots.LivePlot, say) is called after every step. With `out_dir`, the
     model and tokenizer are saved there at the end (safetensors), with the config and history.
     With `checkpoint_dir` (a new or empty folder, or a checkpoint of this run), the model, optimizer
     and run state are saved there every `checkpoint_every` steps and at the end; calling again with
@@ -156,7 +156,7 @@ def train_sft(
     optimizer.zero_grad(set_to_none=True)  # an interrupted earlier call may have left gradients
     run = {"stage": "SFT", "config": jsonable(config), "data": rows_fingerprint(rows)}
     start, history = resume_training(
-        checkpoint_dir, run, optimizer, scheduler, scaler, partial(load_causal_lm_weights, model), live_plot
+        checkpoint_dir, run, optimizer, scheduler, scaler, partial(load_causal_lm_weights, model), on_step
     )
     batches = itertools.islice(sft_batch_indices(len(train_rows), config.batch_size, config.seed), start, None)
     for step in tqdm(
@@ -189,8 +189,8 @@ def train_sft(
         if held_rows and ((step + 1) % config.eval_every == 0 or step + 1 == config.max_steps):
             record["eval/loss"] = heldout_loss(model, tokenizer, held_rows, config, autocast_ctx)
         history.append(record)
-        if live_plot is not None:
-            live_plot.update(step + 1, record, force=step + 1 == config.max_steps)
+        if on_step is not None:
+            on_step(step + 1, record)
         # 5. Checkpoint now and then, and at the end.
         if checkpoint_dir is not None and (
             step + 1 == config.max_steps or (checkpoint_every and (step + 1) % checkpoint_every == 0)

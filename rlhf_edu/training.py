@@ -30,6 +30,14 @@ class Stopwatch:
         self._last = now
 
 
+def end_of_run(on_step) -> None:
+    """After a loop's last step: a live plot (anything with `draw`) is redrawn once more, so the
+    last points show even when it redraws only every few steps."""
+    draw = getattr(on_step, "draw", None)
+    if draw is not None:
+        draw()
+
+
 def step_seed(seed: int, step: int) -> int:
     """The seed of iteration (or pass) `step` of a run seeded with `seed`: distinct for every pair."""
     return seed * 1_000_003 + step

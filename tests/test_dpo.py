@@ -253,7 +253,7 @@ def test_lr_zero_changes_nothing_and_the_loss_stays_log2():
     history = train_dpo(policy, ref, tok, rows, config, progress=False, setup=CPU)
     assert len(history) == 6
     for h in history:
-        assert h["loss"] == pytest.approx(LOG2, abs=1e-5)
+        assert h["train/loss"] == pytest.approx(LOG2, abs=1e-5)
         assert abs(h["rewards/margins"]) < 1e-5
         assert h["rewards/accuracies"] <= 0.75  # no signal: around the tie value 0.5
     assert all(torch.equal(before[k], v) for k, v in params(policy).items())
@@ -269,7 +269,7 @@ def test_first_step_at_the_reference_does_not_warn():
         warnings.simplefilter("always")
         history = train_dpo(copy.deepcopy(reference), ref, tok, rows, config, progress=False, setup=CPU)
     assert not [w for w in caught if "DPO step 0" in str(w.message)]
-    assert history[0]["loss"] == pytest.approx(LOG2, abs=1e-5)
+    assert history[0]["train/loss"] == pytest.approx(LOG2, abs=1e-5)
 
 
 def test_first_step_away_from_the_reference_warns_and_logs_mean_rewards():
@@ -288,7 +288,7 @@ def test_first_step_away_from_the_reference_warns_and_logs_mean_rewards():
     assert record["rewards/rejected"] == pytest.approx(0.1, abs=1e-5)
     assert record["rewards/chosen"] == pytest.approx(0.0, abs=1e-5)
     assert record["rewards/margins"] == pytest.approx(-0.1, abs=1e-5)
-    assert record["loss"] == pytest.approx(math.log1p(math.exp(0.1)), abs=1e-5)  # -log sigmoid(-0.1)
+    assert record["train/loss"] == pytest.approx(math.log1p(math.exp(0.1)), abs=1e-5)  # -log sigmoid(-0.1)
 
 
 def test_reference_logps_must_match_the_rows():
@@ -318,10 +318,10 @@ def test_dpo_learns_a_simple_preference(loss_type):
     ref = precompute_reference_logps(reference, tok, rows, config, setup=CPU)
     seen = []
     history = train_dpo(
-        policy, ref, tok, rows, config, progress=False, setup=CPU, callback=lambda step, record: seen.append(step)
+        policy, ref, tok, rows, config, progress=False, setup=CPU, on_step=lambda step, record: seen.append(step)
     )
     assert seen == list(range(1, 19))
-    assert history[0]["loss"] == pytest.approx(LOG2 if loss_type == "sigmoid" else 25.0, abs=1e-4)
+    assert history[0]["train/loss"] == pytest.approx(LOG2 if loss_type == "sigmoid" else 25.0, abs=1e-4)
     assert history[0]["rewards/accuracies"] == 0.5  # every margin is 0 at initialization: all ties
     last = history[-3:]
     assert min(h["rewards/accuracies"] for h in last) == 1.0
@@ -330,7 +330,7 @@ def test_dpo_learns_a_simple_preference(loss_type):
         assert min(margins) > 1.0, margins
     else:  # IPO regresses z onto 1 / (2 beta) = 5, so the margin beta * z settles near 0.5
         assert all(0.35 < m < 0.65 for m in margins), margins
-    assert sum(h["loss"] for h in last) / 3 < 0.5 * history[0]["loss"]
+    assert sum(h["train/loss"] for h in last) / 3 < 0.5 * history[0]["train/loss"]
 
     # the implicit reward generalizes to pairs it never saw
     heldout = synthetic_pairs(8, seed=5)

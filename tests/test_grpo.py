@@ -388,7 +388,7 @@ def test_non_finite_log_probs_on_padding_stay_out_of_the_loop():
         "policy/approxkl",
         "policy/clipfrac",
         "health/first_ratio_dev",
-        "loss",
+        "policy/loss",
         "policy/entropy",
         "objective/kl",
     ):
@@ -441,10 +441,10 @@ def test_same_seed_same_run():
     for _ in range(2):
         trainer = make_trainer(small_config(steps=2))
         history = trainer.train(progress=False)
-        runs.append([(h["objective/score"], h["loss"], h["objective/kl"]) for h in history])
+        runs.append([(h["objective/score"], h["policy/loss"], h["objective/kl"]) for h in history])
     assert runs[0] == runs[1]
     other = make_trainer(small_config(steps=2, seed=1)).train(progress=False)
-    assert [(h["objective/score"], h["loss"], h["objective/kl"]) for h in other] != runs[0]
+    assert [(h["objective/score"], h["policy/loss"], h["objective/kl"]) for h in other] != runs[0]
 
 
 @pytest.mark.filterwarnings("ignore:Detected call of:UserWarning")
@@ -512,7 +512,7 @@ def test_train_grpo_and_the_missing_eos_penalty():
         small_config(steps=2, missing_eos_penalty=5.0, sampling=SamplingConfig(4, 1.0, 16)),
         setup=CPU,
         progress=False,
-        callback=lambda step, m: seen.append(step),
+        on_step=lambda step, m: seen.append(step),
     )
     assert seen == [1, 2] and [h["step"] for h in trainer.history] == [1, 2]
     _, rollout = trainer.step(keep_rollout=True)

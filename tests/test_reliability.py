@@ -193,13 +193,13 @@ def test_reward_model_interrupted_resumes_in_a_fresh_model(tmp_path):
     straight_rm, straight = rm_run()
 
     class InterruptingPlot:
-        def update(self, step, record, force=False):
+        def __call__(self, step, record):
             if step == 5:
                 raise KeyboardInterrupt
 
     ckpt = tmp_path / "rm_ckpt"
     with pytest.raises(KeyboardInterrupt):
-        rm_run(live_plot=InterruptingPlot(), checkpoint_dir=ckpt, checkpoint_every=3)
+        rm_run(on_step=InterruptingPlot(), checkpoint_dir=ckpt, checkpoint_every=3)
     assert json.loads((ckpt / "trainer_state.json").read_text())["step"] == 3
     loaded, _ = load_reward_model(ckpt)  # a checkpoint is a complete saved reward model
     assert all(torch.isfinite(p).all() for p in loaded.parameters())
@@ -246,12 +246,12 @@ from rlhf_edu.devices import device_setup
 from rlhf_edu.sft import SFTConfig, train_sft
 
 class SlowPlot:  # a slow notebook: time for the parent to kill it mid-run
-    def update(self, step, record, force=False):
+    def __call__(self, step, record):
         time.sleep(0.4)
 
 model, tok = tiny_model_and_tokenizer("llama", seed=0)
 train_sft(model, tok, {rows!r}, SFTConfig(**{config!r}), setup=device_setup("cpu"),
-          live_plot=SlowPlot(), progress=False, checkpoint_dir={ckpt!r}, checkpoint_every=1)
+          on_step=SlowPlot(), progress=False, checkpoint_dir={ckpt!r}, checkpoint_every=1)
 """
 
 
@@ -318,14 +318,14 @@ def test_a_save_killed_between_its_renames_leaves_the_previous_checkpoint(tmp_pa
     not yet in place. Resuming moves it back and repeats the lost steps."""
 
     class InterruptingPlot:
-        def update(self, step, record, force=False):
+        def __call__(self, step, record):
             if step == 3:
                 raise KeyboardInterrupt
 
     ckpt = tmp_path / "ckpt"
     straight_model, straight = sft_run()
     with pytest.raises(KeyboardInterrupt):
-        sft_run(checkpoint_dir=ckpt, checkpoint_every=2, live_plot=InterruptingPlot())
+        sft_run(checkpoint_dir=ckpt, checkpoint_every=2, on_step=InterruptingPlot())
     ckpt.rename(tmp_path / "ckpt.old")
     model, history = sft_run(checkpoint_dir=ckpt)
     assert history == straight
