@@ -2,7 +2,8 @@
 
 Executes every notebook in `notebooks/` in order with nbclient, in a fresh kernel each, with
 `RLHF_EDU_PRESET` set; writes the executed copies to `artifacts/executed/` and
-`artifacts/course_summary.json`:
+`artifacts/course_summary.json`, and the report card of the run, `artifacts/report/report.md`
+(`rlhf_edu.report`: each notebook's headline metrics and plots, the machine, the preset, the times):
 
     {"preset": "cpu", "machine": "...",
      "notebooks": {"01_sft": {"seconds": 412.0, "images": 2, "metrics": {...}}}}
@@ -27,6 +28,7 @@ from pathlib import Path
 from rlhf_edu.devices import device_setup
 from rlhf_edu.kernel_watch import LOST_REPLY_GRACE, LostReplyError, WatchedClient, describe_cell
 from rlhf_edu.presets import PRESETS
+from rlhf_edu.report import write_report
 from rlhf_edu.store import ARTIFACTS_ENV, artifacts_dir, load_metrics, write_json
 
 NOTEBOOKS_DIR = Path(__file__).resolve().parents[1] / "notebooks"
@@ -174,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[course] {name} FAILED: {type(err).__name__}: {str(err)[-2000:]}", file=sys.stderr)
             summary["notebooks"][name] = {"error": f"{type(err).__name__}: {str(err)[-500:]}"}
             write_json(summary_path, summary)
+            print(f"[course] wrote {write_report(summary, artifacts)}")
             return 1
         summary["notebooks"][name] = {
             "seconds": round(seconds, 1),
@@ -182,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         print(f"[course] {name} done in {seconds:.1f} s", flush=True)
         write_json(summary_path, summary)
-    print(f"[course] wrote {summary_path}")
+    print(f"[course] wrote {summary_path} and {write_report(summary, artifacts)}")
     return 0
 
 

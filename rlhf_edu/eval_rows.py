@@ -7,9 +7,9 @@ are cached in `artifacts/eval_rows/<policy>.json`, keyed by the preset, the eval
 fingerprints of every model involved, so notebook 07 reuses what notebook 06 sampled.
 
 Deliberate choices:
-- Rows are scored on the sampled tokens: the draws, gold, reward-model score and KL are those of
-  `metrics.evaluate_policy` (same seed, same formulas); one reference forward pass gives both the KL
-  (logits / temperature) and the perplexity (temperature 1).
+- Rows are scored on the sampled tokens, by `score_samples`, the one scorer of the course
+  (`metrics.evaluate_policy` uses it too); one reference forward pass gives both the KL (logits /
+  temperature) and the perplexity (temperature 1).
 - Best-of-n has no per-sample KL estimate: its rows carry the analytic bound log n - (n - 1)/n
   (Gao et al. 2022; `tradeoffs.bon_kl_bound`), an upper bound on KL(pi_bon || pi_sft).
 """
@@ -62,8 +62,8 @@ def score_samples(
     - ref_nll: - sum of log pi_ref(y_t) at temperature 1 over the response (and its EOS), and
       ref_tokens its token count: perplexity = exp(sum ref_nll / sum ref_tokens).
 
-    The same numbers as `metrics.evaluate_policy` for gold, rm and kl; the reference's one forward
-    pass serves both the KL and the perplexity. Without a reference, no kl and no ref_nll.
+    `metrics.evaluate_policy` is `generation.sample` then this; the reference's one forward pass
+    serves both the KL and the perplexity. Without a reference, no kl and no ref_nll.
     Notebooks: 06_dpo_grpo.ipynb, 07_evaluation.ipynb (through `rlhf_edu.yardstick`)
     """
     scored = score_batch(prompts, samples.texts, samples.has_eos.tolist())
@@ -226,9 +226,9 @@ def best_of_n_rows(
         mask = pool.attention_mask[start : start + sampling.batch_size].to(device)  # (b, P+R)
         with autocast_ctx or contextlib.nullcontext():
             scores.append(reward_model(ids, mask).float().cpu())  # (b,) the sampled tokens, as in training
-    pool_scores = torch.cat(scores).view(len(prompts), n)  # (P, n)
-    keep = best_of_n(pool_scores.numpy(), n)  # (P,) index within each prompt's n
-    picked = torch.tensor([i * n + int(k) for i, k in enumerate(keep)])  # (P,) rows of the pool
+    pool_scores = torch.cat(scores).view(len(prompts), n)  # (G, n)
+    keep = best_of_n(pool_scores.numpy(), n)  # (G,) index within each prompt's n
+    picked = torch.tensor([i * n + int(k) for i, k in enumerate(keep)])  # (G,) rows of the pool
     kept = Samples(
         pool.prompt_ids[picked],
         pool.prompt_mask[picked],

@@ -209,11 +209,11 @@ def bon_entries(
     """FrontierExplorer entries, one per n: KL is the analytic bound, gold and proxy the unbiased
     best-of-n estimates (`bon_curve`, in the units as in `ppo_entries`), and the samples are the ones
     best-of-n picks among the first n of each prompt's pool. Notebook: 05_reward_kl_tradeoffs.ipynb"""
-    scores = pool_array(pool, proxy)  # (P, N)
+    scores = pool_array(pool, proxy)  # (G, N)
     curve = bon_curve(pool_array(pool, "gold"), scores, ns)
     out = []
     for i, n in enumerate(curve["n"]):
-        picks = best_of_n(scores, int(n))  # (P,)
+        picks = best_of_n(scores, int(n))  # (G,)
         out.append(
             {
                 "label": f"best-of-{n} ({proxy} proxy)",

@@ -22,7 +22,7 @@ import random
 import torch
 
 from rlhf_edu.metrics import wilson_interval
-from rlhf_edu.reward import score_texts
+from rlhf_edu.reward import score_pairs
 
 
 @torch.no_grad()
@@ -33,26 +33,8 @@ def pair_features(reward_model, tokenizer, rows: list[dict], batch_size: int = 1
 
     if not rows:
         raise ValueError("pair_features needs at least one row")
-    prompts = [r["prompt"] for r in rows]
     with autocast_ctx or contextlib.nullcontext():
-        chosen = score_texts(
-            reward_model,
-            tokenizer,
-            prompts,
-            [r["chosen"] for r in rows],
-            batch_size,
-            eos=[r.get("chosen_eos", True) for r in rows],
-            features=True,
-        )  # (N, H)
-        rejected = score_texts(
-            reward_model,
-            tokenizer,
-            prompts,
-            [r["rejected"] for r in rows],
-            batch_size,
-            eos=[r.get("rejected_eos", True) for r in rows],
-            features=True,
-        )  # (N, H)
+        chosen, rejected = score_pairs(reward_model, tokenizer, rows, batch_size, features=True)  # (N, H) each
     return chosen - rejected  # (N, H)
 
 

@@ -53,43 +53,24 @@ def evaluate_policy(
     also gets `kl`: sum over the response of log pi(y_t) - log pi_ref(y_t), both from logits /
     temperature (nats per response, the k1 estimate of KL(pi || ref)). With `reward_model`, each
     row gets `rm`: the reward model's score of the sampled tokens (no EOS when the response was
-    cut off, as in training).
+    cut off, as in training). The rows are `eval_rows.score_samples`' (with a reference, also the
+    reference's `ref_nll` and `ref_tokens`).
     """
-    import contextlib
-
+    from rlhf_edu.eval_rows import score_samples
     from rlhf_edu.generation import sample
-    from rlhf_edu.logprobs import masked_sum, per_token_logps
-    from rlhf_edu.rubric import score_batch
 
     generator = torch.Generator().manual_seed(seed)
     samples = sample(model, tokenizer, prompts, sampling, generator=generator, autocast_ctx=autocast_ctx)
-    scored = score_batch(prompts, samples.texts, samples.has_eos.tolist())
-    rows = [
-        {"prompt": p, "response": r, "tokens": int(n), "eos": bool(e), **s}
-        for p, r, n, e, s in zip(prompts, samples.texts, samples.n_tokens, samples.has_eos, scored)
-    ]
-    if reference is None and reward_model is None:
-        return rows
-    device = next(model.parameters()).device
-    ctx = autocast_ctx or contextlib.nullcontext()
-    P = samples.context_length
-    for start in range(0, len(prompts), sampling.batch_size):
-        end = start + sampling.batch_size
-        ids = samples.input_ids[start:end].to(device)  # (b, P+R)
-        mask = samples.attention_mask[start:end].to(device)  # (b, P+R)
-        response_mask = samples.response_mask[start:end].to(device)  # (b, R)
-        with torch.no_grad(), ctx:
-            if reference is not None:
-                logps = per_token_logps(model, ids, mask, P, sampling.temperature)  # (b, R)
-                ref_logps = per_token_logps(reference, ids, mask, P, sampling.temperature)  # (b, R)
-                kl = masked_sum(logps - ref_logps, response_mask, dim=1)  # (b,)
-                for row, value in zip(rows[start:end], kl.tolist()):
-                    row["kl"] = value
-            if reward_model is not None:
-                scores = reward_model(ids, mask).float()  # (b,)
-                for row, value in zip(rows[start:end], scores.tolist()):
-                    row["rm"] = value
-    return rows
+    return score_samples(
+        samples,
+        prompts,
+        reference=reference,
+        reward_model=reward_model,
+        policy=model if reference is not None else None,
+        temperature=sampling.temperature,
+        batch_size=sampling.batch_size,
+        autocast_ctx=autocast_ctx,
+    )
 
 
 def wilson_interval(successes: float, n: int, z: float = 1.959964) -> tuple[float, float]:

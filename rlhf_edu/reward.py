@@ -274,6 +274,27 @@ def score_samples(
     return torch.cat(scores)  # (B,)
 
 
+@torch.no_grad()
+def score_pairs(reward_model: RewardModel, tokenizer, rows: list[dict], batch_size: int = 16, **kwargs):
+    """(chosen, rejected): `score_texts` of each row's two responses, (N,) each (with features=True,
+    (N, H) each). rows: {prompt, chosen, rejected, chosen_eos?, rejected_eos?}; keyword arguments go
+    to `score_texts`. Notebook: 03_reward_model.ipynb"""
+    prompts = [r["prompt"] for r in rows]
+    chosen, rejected = (
+        score_texts(
+            reward_model,
+            tokenizer,
+            prompts,
+            [r[side] for r in rows],
+            batch_size,
+            eos=[r.get(f"{side}_eos", True) for r in rows],
+            **kwargs,
+        )
+        for side in ("chosen", "rejected")
+    )
+    return chosen, rejected
+
+
 def evaluate_reward_model(reward_model: RewardModel, tokenizer, rows: list[dict], config: RewardConfig) -> dict:
     """Held-out `eval/loss`, `eval/accuracy`, `eval/margin` (mean r_c - r_r) over all pairs.
 
@@ -281,27 +302,8 @@ def evaluate_reward_model(reward_model: RewardModel, tokenizer, rows: list[dict]
 
     Notebook: 03_reward_model.ipynb
     """
-    prompts = [r["prompt"] for r in rows]
-    chosen_texts, rejected_texts = [r["chosen"] for r in rows], [r["rejected"] for r in rows]
-    size, limit = 2 * config.batch_size, config.max_response_tokens
-    chosen = score_texts(
-        reward_model,
-        tokenizer,
-        prompts,
-        chosen_texts,
-        size,
-        max_response_tokens=limit,
-        eos=[r.get("chosen_eos", True) for r in rows],
-    )  # (N,)
-    rejected = score_texts(
-        reward_model,
-        tokenizer,
-        prompts,
-        rejected_texts,
-        size,
-        max_response_tokens=limit,
-        eos=[r.get("rejected_eos", True) for r in rows],
-    )  # (N,)
+    limit = config.max_response_tokens
+    chosen, rejected = score_pairs(reward_model, tokenizer, rows, 2 * config.batch_size, max_response_tokens=limit)
     return {
         "eval/loss": float(reward_loss(chosen, rejected)),
         "eval/accuracy": reward_accuracy(chosen, rejected),

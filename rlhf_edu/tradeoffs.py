@@ -81,7 +81,7 @@ def bon_kl_discrete(probs, scores, n: int) -> float:
 def bon_kl_empirical(scores, n: int) -> float:
     """Plug-in estimate of the best-of-n KL from a pool of samples.
 
-    scores: (N,) or (P, N), the proxy scores of N samples per prompt. Each prompt's N samples stand
+    scores: (N,) or (G, N), the proxy scores of N samples per prompt. Each prompt's N samples stand
     for its base policy, 1/N each, so the chosen sample's rank in the empirical CDF of the pool gives
     P_bon through `bon_kl_discrete`; the result is averaged over prompts. Without ties it equals
     the exact value for N equally likely outcomes, below the bound and tending to it as N grows
@@ -90,7 +90,7 @@ def bon_kl_empirical(scores, n: int) -> float:
 
     Notebook: 05_reward_kl_tradeoffs.ipynb
     """
-    s = np.atleast_2d(np.asarray(scores, dtype=float))  # (P, N)
+    s = np.atleast_2d(np.asarray(scores, dtype=float))  # (G, N)
     uniform = np.ones(s.shape[1])  # (N,)
     return float(np.mean([bon_kl_discrete(uniform, row, n) for row in s]))
 
@@ -101,12 +101,12 @@ def bon_kl_empirical(scores, n: int) -> float:
 def best_of_n(scores, n: int) -> np.ndarray:
     """Index of the highest-scoring sample among the first n of each prompt, ties to the lower index.
 
-    scores: (P, N) proxy scores. Returns (P,) ints in [0, n). Notebook: 05_reward_kl_tradeoffs.ipynb
+    scores: (G, N) proxy scores. Returns (G,) ints in [0, n). Notebook: 05_reward_kl_tradeoffs.ipynb
     """
     s = np.asarray(scores, dtype=float)
     if s.ndim != 2 or not 1 <= n <= s.shape[1]:
-        raise ValueError(f"need scores of shape (P, N) and 1 <= n <= N, got {s.shape} and n={n}")
-    return np.argmax(s[:, :n], axis=1)  # (P,) argmax returns the first maximum
+        raise ValueError(f"need scores of shape (G, N) and 1 <= n <= N, got {s.shape} and n={n}")
+    return np.argmax(s[:, :n], axis=1)  # (G,) argmax returns the first maximum
 
 
 def bon_weights(N: int, n: int) -> np.ndarray:
@@ -130,24 +130,24 @@ def bon_weights(N: int, n: int) -> np.ndarray:
 def bon_expected(values, scores, n: int) -> np.ndarray:
     """Unbiased E[values of the best-of-n sample] per prompt, over all size-n subsets of the pool.
 
-    values, scores: (P, N). Selection is by `scores` with ties to the lower pool index, as in
-    `best_of_n` on each subset. Returns (P,). Notebook: 05_reward_kl_tradeoffs.ipynb
+    values, scores: (G, N). Selection is by `scores` with ties to the lower pool index, as in
+    `best_of_n` on each subset. Returns (G,). Notebook: 05_reward_kl_tradeoffs.ipynb
     """
     v, s = np.asarray(values, dtype=float), np.asarray(scores, dtype=float)
     if v.shape != s.shape or v.ndim != 2:
-        raise ValueError(f"values and scores need the same (P, N) shape, got {v.shape} and {s.shape}")
-    P, N = s.shape
-    index = np.broadcast_to(np.arange(N), (P, N))  # (P, N)
+        raise ValueError(f"values and scores need the same (G, N) shape, got {v.shape} and {s.shape}")
+    G, N = s.shape
+    index = np.broadcast_to(np.arange(N), (G, N))  # (G, N)
     # Ascending score; among equal scores the lower index ranks higher, so it sorts later.
-    order = np.lexsort((-index, s), axis=1)  # (P, N)
-    v_sorted = np.take_along_axis(v, order, axis=1)  # (P, N)
-    return v_sorted @ bon_weights(N, n)  # (P,)
+    order = np.lexsort((-index, s), axis=1)  # (G, N)
+    v_sorted = np.take_along_axis(v, order, axis=1)  # (G, N)
+    return v_sorted @ bon_weights(N, n)  # (G,)
 
 
 def bon_curve(gold, proxy, ns) -> dict[str, np.ndarray]:
     """Best-of-n gold and proxy for each n in `ns`, from one pool of N samples per prompt.
 
-    gold, proxy: (P, N); the proxy (reward model) picks the sample. For each n, "gold" and "proxy"
+    gold, proxy: (G, N); the proxy (reward model) picks the sample. For each n, "gold" and "proxy"
     are the prompt means of `bon_expected`: the unbiased estimator over all size-n subsets of the
     pool (drawn without replacement), not one draw. Also returns "kl" (analytic bound), "sqrt_kl"
     (Gao's d) and "kl_empirical" (`bon_kl_empirical` on the proxy scores). All arrays have len(ns).
@@ -287,7 +287,7 @@ def pareto_front(points) -> list[int]:
 
 
 def pool_array(pool: dict, key: str) -> np.ndarray:
-    """(P, N) array of one field of the pool: "gold", a rubric component, "tokens", or a proxy name.
+    """(G, N) array of one field of the pool: "gold", a rubric component, "tokens", or a proxy name.
 
     Notebook: 05_reward_kl_tradeoffs.ipynb"""
     if key in pool["proxy"]:

@@ -32,6 +32,8 @@ def test_course_runner_writes_summary(tmp_path, monkeypatch):
     assert entry["seconds"] > 0 and entry["metrics"]["peak_rss_gb"] > 0
     assert entry["images"] == 0  # draws nothing, so no image is fine
     assert (tmp_path / "artifacts" / "executed" / "00_demo.ipynb").exists()
+    report = (tmp_path / "artifacts" / "report" / "report.md").read_text()
+    assert "| 00_demo | ok |" in report and "| `answer` | 42 |" in report and "| `preset` | smoke |" in report
 
 
 def test_course_runner_reports_a_failing_notebook(tmp_path, monkeypatch):
@@ -44,6 +46,8 @@ def test_course_runner_reports_a_failing_notebook(tmp_path, monkeypatch):
     assert course.main(["--preset", "smoke", "--notebooks-dir", str(nb_dir)]) == 1
     summary = json.loads((tmp_path / "artifacts" / "course_summary.json").read_text())
     assert "error" in summary["notebooks"]["00_bad"]
+    report = (tmp_path / "artifacts" / "report" / "report.md").read_text()
+    assert "| 00_bad | failed |" in report and "claim failed" in report
 
 
 def test_record_metrics_converts_tensors(tmp_path, monkeypatch):
@@ -97,6 +101,11 @@ def test_course_runner_counts_images(tmp_path, monkeypatch):
     assert course.main(["--preset", "smoke", "--notebooks-dir", str(tmp_path / "notebooks")]) == 0
     summary = json.loads((tmp_path / "artifacts" / "course_summary.json").read_text())
     assert summary["notebooks"]["00_plot"]["images"] == 1
+    # the report card shows the plot, copied out of the executed notebook
+    report = tmp_path / "artifacts" / "report" / "report.md"
+    text = report.read_text()
+    assert "# Course report: preset `smoke`" in text and "![00_plot, figure 1](00_plot-1.png)" in text
+    assert (report.parent / "00_plot-1.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_course_runner_fails_a_figure_shown_as_text(tmp_path, monkeypatch, capsys):
