@@ -74,27 +74,17 @@ UNMATCHED = [
 
 
 def to_sequence_classifier(reward_model: torch.nn.Module) -> torch.nn.Module:
-    """Our RewardModel as an AutoModelForSequenceClassification (num_labels 1) for TRL.
+    """Our RewardModel as an AutoModelForSequenceClassification (num_labels 1) for TRL, in memory
+    (`export.reward_model_to_classifier`), with the offset the saved layout cannot hold put back as
+    the score layer's bias, so TRL is paid exactly our scores. The reward model is not changed."""
+    from rlhf_edu.export import reward_model_to_classifier
 
-    A copy of the backbone under `base_model_prefix`, and `score` = Linear(H, 1) with bias, the
-    normalization folded in: gain * (w.h + b) + bias = (gain * w).h + (gain * b + bias). Needs no
-    TRL; the reward model is not changed.
-    """
-    from transformers import AutoModelForSequenceClassification
-
-    config = copy.deepcopy(reward_model.backbone.config)
-    config.num_labels = 1
-    with torch.device("meta"):  # no random init: every tensor is replaced below
-        model = AutoModelForSequenceClassification.from_config(config)
-    setattr(model, model.base_model_prefix, copy.deepcopy(reward_model.backbone))
-    head, gain, bias = reward_model.head, reward_model.gain.float(), reward_model.bias.float()
-    model.score = torch.nn.Linear(head.in_features, 1, bias=True, device=head.weight.device)
+    model, offset = reward_model_to_classifier(reward_model)
+    weight = model.score.weight  # (1, H)
+    model.score = torch.nn.Linear(weight.shape[1], 1, bias=True, device=weight.device)
     with torch.no_grad():
-        model.score.weight.copy_(gain * head.weight.float())  # (1, H)
-        model.score.bias.copy_(gain * head.bias.float() + bias)  # (1,)
-    left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
-    if left:
-        raise RuntimeError(f"to_sequence_classifier left tensors on the meta device: {left}")
+        model.score.weight.copy_(weight)
+        model.score.bias.fill_(offset)
     return model.eval()
 
 
