@@ -53,6 +53,7 @@ from rlhf_edu.ppo import (
     missing_eos_penalty,
     per_token_rewards,
 )
+from rlhf_edu.reward_functions import is_reward_model
 from rlhf_edu.training import (
     Stopwatch,
     check_finite,
@@ -239,9 +240,14 @@ def rollout(trainer: PPOTrainer, prompts: list[str], generator: torch.Generator)
             else:
                 ref_logps.append(per_token_logps(trainer.reference, ids[rows], mask[rows], P, cfg.sampling.temperature))
         watch.lap("reference")
-        with trainer.autocast_ctx:
-            rm_scores.append(trainer.reward_model(ids[rows], mask[rows]).float())
+        if is_reward_model(trainer.reward_model):
+            with trainer.autocast_ctx:
+                rm_scores.append(trainer.reward_model(ids[rows], mask[rows]).float())
             watch.lap("reward")
+    if not is_reward_model(trainer.reward_model):  # a reward function reads the decoded texts
+        scores = trainer.reward_model(prompts, samples.texts, samples.has_eos.tolist())
+        rm_scores = [torch.as_tensor(scores, dtype=torch.float32).to(trainer.device)]  # (B,)
+        watch.lap("reward")
     old_logps = zero_where_masked(torch.cat(old_logps), response_mask)  # (B, R), 0 on padding
     old_values = zero_where_masked(torch.cat(old_values), response_mask)  # (B, R)
     ref_logps = zero_where_masked(torch.cat(ref_logps), response_mask)  # (B, R)

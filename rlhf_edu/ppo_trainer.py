@@ -26,6 +26,7 @@ from rlhf_edu.ppo import (
     explained_variance,
 )
 from rlhf_edu.ppo_loop import PPOConfig, Rollout
+from rlhf_edu.reward_functions import is_reward_model
 from rlhf_edu.store import param_sum
 from rlhf_edu.training import (
     freeze_lower_layers,
@@ -38,7 +39,9 @@ from rlhf_edu.trunk import FrozenTrunk
 class PPOTrainer:
     """PPO against a learned reward model with a per-token KL penalty to a frozen reference.
 
-    `policy` trains in place; `reference` (the SFT policy) and `reward_model` stay frozen. `step()`
+    `policy` trains in place; `reference` (the SFT policy) and `reward_model` stay frozen.
+    `reward_model` may also be a reward function `(prompts, texts, eos_flags) -> (B,)`
+    (`rlhf_edu.reward_functions`), with the shared critic. `step()`
     runs one iteration and returns its metrics as a flat dict; `train()` loops with a tqdm bar, a
     live plot and checkpoints; `save_checkpoint` / `load_checkpoint` resume a run to the same
     result on a CPU. Notebook: 04_ppo.ipynb
@@ -72,11 +75,14 @@ class PPOTrainer:
         self.logps_ctx = logps_autocast(self.setup)  # fp32 under bf16: the ratio and KL need it
         self.ratio_tolerance = self.setup.ratio_tolerance if config.ratio_tolerance is None else config.ratio_tolerance
         self.device = next(policy.parameters()).device
-        for model in (policy, reference, reward_model):
+        frozen = [reference] + ([reward_model] if is_reward_model(reward_model) else [])
+        for model in (policy, *frozen):
             disable_dropout(model)
-        for model in (reference, reward_model):
+        for model in frozen:
             model.eval()
             model.requires_grad_(False)
+        if config.critic == "reward_model" and not is_reward_model(reward_model):
+            raise ValueError("critic='reward_model' copies a reward model; with a reward function use critic='shared'")
 
         freeze_lower_layers(policy, config.trainable_layers)
         self.trunk = FrozenTrunk(policy, config.trainable_layers, reference)
@@ -118,7 +124,7 @@ class PPOTrainer:
 
     def fingerprint(self) -> list[float]:
         """Sums of the reference's and the reward model's weights: a resumed run must use the same."""
-        return [param_sum(m) for m in (self.reference, self.reward_model)]
+        return [param_sum(m) if is_reward_model(m) else 0.0 for m in (self.reference, self.reward_model)]
 
     def forward(self, input_ids, attention_mask, context_length, trunk=None):
         """New log-probs and values of the policy and critic (`ppo_loop.forward`)."""
@@ -163,8 +169,12 @@ class PPOTrainer:
             seed=self.config.seed,
             autocast_ctx=self.autocast_ctx,
             reference=self.reference,
-            reward_model=self.reward_model,
+            reward_model=self.reward_model if is_reward_model(self.reward_model) else None,
         )
+        if not is_reward_model(self.reward_model):
+            scores = self.reward_model(prompts, [r["response"] for r in rows], [r["eos"] for r in rows])
+            for row, score in zip(rows, torch.as_tensor(scores, dtype=torch.float32).tolist()):
+                row["rm"] = score
         model.train(was_training)
         return rows
 

@@ -300,3 +300,40 @@ def test_separate_critic_from_the_reward_model():
 def test_bad_config_is_named(overrides, message):
     with pytest.raises(ValueError, match=message):
         small_config(**overrides)
+
+
+def count_letter(letter: str):
+    """A reward function of text, as a learner would write one: how often a letter appears."""
+
+    def reward(prompts, texts, eos_flags):
+        return torch.tensor([float(text.count(letter)) for text in texts])
+
+    return reward
+
+
+def test_ppo_takes_a_reward_function_of_text():
+    """A plain function of (prompts, texts, eos_flags) pays the policy: the rollout's scores are the
+    function of its decoded texts, and PPO raises it as it raises a reward model's score."""
+    reward = count_letter("a")
+    trainer = make_trainer(small_config(steps=25, batch_size=16, mini_batch_size=8, ppo_epochs=4), reward=reward)
+    metrics, rollout = trainer.step(keep_rollout=True)
+    expected = reward(rollout.prompts, rollout.samples.texts, rollout.samples.has_eos.tolist())
+    assert torch.equal(rollout.rm_scores.cpu(), expected) and metrics["objective/score"] == float(expected.mean())
+    history = trainer.train(progress=False)
+    first = sum(h["objective/score"] for h in history[:3]) / 3
+    last = sum(h["objective/score"] for h in history[-3:]) / 3
+    assert last > first + 1.0, (first, last)
+    with pytest.raises(ValueError, match="with a reward function use critic='shared'"):
+        make_trainer(small_config(critic="reward_model"), reward=reward)
+
+
+def test_rubric_reward_and_mix():
+    from rlhf_edu.reward_functions import mix, rubric_reward
+    from rlhf_edu.rubric import score
+
+    prompts = ["Explain rain to a 10-year-old."] * 2
+    texts = ["Rain is water that falls from clouds. It fills puddles.", "rain rain rain rain"]
+    gold = rubric_reward(prompts, texts, [True, False])
+    assert gold.tolist() == pytest.approx([score(prompts[0], texts[0])[0], score(prompts[1], texts[1], eos=False)[0]])
+    both = mix({rubric_reward: 2.0, count_letter("r"): 0.5})(prompts, texts, [True, False])
+    assert both.tolist() == pytest.approx((2.0 * gold + 0.5 * torch.tensor([2.0, 4.0])).tolist())  # r in water, from
