@@ -13,11 +13,13 @@ import base64
 import datetime
 import json
 import math
+import re
 from pathlib import Path
 
 from rlhf_edu.store import artifacts_dir
 
 REPORT_DIR = "report"
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def format_value(value) -> str:
@@ -70,7 +72,7 @@ def render_report(summary: dict, executed_dir: Path, out_dir: Path) -> str:
     for name, entry in notebooks.items():
         lines += ["", f"## {name}", ""]
         if "error" in entry:
-            lines += ["```", entry["error"], "```"]
+            lines += ["```", ANSI.sub("", entry["error"]), "```"]  # a traceback's colours are terminal codes
             continue
         metrics = {k: v for k, v in (entry.get("metrics") or {}).items() if k != "peak_rss_gb"}
         if metrics:

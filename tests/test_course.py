@@ -47,7 +47,7 @@ def test_course_runner_reports_a_failing_notebook(tmp_path, monkeypatch):
     summary = json.loads((tmp_path / "artifacts" / "course_summary.json").read_text())
     assert "error" in summary["notebooks"]["00_bad"]
     report = (tmp_path / "artifacts" / "report" / "report.md").read_text()
-    assert "| 00_bad | failed |" in report and "claim failed" in report
+    assert "| 00_bad | failed |" in report and "claim failed" in report and "\x1b[" not in report
 
 
 def test_record_metrics_converts_tensors(tmp_path, monkeypatch):
