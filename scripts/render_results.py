@@ -28,6 +28,7 @@ RESULTS = ROOT / "bench" / "results"
 COURSE = RESULTS / "course_cpu.json"
 BENCH = RESULTS / "bench_cpu.json"
 SEEDS = RESULTS / "ppo_seeds_cpu.json"
+PERFECT = RESULTS / "ppo_perfect_reward_cpu.json"
 FIRST_RATIO = RESULTS / "first_ratio.json"
 GPU_ESTIMATE = RESULTS / "gpu_memory_estimate.json"
 GPU_MEASURED = RESULTS / "gpu_memory_h200.json"
@@ -136,6 +137,25 @@ def seeds_line() -> list[str]:
             f"z = {s['gold_delta_z']['mean']:.1f} ± {s['gold_delta_z']['sd']:.1f}, "
             f"win rate against SFT {s['win_rate_vs_sft']['mean']:.0%} ± {s['win_rate_vs_sft']['sd']:.0%}, "
             f"KL {s['kl_mean']['mean']:.2f} ± {s['kl_mean']['sd']:.2f} nats."
+        )
+    ]
+
+
+def perfect_reward_line() -> list[str]:
+    run = _load(PERFECT)
+    if not run:
+        return [
+            NOT_YET + "`bench/ppo_perfect_reward.py`: PPO paid by the rubric itself, which separates what the "
+            "reward model misses from what PPO's budget allows."
+        ]
+    return [
+        (
+            f"**PPO paid by the rubric itself** (`bench/ppo_perfect_reward.py`, {run['preset']} preset, "
+            f"{run['dtype']}, notebook 04's PPO config, {run['train_seconds']:.0f} s of training): gold gain over "
+            f"SFT {run['gold_delta']:+.3f}, z = {run['gold_delta_z']:.1f}; win rate against SFT "
+            f"{run['win_rate_vs_sft']:.0%}; "
+            f"KL {run['kl_mean']:.2f} nats. A perfect reward shows what PPO can do within the budget; notebook 04 "
+            "pays the learned reward model instead."
         )
     ]
 
@@ -252,7 +272,7 @@ def blocks() -> dict[tuple[str, str], str]:
     join = lambda *parts: "\n\n".join("\n".join(p) for p in parts if p)
     return {
         ("README.md", "results"): join(quality_rates(), course_table()),
-        ("docs/results.md", "course"): join(quality_rates(), course_table(), seeds_line()),
+        ("docs/results.md", "course"): join(quality_rates(), course_table(), seeds_line(), perfect_reward_line()),
         ("docs/results.md", "bench"): join(bench_tables(), first_ratio_table()),
         ("docs/results.md", "gpu"): join(gpu_tables()),
     }
