@@ -47,7 +47,7 @@ from tqdm.auto import tqdm
 from rlhf_edu.batches import build_pair_batch
 from rlhf_edu.logprobs import masked_sum, per_token_logps
 from rlhf_edu.reward import reward_accuracy
-from rlhf_edu.training import check_finite, clip_and_step, freeze_lower_layers, linear_schedule, total_steps
+from rlhf_edu.training import adamw_with_schedule, check_finite, clip_and_step, freeze_lower_layers, total_steps
 
 LOSS_TYPES = ("sigmoid", "ipo")
 
@@ -306,11 +306,9 @@ def train_dpo(
     disable_dropout(policy)
     freeze_lower_layers(policy, config.trainable_layers)
     trainable = [p for p in policy.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=0.0)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: linear_schedule(s, config.warmup_steps, max_steps)
+    optimizer, scheduler, scaler = adamw_with_schedule(
+        trainable, setup, lr=config.lr, max_steps=max_steps, warmup_steps=config.warmup_steps
     )
-    scaler = torch.amp.GradScaler(setup.device, enabled=setup.grad_scaler)
     rng = random.Random(config.seed)
     order: list[int] = []
     history = []

@@ -25,7 +25,7 @@ from rlhf_edu.reward import (
     score_samples,
 )
 from rlhf_edu.store import jsonable
-from rlhf_edu.training import clip_and_step, freeze_lower_layers, linear_schedule, pair_batch_indices, total_steps
+from rlhf_edu.training import adamw_with_schedule, clip_and_step, freeze_lower_layers, pair_batch_indices, total_steps
 
 HEAD_FILE = "reward_head.safetensors"
 
@@ -65,12 +65,14 @@ def train_reward_model(
     max_steps = total_steps(config, len(train_rows))
     freeze_lower_layers(reward_model, config.trainable_layers)
     trainable = [p for p in reward_model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: linear_schedule(s, config.warmup_steps, max_steps)
+    optimizer, scheduler, scaler = adamw_with_schedule(
+        trainable,
+        setup,
+        lr=config.lr,
+        max_steps=max_steps,
+        warmup_steps=config.warmup_steps,
+        weight_decay=config.weight_decay,
     )
-    scaler = torch.amp.GradScaler(setup.device, enabled=setup.grad_scaler)
-    optimizer.zero_grad(set_to_none=True)  # an interrupted earlier call may have left gradients
     run = {"stage": "reward model", "config": jsonable(config), "data": rows_fingerprint(train_rows)}
     start, history = resume_training(
         checkpoint_dir, run, optimizer, scheduler, scaler, partial(load_reward_weights, reward_model), on_step

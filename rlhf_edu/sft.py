@@ -39,7 +39,7 @@ from rlhf_edu.checkpoints import (
 )
 from rlhf_edu.logprobs import masked_mean, per_token_logps
 from rlhf_edu.store import jsonable
-from rlhf_edu.training import clip_and_step, linear_schedule, sft_batch_indices
+from rlhf_edu.training import adamw_with_schedule, clip_and_step, sft_batch_indices
 
 
 @dataclass(frozen=True)
@@ -148,12 +148,14 @@ def train_sft(
     base = model.config.name_or_path  # the starting weights, recorded with the saved policy
     train_rows, held_rows = split_heldout(rows, config.n_heldout, config.seed)
     device = next(model.parameters()).device
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: linear_schedule(s, config.warmup_steps, config.max_steps)
+    optimizer, scheduler, scaler = adamw_with_schedule(
+        model.parameters(),
+        setup,
+        lr=config.lr,
+        max_steps=config.max_steps,
+        warmup_steps=config.warmup_steps,
+        weight_decay=config.weight_decay,
     )
-    scaler = torch.amp.GradScaler(setup.device, enabled=setup.grad_scaler)
-    optimizer.zero_grad(set_to_none=True)  # an interrupted earlier call may have left gradients
     run = {"stage": "SFT", "config": jsonable(config), "data": rows_fingerprint(rows)}
     start, history = resume_training(
         checkpoint_dir, run, optimizer, scheduler, scaler, partial(load_causal_lm_weights, model), on_step

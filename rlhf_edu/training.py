@@ -67,6 +67,18 @@ def linear_schedule(step: int, warmup_steps: int, max_steps: int) -> float:
     return max(0.0, (max_steps - step) / max(1, max_steps - warmup_steps))
 
 
+def adamw_with_schedule(params, setup, *, lr: float, max_steps: int, warmup_steps: int = 0, weight_decay: float = 0.0):
+    """(optimizer, scheduler, scaler) of a supervised stage (SFT, reward model, DPO): AdamW at peak
+    `lr`, the linear warm-up and decay of `linear_schedule` over `max_steps`, and the grad scaler
+    `setup` asks for (fp16 only). Gradients start at zero: an interrupted earlier call may have left
+    some."""
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: linear_schedule(s, warmup_steps, max_steps))
+    scaler = torch.amp.GradScaler(setup.device, enabled=setup.grad_scaler)
+    optimizer.zero_grad(set_to_none=True)
+    return optimizer, scheduler, scaler
+
+
 def clip_and_step(optimizer, scaler, params, max_grad_norm: float, step: int, stage: str) -> torch.Tensor:
     """After `scaler.scale(loss).backward()`: unscale, clip the gradients' global norm to
     `max_grad_norm`, stop on a non-finite norm (with fp16's grad scaler, it only skips the step),
