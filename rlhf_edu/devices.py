@@ -145,3 +145,12 @@ def logps_autocast(setup: DeviceSetup):
     """The context for log-probs that enter PPO's and GRPO's ratio and KL: plain fp32 under bf16
     (`DeviceSetup.fp32_logps`), else `autocast(setup)`."""
     return contextlib.nullcontext() if setup.fp32_logps else autocast(setup)
+
+
+def policy_gradient_precision(setup, config):
+    """What PPO and GRPO compute in: (setup, autocast context, log-prob context, ratio tolerance).
+    `setup` defaults to this machine's; the log-probs of the ratio and KL run in fp32 under bf16
+    (`logps_autocast`); the first-minibatch ratio tolerance is `config.ratio_tolerance` or the dtype's."""
+    setup = setup or device_setup()
+    tolerance = setup.ratio_tolerance if config.ratio_tolerance is None else config.ratio_tolerance
+    return setup, autocast(setup), logps_autocast(setup), tolerance

@@ -172,7 +172,7 @@ class GRPOTrainer:
         *,
         setup=None,
     ):
-        from rlhf_edu.devices import autocast, device_setup, logps_autocast
+        from rlhf_edu.devices import policy_gradient_precision
         from rlhf_edu.models import disable_dropout
 
         if not train_prompts:
@@ -180,10 +180,7 @@ class GRPOTrainer:
         self.policy, self.reference, self.reward_fn = policy, reference, reward_fn
         self.tokenizer, self.config = tokenizer, config
         self.train_prompts = list(train_prompts)
-        self.setup = setup or device_setup()
-        self.autocast_ctx = autocast(self.setup)
-        self.logps_ctx = logps_autocast(self.setup)  # fp32 under bf16: the ratio and KL need it
-        self.ratio_tolerance = self.setup.ratio_tolerance if config.ratio_tolerance is None else config.ratio_tolerance
+        self.setup, self.autocast_ctx, self.logps_ctx, self.ratio_tolerance = policy_gradient_precision(setup, config)
         self.device = next(policy.parameters()).device
         for model in (policy, reference):
             disable_dropout(model)

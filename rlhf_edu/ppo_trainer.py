@@ -60,7 +60,7 @@ class PPOTrainer:
         eval_sampling: SamplingConfig | None = None,
         setup=None,
     ):
-        from rlhf_edu.devices import autocast, device_setup, logps_autocast
+        from rlhf_edu.devices import policy_gradient_precision
         from rlhf_edu.models import disable_dropout
 
         if not train_prompts:
@@ -70,10 +70,7 @@ class PPOTrainer:
         self.train_prompts = list(train_prompts)
         self.eval_prompts = list(eval_prompts or [])
         self.eval_sampling = eval_sampling or config.sampling
-        self.setup = setup or device_setup()
-        self.autocast_ctx = autocast(self.setup)
-        self.logps_ctx = logps_autocast(self.setup)  # fp32 under bf16: the ratio and KL need it
-        self.ratio_tolerance = self.setup.ratio_tolerance if config.ratio_tolerance is None else config.ratio_tolerance
+        self.setup, self.autocast_ctx, self.logps_ctx, self.ratio_tolerance = policy_gradient_precision(setup, config)
         self.device = next(policy.parameters()).device
         frozen = [reference] + ([reward_model] if is_reward_model(reward_model) else [])
         for model in (policy, *frozen):
