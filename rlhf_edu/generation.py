@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from transformers import DynamicCache
+from transformers import DynamicCache, TopKLogitsWarper, TopPLogitsWarper
 
 from rlhf_edu.logprobs import check_context_length, position_ids_from_mask, truncate_after_eos
 
@@ -31,12 +31,21 @@ class SamplingConfig:
     """Logits are divided by this before sampling and in every log-prob computed for training."""
     batch_size: int = 16
     """Prompts per forward pass."""
+    top_k: int | None = None
+    """Sample only among the k likeliest tokens. None (the course's setting) keeps every token: with
+    truncation the answers no longer come from the policy whose log-probs training computes."""
+    top_p: float | None = None
+    """Sample only within the smallest set of tokens whose probability reaches top_p; None keeps all."""
 
     def __post_init__(self):
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0 (got {self.temperature}); the course samples, never argmaxes")
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.top_k is not None and self.top_k < 1:
+            raise ValueError(f"top_k must be >= 1 or None, got {self.top_k}")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1] or None, got {self.top_p}")
 
 
 @dataclass
@@ -118,12 +127,20 @@ def sample_tokens(
     eos_token_id: int,
     pad_token_id: int,
     generator: torch.Generator | None = None,
+    top_k: int | None = None,
+    top_p: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The sampling loop. prompt (B, P) -> raw response ids (B, R), sampling log-probs (B, R).
 
     R <= max_new_tokens: the loop stops once every row has emitted EOS. Tokens after a row's EOS
-    are pad (and their log-probs 0).
+    are pad (and their log-probs 0). The log-probs are those of the distribution actually sampled
+    from: logits / temperature, truncated by top_k and top_p (transformers' logits warpers) when set.
     """
+    warpers = []
+    if top_k is not None:
+        warpers.append(TopKLogitsWarper(top_k))
+    if top_p is not None and top_p < 1:
+        warpers.append(TopPLogitsWarper(top_p))
     B = prompt_ids.shape[0]
     cache_kwarg = _cache_kwarg(model)
     cache = DynamicCache(config=model.config)  # filled in place by every forward below
@@ -141,7 +158,10 @@ def sample_tokens(
     done = torch.zeros(B, dtype=torch.bool, device=prompt_ids.device)  # (B,)
     tokens, logps = [], []
     for _ in range(max_new_tokens):
-        step_logps = torch.log_softmax(out.logits[:, -1].float() / temperature, dim=-1)  # (B, V)
+        step_logits = out.logits[:, -1].float() / temperature  # (B, V)
+        for warp in warpers:
+            step_logits = warp(prompt_ids, step_logits)  # -inf outside the kept tokens
+        step_logps = torch.log_softmax(step_logits, dim=-1)  # (B, V)
         token = torch.multinomial(step_logps.exp(), 1, generator=generator).squeeze(1)  # (B,)
         token_logp = step_logps.gather(1, token[:, None]).squeeze(1)  # (B,)
         tokens.append(token.masked_fill(done, pad_token_id))
@@ -198,6 +218,8 @@ def sample(
                 eos_token_id=tokenizer.eos_token_id,
                 pad_token_id=tokenizer.pad_token_id,
                 generator=generator,
+                top_k=config.top_k,
+                top_p=config.top_p,
             )
         response_ids, response_mask, has_eos = truncate_after_eos(
             raw.cpu(), tokenizer.eos_token_id, tokenizer.pad_token_id

@@ -126,7 +126,9 @@ class RewardModel(torch.nn.Module):
     """score(x, y) = gain * head(h_last) + bias, h_last the hidden state of the last real token.
 
     `backbone` maps input_ids (B, T) to hidden states (B, T, H). Dropout is switched off. `gain`
-    and `bias` are buffers (saved, not trained), 1 and 0 until `set_normalization`.
+    and `bias` are buffers (saved, not trained), 1 and 0 until `set_normalization`. `readout_index`,
+    attention_mask (B, T) -> (B,) positions, says where the head reads: `last_token_index` unless
+    replaced (notebook 03's exercise reads elsewhere to see what breaks).
 
     Notebook: 03_reward_model.ipynb
     """
@@ -140,6 +142,7 @@ class RewardModel(torch.nn.Module):
         self.head = init_head(backbone.config.hidden_size)
         self.register_buffer("gain", torch.tensor(1.0))  # ()
         self.register_buffer("bias", torch.tensor(0.0))  # ()
+        self.readout_index = last_token_index
 
     @classmethod
     def from_causal_lm(cls, causal_lm: torch.nn.Module) -> RewardModel:
@@ -162,7 +165,7 @@ class RewardModel(torch.nn.Module):
             position_ids=position_ids,
             use_cache=False,
         ).last_hidden_state  # (B, T, H)
-        index = last_token_index(attention_mask)  # (B,)
+        index = self.readout_index(attention_mask)  # (B,)
         rows = torch.arange(hidden.shape[0], device=hidden.device)  # (B,)
         return hidden[rows, index].float()  # (B, H) fp32
 

@@ -79,9 +79,26 @@ def sft_loss(per_token_logps: torch.Tensor, response_mask: torch.Tensor) -> torc
     return -masked_mean(per_token_logps, response_mask)
 
 
-def sft_batch_loss(model, batch: dict) -> torch.Tensor:
-    logps = per_token_logps(model, batch["input_ids"], batch["attention_mask"], batch["context_length"])  # (B, R)
-    return sft_loss(logps, batch["response_mask"])
+def completion_mask(batch: dict) -> torch.Tensor:
+    """The course's SFT loss mask over whole sequences, (B, P + R): 0 on the prompt block, the
+    response mask (the answer and its EOS) on the response block. Pass a function like this one,
+    changed, as `train_sft(..., loss_mask=...)` to train on other tokens (notebook 01's exercises)."""
+    response_mask = batch["response_mask"]  # (B, R)
+    prompt_zeros = response_mask.new_zeros(response_mask.shape[0], batch["context_length"])  # (B, P)
+    return torch.cat([prompt_zeros, response_mask], dim=1)  # (B, P + R)
+
+
+def sft_batch_loss(model, batch: dict, loss_mask=None) -> torch.Tensor:
+    """The batch's SFT loss: completion-only by default; with `loss_mask(batch) -> (B, P + R)`, the
+    mean negative log-likelihood of every token (after the first) where that mask is 1."""
+    if loss_mask is None:
+        logps = per_token_logps(model, batch["input_ids"], batch["attention_mask"], batch["context_length"])  # (B, R)
+        return sft_loss(logps, batch["response_mask"])
+    attention = batch["attention_mask"]  # (B, P + R)
+    # a token counts where the mask says so, it is real, and so is the token before it that predicts it
+    mask = loss_mask(batch)[:, 1:] * attention[:, 1:] * attention[:, :-1]  # (B, P + R - 1)
+    logps = per_token_logps(model, batch["input_ids"], attention, 1)  # (B, P + R - 1) tokens 1..
+    return sft_loss(logps, mask)
 
 
 @torch.no_grad()
@@ -128,6 +145,7 @@ def train_sft(
     progress: bool = True,
     checkpoint_dir: str | Path | None = None,
     checkpoint_every: int | None = None,
+    loss_mask=None,
 ) -> list[dict]:
     """Fine-tune `model` in place on demonstrations {prompt, response}; return one record per step.
 
@@ -138,6 +156,8 @@ def train_sft(
     and run state are saved there every `checkpoint_every` steps and at the end; calling again with
     the same folder, config and rows (after an interrupt, or in a restarted kernel) resumes from
     the last checkpoint and ends with the same weights and history as an uninterrupted run.
+    `loss_mask(batch) -> (B, P + R)` chooses the tokens in the training loss (default
+    `completion_mask`); the held-out loss stays completion-only, so runs remain comparable.
 
     Notebook: 01_sft.ipynb
     """
@@ -173,7 +193,7 @@ def train_sft(
         # 2. Completion-only loss on the response tokens (and EOS).
         model.train()
         with autocast_ctx:
-            loss = sft_batch_loss(model, batch)
+            loss = sft_batch_loss(model, batch, loss_mask)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"SFT loss (train/loss) is {loss.item()} at step {step}; lower the learning rate")
         # 3. Backward, clip, step (with fp16's grad scaler, a non-finite norm only skips the step).

@@ -185,6 +185,26 @@ def test_sampling_config_rejects_bad_values():
         SamplingConfig(temperature=0)
     with pytest.raises(ValueError, match="max_new_tokens"):
         SamplingConfig(max_new_tokens=0)
+    with pytest.raises(ValueError, match="top_k"):
+        SamplingConfig(top_k=0)
+    with pytest.raises(ValueError, match="top_p"):
+        SamplingConfig(top_p=1.5)
+
+
+def test_top_k_samples_only_the_k_likeliest_and_breaks_the_match_with_training_logps(tiny):
+    # The "what breaks the KL" hook: truncated sampling draws from another distribution than the
+    # policy whose log-probs training recomputes, so the two no longer agree.
+    model, tok = tiny
+    cfg = SamplingConfig(max_new_tokens=6, temperature=1.0, batch_size=4, top_k=2)
+    s = sample(model, tok, ["hi", "tell me about rain"] * 2, cfg, generator=torch.Generator().manual_seed(1))
+    ids, mask = s.input_ids, s.attention_mask
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask)).logits
+    P = s.context_length
+    step_logits = logits[:, P - 1 : -1]  # (B, R, V) the logits that chose each response token
+    rank = (step_logits > step_logits.gather(-1, s.response_ids[..., None])).sum(-1)  # (B, R)
+    assert bool((rank[s.response_mask.bool()] < 2).all())  # every sampled token is among the top 2
+    full = per_token_logps(model, ids, mask, P, cfg.temperature) * s.response_mask
+    assert bool((s.logps >= full - 1e-5).all()) and (s.logps - full).abs().max() > 1e-3  # renormalized over 2
 
 
 def test_empty_prompt_is_a_clear_error(tiny):

@@ -178,6 +178,20 @@ def test_score_is_head_of_last_real_token_under_left_and_right_padding(tiny):
     torch.testing.assert_close(right[:1], by_hand, atol=1e-5, rtol=0)
 
 
+def test_readout_index_can_be_replaced(tiny):
+    """The exercise's hook: reading the first padding position instead of the last real token
+    (mask.sum(1)) changes a right-padded row's score and leaves an unpadded row's index out of range."""
+    model, tok = tiny
+    rm = RewardModel.from_causal_lm(model)
+    prompts, responses = ["hi", "hi"], ["ok, fine.", "a much longer response"]
+    right = score_texts(rm, tok, prompts, responses)
+    rm.readout_index = lambda mask: mask.sum(1).clamp(max=mask.shape[1] - 1)
+    moved = score_texts(rm, tok, prompts, responses)
+    assert (moved[0] - right[0]).abs() > 1e-4  # row 0 is right-padded: it now reads a pad token
+    rm.readout_index = last_token_index
+    torch.testing.assert_close(score_texts(rm, tok, prompts, responses), right)
+
+
 # --------------------------------------------------------------------------- training
 
 

@@ -4,7 +4,7 @@ import torch.nn.functional as F
 from rlhf_edu.batches import build_sft_batch
 from rlhf_edu.logprobs import per_token_logps
 from rlhf_edu.models import load_model
-from rlhf_edu.sft import SFTConfig, sft_loss, train_sft
+from rlhf_edu.sft import SFTConfig, completion_mask, sft_batch_loss, sft_loss, train_sft
 from rlhf_edu.training import linear_schedule
 
 ROWS = [
@@ -57,6 +57,32 @@ def test_tokens_outside_the_response_mask_do_not_count(tiny):
     ids[0, P + n :] = 9
     changed = sft_loss(per_token_logps(model, ids, batch["attention_mask"], P), batch["response_mask"])
     torch.testing.assert_close(loss, changed)
+
+
+def test_loss_mask_hook(tiny):
+    """completion_mask reproduces the default loss; a mask over prompt and answer is the naive
+    cross-entropy of every real token after the first; one without the EOS leaves it out."""
+    model, tok = tiny
+    batch = build_sft_batch(tok, ["hi", "a longer prompt"], ["ok.", "fine, thanks."])
+    torch.testing.assert_close(sft_batch_loss(model, batch, completion_mask), sft_batch_loss(model, batch))
+    everything = sft_batch_loss(model, batch, lambda b: b["attention_mask"])
+    nll, n = 0.0, 0
+    for b in range(2):
+        ids = batch["input_ids"][b, batch["attention_mask"][b].bool()][None]
+        nll += F.cross_entropy(model(ids).logits[0, :-1], ids[0, 1:], reduction="sum")
+        n += ids.shape[1] - 1
+    torch.testing.assert_close(everything, nll / n, atol=1e-5, rtol=1e-5)
+
+    def without_eos(b):
+        mask = completion_mask(b).clone()
+        last = mask.shape[1] - 1 - mask.flip(1).argmax(1)  # (B,) each row's EOS
+        mask[torch.arange(mask.shape[0]), last] = 0
+        return mask
+
+    P = batch["context_length"]
+    logps = per_token_logps(model, batch["input_ids"], batch["attention_mask"], P)
+    no_eos = without_eos(batch)[:, P:]
+    torch.testing.assert_close(sft_batch_loss(model, batch, without_eos), sft_loss(logps, no_eos), atol=1e-5, rtol=1e-5)
 
 
 def test_schedule():
