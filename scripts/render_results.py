@@ -8,7 +8,8 @@ in them is typed by hand.
 Reads, when present: bench/results/course_cpu.json (a copy of `make course PRESET=cpu`'s
 artifacts/course_summary.json, saved with --save), bench/results/bench_cpu.json (a copy of `make
 bench`'s artifacts/bench.json, saved with --bench), bench/results/ppo_seeds_cpu.json
-(bench/ppo_seeds.py), bench/results/first_ratio.json (bench/first_ratio.py), the GPU measurements of
+(bench/ppo_seeds.py), bench/results/ppo_perfect_reward_cpu*.json (bench/ppo_perfect_reward.py),
+bench/results/first_ratio.json (bench/first_ratio.py), the GPU measurements of
 bench/gpu.py and data/quality_rates.json (scripts/quality_rates.py). Each block lies between
 `<!-- NAME:start -->` and `<!-- NAME:end -->` in its page; tests/test_docs_links.py fails when a
 committed block differs from what this script renders.
@@ -28,7 +29,6 @@ RESULTS = ROOT / "bench" / "results"
 COURSE = RESULTS / "course_cpu.json"
 BENCH = RESULTS / "bench_cpu.json"
 SEEDS = RESULTS / "ppo_seeds_cpu.json"
-PERFECT = RESULTS / "ppo_perfect_reward_cpu.json"
 FIRST_RATIO = RESULTS / "first_ratio.json"
 GPU_ESTIMATE = RESULTS / "gpu_memory_estimate.json"
 GPU_MEASURED = RESULTS / "gpu_memory_h200.json"
@@ -141,22 +141,48 @@ def seeds_line() -> list[str]:
     ]
 
 
+def meets_ppo_bar(run: dict) -> bool:
+    """Notebook 04's bar: gold more than 5 z above SFT, 70% of blind comparisons won, KL 6 nats or less."""
+    return run["gold_delta_z"] > 5 and run["win_rate_vs_sft"] >= 0.70 and run["kl_mean"] <= 6
+
+
 def perfect_reward_line() -> list[str]:
-    run = _load(PERFECT)
-    if not run:
+    runs = [_load(path) for path in sorted(RESULTS.glob("ppo_perfect_reward_cpu*.json"))]
+    runs = [run for run in runs if run]
+    if not runs:
         return [
             NOT_YET + "`bench/ppo_perfect_reward.py`: PPO paid by the rubric itself, which separates what the "
             "reward model misses from what PPO's budget allows."
         ]
+    base = runs[0]["config"]
+    rows = []
+    for run in runs:
+        changed = {k: v for k, v in run["config"].items() if k != "sampling" and v != base.get(k)}
+        setting = ", ".join(f"{k} {v}" for k, v in changed.items()) or "notebook 04's PPO config"
+        rows.append(
+            (
+                setting,
+                f"{run['train_seconds']:.0f} s",
+                f"{run['gold_delta']:+.3f}",
+                f"{run['gold_delta_z']:.1f}",
+                f"{run['win_rate_vs_sft']:.0%}",
+                f"{run['kl_mean']:.2f}",
+                "yes" if meets_ppo_bar(run) else "no",
+            )
+        )
     return [
         (
-            f"**PPO paid by the rubric itself** (`bench/ppo_perfect_reward.py`, {run['preset']} preset, "
-            f"{run['dtype']}, notebook 04's PPO config, {run['train_seconds']:.0f} s of training): gold gain over "
-            f"SFT {run['gold_delta']:+.3f}, z = {run['gold_delta_z']:.1f}; win rate against SFT "
-            f"{run['win_rate_vs_sft']:.0%}; "
-            f"KL {run['kl_mean']:.2f} nats. A perfect reward shows what PPO can do within the budget; notebook 04 "
-            "pays the learned reward model instead."
-        )
+            f"**PPO paid by the rubric itself** (`bench/ppo_perfect_reward.py`, {runs[0]['preset']} preset, "
+            f"{runs[0]['dtype']}): the gold rubric on the reward model's scale (mean 0, std 1 over SFT's answers) "
+            "instead of the learned reward model, evaluated on the yardstick. A perfect reward shows what PPO "
+            "can do within the budget; notebook 04 pays the learned reward model instead."
+        ),
+        "",
+        *_table(
+            ("PPO setting", "training", "gold gain", "z", "win rate vs SFT", "KL (nats)", "meets 04's bar"),
+            rows,
+            "---|---:|---:|---:|---:|---:|---|",
+        ),
     ]
 
 
