@@ -78,6 +78,9 @@ def run_cases(name: str, fn: Callable, cases: list[Case], tol: float = 1e-4) -> 
         except NotImplementedError:
             print(f"{name}: not done yet. Fill in the function above, or open the solution below.")
             return False
+        except Exception as err:  # the learner's code failed on this case: say which, and how
+            hint = f"\n  hint: {case.hint}" if case.hint else ""
+            raise ExerciseFailed(f"{name}: case '{case.name}' raised {type(err).__name__}: {err}{hint}") from err
         if got is None:
             print(f"{name}: not done yet (the function returned None). Fill it in, or open the solution below.")
             return False

@@ -167,6 +167,12 @@ def test_a_stub_is_reported_as_not_done_and_does_not_raise(capsys):
     assert "not done yet" in capsys.readouterr().out
 
 
+def test_an_error_in_the_learners_code_names_the_case_and_the_hint():
+    naive = lambda a, b, t: 1 / (1 + math.exp(-(a - b) / t))  # overflows for large negative gaps
+    with pytest.raises(exercises.ExerciseFailed, match=r"case 'far apart' raised OverflowError.*\n  hint: math.exp"):
+        exercises.check_preference_probability(naive)
+
+
 def test_a_result_of_the_wrong_shape_fails():
     with pytest.raises(exercises.ExerciseFailed, match="one answer"):
         exercises.check_per_token_rewards(lambda s, lp, ref, m, b: ppo.per_token_rewards(s, lp, ref, m, b))
