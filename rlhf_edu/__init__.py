@@ -25,7 +25,7 @@ then uses the library version. Modules, in course order:
     ppo_trainer  the PPO trainer: state, the loop, metrics, checkpoints and resume
     critic       value heads for PPO
     tradeoffs    best-of-n KL, Gao et al. fits, over-optimization peak, distinct-n
-    tradeoff_runs  notebook 05's budgets and cached runs (beta sweep, best-of-n, refresh)
+    tradeoff_runs  notebook 05's budgets and cached runs (KL-coefficient sweep, best-of-n, refresh)
     explorer     FrontierExplorer: a slider over policies on the reward/KL frontier
     dpo          DPO, IPO and label-smoothed DPO
     grpo         GRPO / Dr GRPO / RLOO math: group advantages, the KL term, loss aggregation

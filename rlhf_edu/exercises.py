@@ -8,10 +8,7 @@ what your function returned and a hint. The same cases run against the library i
 
 A stub that still raises `NotImplementedError` (or returns None) is reported as not done yet, so Run
 All goes on; the notebook continues with the library's version either way. Each exercise's
-solution is in the collapsed cell below it.
-
-    from rlhf_edu import exercises
-    exercises.check_reward_loss(reward_loss)
+solution is in the collapsed cell below it: `exercises.check_reward_loss(my_reward_loss)`.
 """
 
 from __future__ import annotations
@@ -25,6 +22,19 @@ import torch
 
 class ExerciseFailed(AssertionError):
     """A learner's function gave a wrong answer on a reference case."""
+
+
+class Verdict:
+    """What a check returns: true when every case passed. It has printed its verdict: no display."""
+
+    def __init__(self, passed: bool):
+        self.passed = passed
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+    def _ipython_display_(self) -> None:
+        pass
 
 
 @dataclass(frozen=True)
@@ -69,21 +79,21 @@ def _show(x) -> str:
     return f"{x:.6g}"
 
 
-def run_cases(name: str, fn: Callable, cases: list[Case], tol: float = 1e-4) -> bool:
-    """Run `fn` on every case. True when all pass; False (with a printed note) when `fn` is still a
-    stub; raises ExerciseFailed naming the first case that fails."""
+def run_cases(name: str, fn: Callable, cases: list[Case], tol: float = 1e-4) -> Verdict:
+    """Run `fn` on every case. A true Verdict when all pass; a false one (with a printed note) when `fn`
+    is still a stub; raises ExerciseFailed naming the first case that fails."""
     for case in cases:
         try:
             got = fn(*case.args())
         except NotImplementedError:
             print(f"{name}: not done yet. Fill in the function above, or open the solution below.")
-            return False
+            return Verdict(False)
         except Exception as err:  # the learner's code failed on this case: say which, and how
             hint = f"\n  hint: {case.hint}" if case.hint else ""
             raise ExerciseFailed(f"{name}: case '{case.name}' raised {type(err).__name__}: {err}{hint}") from err
         if got is None:
             print(f"{name}: not done yet (the function returned None). Fill it in, or open the solution below.")
-            return False
+            return Verdict(False)
         try:
             numbers = _as_numbers(got)
         except (TypeError, ValueError) as err:
@@ -94,7 +104,7 @@ def run_cases(name: str, fn: Callable, cases: list[Case], tol: float = 1e-4) -> 
             )
             raise ExerciseFailed(message + (f"\n  hint: {case.hint}" if case.hint else ""))
     print(f"{name}: all {len(cases)} cases pass.")
-    return True
+    return Verdict(True)
 
 
 def _t(x, dtype=torch.float32) -> torch.Tensor:
@@ -377,7 +387,7 @@ CASES: dict[str, list[Case]] = {
 
 
 def _checker(name: str):
-    def check(fn: Callable) -> bool:
+    def check(fn: Callable) -> Verdict:
         return run_cases(name, fn, CASES[name])
 
     check.__name__ = f"check_{name}"
