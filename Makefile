@@ -3,6 +3,7 @@
 #   make test    set up, then lint and every test (unit, widgets, notebooks under nbval)
 #   make course PRESET=smoke|cpu|gpu    run every notebook headless, write artifacts/course_summary.json
 #   make bench   benchmarks, printed as a table
+#   make dist    a wheel that carries the course (data, notebooks, pages)
 
 PYTHON ?= python3
 VENV   := .venv
@@ -14,7 +15,7 @@ PRESET ?= cpu
 TORCH_SPEC ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: lock upgrade-check setup model browser-deps lab test test-unit test-widgets-ipywidgets7 test-notebooks test-other-dtype course bench bench-env lint clean
+.PHONY: dist lock upgrade-check setup model browser-deps lab test test-unit test-widgets-ipywidgets7 test-notebooks test-other-dtype course bench bench-env lint clean
 
 setup: $(STAMP) model browser-deps
 
@@ -128,6 +129,13 @@ upgrade-check:
 	$(UPGRADE_VENV)/bin/python -m pytest -q -x tests
 
 # ruff's rules and line length are in pyproject.toml; `ruff format rlhf_edu tests bench scripts` fixes the format.
+# A wheel that carries the course (data, notebooks, pages) so it runs outside a clone:
+# `pip install dist/rlhf_edu-*.whl`, then `python -m rlhf_edu.fetch my-course`.
+dist: setup
+	rm -rf dist
+	$(PY) -m pip wheel --no-deps --no-build-isolation -w dist .
+	@ls dist
+
 lint: setup
 	$(VENV)/bin/ruff check rlhf_edu tests bench scripts
 	$(VENV)/bin/ruff format --check rlhf_edu tests bench scripts

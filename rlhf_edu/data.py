@@ -24,10 +24,21 @@ class DataError(ValueError):
     """A data file that does not match its schema; the message names file, line and field."""
 
 
+def installed_course_dir() -> Path:
+    """Where an installed wheel keeps the course's data, notebooks and pages: <prefix>/share/rlhf-edu."""
+    import sys
+
+    return Path(sys.prefix) / "share" / "rlhf-edu"
+
+
 def data_dir() -> Path:
-    """`$RLHF_EDU_DATA`, else the repository's `data/` next to the package."""
+    """`$RLHF_EDU_DATA`, else the repository's `data/` next to the package (a clone), else the data an
+    installed wheel carries (`installed_course_dir() / "data"`)."""
     env = os.environ.get(DATA_ENV)
-    return Path(env) if env else Path(__file__).resolve().parents[1] / "data"
+    if env:
+        return Path(env)
+    in_clone = Path(__file__).resolve().parents[1] / "data"
+    return in_clone if in_clone.is_dir() else installed_course_dir() / "data"
 
 
 def make_prompt(concept: str) -> str:

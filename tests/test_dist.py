@@ -1,0 +1,59 @@
+"""The wheel carries the course (`make dist`): data, notebooks and pages install under
+<prefix>/share/rlhf-edu, `data.data_dir` finds the data there outside a clone, and `rlhf_edu.fetch`
+copies the notebooks into a working folder without overwriting a learner's."""
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from rlhf_edu import data, fetch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("dist")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(REPO)],
+        check=True,
+        capture_output=True,
+    )
+    (path,) = out.glob("rlhf_edu-*.whl")
+    return path
+
+
+def test_the_wheel_carries_the_data_notebooks_and_pages(wheel):
+    names = zipfile.ZipFile(wheel).namelist()
+    share = [n for n in names if "/data/share/rlhf-edu/" in n]
+    rel = {n.split("/data/share/rlhf-edu/", 1)[1] for n in share}
+    for path in [*REPO.glob("notebooks/*.ipynb"), *REPO.glob("docs/*.md"), *REPO.glob("data/*.jsonl")]:
+        assert str(path.relative_to(REPO)) in rel, f"{path.name} is not in the wheel"
+    assert "data/fixtures/hh_rlhf_sample.jsonl" in rel and "data/README.md" in rel
+    assert "rlhf_edu/exercises.py" in names
+
+
+def test_fetch_copies_the_installed_course_and_keeps_a_learners_notebooks(wheel, tmp_path):
+    zipfile.ZipFile(wheel).extractall(tmp_path / "unpacked")
+    (installed,) = (tmp_path / "unpacked").glob("rlhf_edu-*.data/data/share/rlhf-edu")
+    copied = fetch.fetch(tmp_path / "course", source=installed)
+    assert [p.name for p in copied] == sorted(p.name for p in REPO.glob("notebooks/*.ipynb"))
+    assert (tmp_path / "course" / "docs" / "glossary.md").is_file()  # the notebooks' links resolve
+    edited = tmp_path / "course" / "notebooks" / copied[0].name
+    edited.write_text("mine")
+    with pytest.raises(FileExistsError, match="--force"):
+        fetch.fetch(tmp_path / "course", source=installed)
+    assert edited.read_text() == "mine"
+    with pytest.raises(FileNotFoundError, match="pip install rlhf-edu"):
+        fetch.fetch(tmp_path / "elsewhere", source=tmp_path / "nothing")
+
+
+def test_data_dir_outside_a_clone_is_the_installed_copy(monkeypatch, tmp_path):
+    monkeypatch.delenv(data.DATA_ENV, raising=False)
+    assert data.data_dir() == REPO / "data"  # in a clone
+    monkeypatch.setattr(data, "__file__", str(tmp_path / "site-packages" / "rlhf_edu" / "data.py"))
+    monkeypatch.setattr(sys, "prefix", str(tmp_path / "env"))
+    assert data.data_dir() == tmp_path / "env" / "share" / "rlhf-edu" / "data"
