@@ -41,7 +41,7 @@ def test_fetch_copies_the_installed_course_and_keeps_a_learners_notebooks(wheel,
     (installed,) = (tmp_path / "unpacked").glob("rlhf_edu-*.data/data/share/rlhf-edu")
     copied = fetch.fetch(tmp_path / "course", source=installed)
     assert [p.name for p in copied] == sorted(p.name for p in REPO.glob("notebooks/*.ipynb"))
-    assert (tmp_path / "course" / "docs" / "glossary.md").is_file()  # the notebooks' links resolve
+    assert (tmp_path / "course" / "docs/glossary.md").is_file()  # the notebooks' links resolve
     edited = tmp_path / "course" / "notebooks" / copied[0].name
     edited.write_text("mine")
     with pytest.raises(FileExistsError, match="--force"):
