@@ -2,6 +2,7 @@
 <prefix>/share/rlhf-edu, `data.data_dir` finds the data there outside a clone, and `rlhf_edu.fetch`
 copies the notebooks into a working folder without overwriting a learner's."""
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -17,11 +18,15 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("dist")
+    leftovers = [REPO / "build", REPO / "rlhf_edu.egg-info"]  # what an in-tree build leaves behind
+    existed = {p for p in leftovers if p.exists()}
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(REPO)],
         check=True,
         capture_output=True,
     )
+    for p in set(leftovers) - existed:
+        shutil.rmtree(p, ignore_errors=True)
     (path,) = out.glob("rlhf_edu-*.whl")
     return path
 
