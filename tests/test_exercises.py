@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rlhf_edu import ab_eval, annotator, dpo, exercises, grpo, logprobs, metrics, ppo, reward, sft, tradeoffs
+from rlhf_edu import ab_eval, annotator, dpo, exercises, grpo, logprobs, metrics, ppo, reward, rubric, sft, tradeoffs
 
 LIBRARY = {
     "response_mask_from_eos": logprobs.response_mask_from_eos,
@@ -28,6 +28,9 @@ LIBRARY = {
     "bon_weights": tradeoffs.bon_weights,
     "dpo_loss": lambda *a: dpo.dpo_loss(*a)[0],
     "group_advantages": grpo.group_advantages,
+    "talks_to_child_reward": lambda prompts, texts, eos: torch.tensor(
+        [rubric.speaks_to_child_score(t) if e else 0.0 for t, e in zip(texts, eos)]
+    ),
     "paired_z": lambda after, before: metrics.paired_difference(after, before)["z"],
     "win_rate": ab_eval.win_rate,
 }
@@ -125,6 +128,10 @@ WRONG = {
         "population std": lambda r: (r - r.mean(1, keepdim=True)) / (r.std(1, unbiased=False, keepdim=True) + 1e-4),
         "no eps": lambda r: (r - r.mean(1, keepdim=True)) / r.std(1, keepdim=True),
         "whole batch": lambda r: (r - r.mean()) / (r.std() + 1e-4),
+    },
+    "talks_to_child_reward": {
+        "eos ignored": lambda p, texts, eos: torch.tensor([rubric.speaks_to_child_score(t) for t in texts]),
+        "any you": lambda p, texts, eos: torch.tensor([float("you" in t.lower() and e) for t, e in zip(texts, eos)]),
     },
     "paired_z": {
         "unpaired": lambda a, b: (
