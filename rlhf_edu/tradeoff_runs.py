@@ -10,6 +10,8 @@ against d = sqrt(KL); the math (KL bound, unbiased best-of-n estimator, fits) is
   fixed set of eval prompts (gold, proxy, KL, the rows themselves) and return that trajectory;
 - `build_pool` / `score_pool`: N samples per eval prompt from the SFT policy, scored by the rubric
   and by any reward model on the sampled tokens, for every best-of-n curve;
+- `sft_eval_rows`, `sft_pool`, `pool_scores`, `weak_proxy`: the notebook's other computations, each
+  behind one call that loads its cached result or computes and caches it;
 - `train_weak_proxy`: the notebook 03 recipe on a few dozen labels, the proxy that over-optimizes;
 - `online_refresh`: label pairs sampled from the PPO policy, fine-tune the reward model on them,
   continue PPO with the stale and the refreshed model from the same checkpoint and seeds.
@@ -314,7 +316,81 @@ def score_pool(reward_model, tokenizer, pool: dict, batch_size: int = 16, autoca
     return [scores[i : i + N] for i in range(0, len(scores), N)]
 
 
-# ---------------------------------------------------------------------------------------- explorer entries
+# ---------------------------------------------------------------------------------------- cached pieces of notebook 05
 
 
-# ---------------------------------------------------------------------------------------- reward models
+def sft_eval_rows(ctx: RunContext, cache: RunCache, seed: int) -> list[dict]:
+    """The SFT policy's rows on the eval prompts (gold, proxy, KL), sampled once at `seed`; cached.
+    Notebook: 05_reward_kl_tradeoffs.ipynb"""
+    from rlhf_edu.metrics import evaluate_policy
+
+    key = cache_key(ctx.key, "sft_rows", seed, ctx.reward_model_id)
+    rows = (cache.load("sft_rows", key) or {}).get("rows")
+    if rows is None:
+        rows = evaluate_policy(
+            ctx.sft,
+            ctx.tokenizer,
+            ctx.eval_prompts,
+            ctx.eval_sampling,
+            seed=seed,
+            autocast_ctx=ctx.autocast(),
+            reference=ctx.sft,
+            reward_model=ctx.reward_model,
+        )
+        cache.save("sft_rows", key, {"rows": rows})
+    return rows
+
+
+def sft_pool(ctx: RunContext, cache: RunCache, pool_size: int, seed: int) -> tuple[dict, str, bool]:
+    """`build_pool` of the SFT policy on the eval prompts, scored by the main proxy ("main"); cached.
+    Returns (pool, its cache key, whether it came from the cache). Notebook: 05_reward_kl_tradeoffs.ipynb"""
+    key = cache_key(ctx.key, "pool", pool_size, seed, ctx.reward_model_id)
+    pool = cache.load("pool", key)
+    if pool is not None:
+        return pool, key, True
+    pool = build_pool(
+        ctx.sft, ctx.tokenizer, ctx.eval_prompts, ctx.eval_sampling, pool_size, seed=seed, autocast_ctx=ctx.autocast()
+    )
+    pool["proxy"]["main"] = score_pool(
+        ctx.reward_model, ctx.tokenizer, pool, ctx.eval_sampling.batch_size, ctx.autocast()
+    )
+    return cache.save("pool", key, pool), key, False
+
+
+def pool_scores(ctx: RunContext, cache: RunCache, pool: dict, pool_key: str, reward_model, reward_model_id: str):
+    """`score_pool` of another reward model (or a zero-argument function building it, called only
+    when the scores are not cached) on a cached pool: [P][N]. Notebook: 05_reward_kl_tradeoffs.ipynb"""
+    key = cache_key(pool_key, reward_model_id)
+    cached = cache.load("pool_weak", key)
+    if cached is None:
+        scores = score_pool(_get(reward_model), ctx.tokenizer, pool, ctx.eval_sampling.batch_size, ctx.autocast())
+        cached = cache.save("pool_weak", key, {"scores": scores})
+    return cached["scores"]
+
+
+def weak_proxy(ctx: RunContext, cache: RunCache, rows: list[dict], heldout: list[dict], config, seed: int):
+    """Notebook 05's weak proxy (`proxies.train_weak_proxy` on `rows`), built only when something needs
+    it, and its record {history, accuracy: {weak, main} on `heldout`, n_pairs}, cached.
+    Returns (a `Lazy` that builds the model, the record, its cache id). Notebook: 05_reward_kl_tradeoffs.ipynb"""
+    from rlhf_edu.proxies import train_weak_proxy
+    from rlhf_edu.reward import evaluate_reward_model
+    from rlhf_edu.store import Lazy
+
+    weak_id = cache_key(ctx.key, "weak", config, seed, rows)
+    history = []
+
+    def build():
+        model, steps = train_weak_proxy(ctx.sft, ctx.tokenizer, rows, config, seed=seed, setup=ctx.setup)
+        history[:] = steps
+        return model
+
+    model = Lazy(build)
+    record = cache.load("weak", weak_id)
+    if record is None:
+        with ctx.autocast():
+            accuracy = {
+                name: evaluate_reward_model(m, ctx.tokenizer, heldout, config)["eval/accuracy"]
+                for name, m in (("weak", model()), ("main", ctx.reward_model))
+            }
+        record = cache.save("weak", weak_id, {"history": history, "accuracy": accuracy, "n_pairs": len(rows)})
+    return model, record, weak_id

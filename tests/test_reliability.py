@@ -165,12 +165,12 @@ def test_sft_interrupted_mid_step_resumes_to_the_uninterrupted_run(tmp_path, mon
     straight_model, straight = sft_run()
     real_loss, calls = sft_module.sft_batch_loss, []
 
-    def interrupted(model, batch):
+    def interrupted(model, batch, *loss_mask):
         if model.training:  # training steps only, not the held-out evaluation
             calls.append(1)
             if len(calls) == 4:
                 raise KeyboardInterrupt
-        return real_loss(model, batch)
+        return real_loss(model, batch, *loss_mask)
 
     ckpt = tmp_path / "sft_ckpt"
     model, _ = tiny_model_and_tokenizer("llama", seed=0)
@@ -275,7 +275,9 @@ def test_sigkill_mid_sft_run_then_resume_gives_a_valid_model(tmp_path, monkeypat
     assert 2 <= done < SFT_CONFIG["max_steps"]
 
     real_loss, steps_run = sft_module.sft_batch_loss, []
-    monkeypatch.setattr(sft_module, "sft_batch_loss", lambda m, b: steps_run.append(m.training) or real_loss(m, b))
+    monkeypatch.setattr(
+        sft_module, "sft_batch_loss", lambda m, b, *mask: steps_run.append(m.training) or real_loss(m, b, *mask)
+    )
     model, history = sft_run(checkpoint_dir=ckpt, checkpoint_every=1)
     monkeypatch.undo()
     assert sum(steps_run) == SFT_CONFIG["max_steps"] - done  # training forwards (not held-out ones)

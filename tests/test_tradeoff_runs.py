@@ -368,3 +368,29 @@ def test_online_refresh_runs_two_paired_arms_from_the_base_run(tmp_path):
     assert store.fingerprint(ctx.reward_model) == stale_before, "the refresh changed the stale reward model"
     assert not (tmp_path / f"checkpoint-{base['key']}").exists(), "the base checkpoint was not cleaned up"
     assert proxies.online_refresh(ctx, tc, base, cache, old_rows=ROWS[:2], annotator=AlwaysFirst())["cached"]
+
+
+def test_notebook_05s_pieces_load_from_the_cache_on_a_second_call(tmp_path, monkeypatch):
+    """sft_eval_rows, sft_pool, pool_scores and weak_proxy compute once, then load: the second calls
+    sample nothing, score nothing and train nothing."""
+    ctx, cache = context(), store.RunCache(tmp_path)
+    rows = tr.sft_eval_rows(ctx, cache, seed=1)
+    pool, key, was_cached = tr.sft_pool(ctx, cache, 3, seed=2)
+    assert not was_cached and len(rows) == len(EVAL) and len(pool["proxy"]["main"][0]) == 3
+    built = []
+    model, record, weak_id = tr.weak_proxy(ctx, cache, ROWS, ROWS, RewardConfig(lr=1e-3, batch_size=2, max_steps=1), 0)
+    weak_scores = tr.pool_scores(ctx, cache, pool, key, lambda: built.append(1) or model(), weak_id)
+    assert set(record["accuracy"]) == {"weak", "main"} and built == [1]
+
+    def fail(*args, **kwargs):
+        raise AssertionError("recomputed a cached piece")
+
+    monkeypatch.setattr(tr, "build_pool", fail)
+    monkeypatch.setattr(tr, "score_pool", fail)
+    monkeypatch.setattr(proxies, "train_weak_proxy", fail)
+    monkeypatch.setattr("rlhf_edu.metrics.evaluate_policy", fail)
+    assert tr.sft_eval_rows(ctx, cache, seed=1) == rows
+    assert tr.sft_pool(ctx, cache, 3, seed=2)[2] is True
+    again, record_again, _ = tr.weak_proxy(ctx, cache, ROWS, ROWS, RewardConfig(lr=1e-3, batch_size=2, max_steps=1), 0)
+    assert record_again["accuracy"] == record["accuracy"]
+    assert tr.pool_scores(ctx, cache, pool, key, again, weak_id) == weak_scores
