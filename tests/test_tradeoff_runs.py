@@ -328,8 +328,12 @@ def test_weak_proxy_is_normalized_on_its_own_pairs_and_leaves_the_sft_policy_alo
     texts = [r["chosen"] for r in ROWS] + [r["rejected"] for r in ROWS]
     eos = [r["chosen_eos"] for r in ROWS] + [r["rejected_eos"] for r in ROWS]
     scores = score_texts(rm, tok, prompts, texts, eos=eos)
-    assert float(scores.mean()) == pytest.approx(0.0, abs=1e-5)
-    assert float(scores.std(correction=0)) == pytest.approx(1.0, abs=1e-4)
+    # The normalization was fit on scores computed in other batches: in fp32 they agree to 1e-6;
+    # under bf16 autocast every product keeps 8 bits (0.4% relative), so a standardized score moves
+    # by up to about 1e-2 with the batch's shape.
+    tol = 1e-5 if CPU.autocast_dtype is None else 1e-2
+    assert float(scores.mean()) == pytest.approx(0.0, abs=tol)
+    assert float(scores.std(correction=0)) == pytest.approx(1.0, abs=max(tol, 1e-4))
     assert store.fingerprint(sft) == before and not any(p.requires_grad for p in rm.parameters())
 
 
