@@ -29,7 +29,8 @@ then uses the library version. Modules, in course order:
     explorer     FrontierExplorer: a slider over policies on the reward/KL frontier
     dpo          DPO, IPO and label-smoothed DPO
     grpo         GRPO / Dr GRPO / RLOO math: group advantages, the KL term, loss aggregation
-    grpo_loop    the GRPO / RLOO trainer
+    grpo_loop    the GRPO / RLOO loop: one iteration, numbered like notebook 06
+    grpo_trainer the GRPO trainer: state, the loop, checkpoints and resume
     ab_eval      ABEvaluator (blind A/B widget), win rates, the win-rate matrix
     final_eval   notebooks 06-07: saved policies, the scoreboard
     eval_rows    a policy's eval rows, computed once and cached

@@ -3,8 +3,9 @@
 A final checkpoint is a `save_pretrained` folder plus `run_info.json` (written last: it marks a
 finished save). A resumable checkpoint folder holds the weights (safetensors), `optimizer.pt`
 (optimizer, scheduler and grad-scaler state, read back with weights_only=True) and
-`trainer_state.json` (stage, config, data digest, step, history). SFT, the reward model, PPO and
-GRPO resume through `resume_training`; a resumed run ends with the same weights and history as an
+`trainer_state.json` (stage, config, data digest, step, history). SFT, the reward model, DPO and
+GRPO resume through `resume_training` (PPO, which also carries a critic and a KL controller, through
+`PPOTrainer.load_checkpoint`); a resumed run ends with the same weights and history as an
 uninterrupted one.
 """
 

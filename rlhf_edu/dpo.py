@@ -36,18 +36,35 @@ Notebook: 06_dpo_grpo.ipynb. Legend: B pairs, P prompt tokens, R response tokens
 
 from __future__ import annotations
 
-import random
+import itertools
 import warnings
 from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from rlhf_edu.batches import build_pair_batch
+from rlhf_edu.checkpoints import (
+    load_causal_lm_weights,
+    resume_training,
+    rows_fingerprint,
+    save_checkpoint,
+    save_training_checkpoint,
+)
 from rlhf_edu.logprobs import masked_sum, per_token_logps
 from rlhf_edu.reward import reward_accuracy
-from rlhf_edu.training import adamw_with_schedule, check_finite, clip_and_step, freeze_lower_layers, total_steps
+from rlhf_edu.store import jsonable
+from rlhf_edu.training import (
+    adamw_with_schedule,
+    check_finite,
+    clip_and_step,
+    freeze_lower_layers,
+    pair_batch_indices,
+    total_steps,
+)
 
 LOSS_TYPES = ("sigmoid", "ipo")
 
@@ -277,6 +294,8 @@ def train_dpo(
     setup=None,
     on_step=None,
     progress: bool = True,
+    checkpoint_dir: str | Path | None = None,
+    checkpoint_every: int | None = None,
 ) -> list[dict]:
     """Train `policy` in place on preference rows with DPO / cDPO / IPO; return one record per step.
 
@@ -286,7 +305,11 @@ def train_dpo(
     `logps/rejected` (mean policy sequence log-probs), `train/lr` and `train/grad_norm`, all
     measured on the step's batch before its update. `on_step(step, record)` is called after each
     step (a `plots.LivePlot.update` fits). At the first step it warns when the policy's log-probs
-    are not the reference's (`check_start_at_reference`).
+    are not the reference's (`check_start_at_reference`). With `checkpoint_dir` (a new or empty
+    folder, or a checkpoint of this run), the policy, optimizer and run state are saved there every
+    `checkpoint_every` steps and at the end; calling again with the same folder, config, rows and
+    reference log-probs resumes from the last checkpoint and ends with the same weights and history
+    as an uninterrupted run on a CPU.
 
     Notebook: 06_dpo_grpo.ipynb
     """
@@ -309,14 +332,15 @@ def train_dpo(
     optimizer, scheduler, scaler = adamw_with_schedule(
         trainable, setup, lr=config.lr, max_steps=max_steps, warmup_steps=config.warmup_steps
     )
-    rng = random.Random(config.seed)
-    order: list[int] = []
-    history = []
-    for step in tqdm(range(max_steps), desc="DPO", disable=not progress):
+    reference = torch.cat([reference_logps["chosen"], reference_logps["rejected"]]).tolist()
+    run = {"stage": "DPO", "config": jsonable(config), "data": rows_fingerprint([*rows, {"reference": reference}])}
+    start, history = resume_training(
+        checkpoint_dir, run, optimizer, scheduler, scaler, partial(load_causal_lm_weights, policy), on_step
+    )
+    batches = itertools.islice(pair_batch_indices(len(rows), config.batch_size, config.seed), start, None)
+    for step in tqdm(range(start, max_steps), desc="DPO", initial=start, total=max_steps, disable=not progress):
         # 1. Next batch of pairs (a fresh shuffle at each epoch; the last batch may be smaller).
-        if not order:
-            order = rng.sample(range(len(rows)), len(rows))
-        index, order = order[: config.batch_size], order[config.batch_size :]
+        index = next(batches)
         batch = pair_batch(tokenizer, [rows[i] for i in index], config.max_response_tokens)
         ref_chosen = reference_logps["chosen"][index].to(device)  # (B,)
         ref_rejected = reference_logps["rejected"][index].to(device)  # (B,)
@@ -364,5 +388,17 @@ def train_dpo(
         history.append(record)
         if on_step is not None:
             on_step(step + 1, record)
+        # 5. Checkpoint now and then, and at the end.
+        if checkpoint_dir is not None and (
+            step + 1 == max_steps or (checkpoint_every and (step + 1) % checkpoint_every == 0)
+        ):
+            save_training_checkpoint(
+                checkpoint_dir,
+                lambda folder: save_checkpoint(policy, tokenizer, folder),
+                optimizer,
+                scheduler,
+                scaler,
+                {**run, "step": step + 1, "history": history},
+            )
     policy.eval()
     return history

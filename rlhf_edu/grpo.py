@@ -55,7 +55,8 @@ The reward is any callable `reward_fn(prompts, texts, eos_flags) -> (B,) scores`
 tests count a letter), or the course's reward model through `reward_model_scorer`, which scores the
 sampled token ids as PPO does (not the decoded text re-tokenized, which can differ).
 
-The trainer that runs these steps is `rlhf_edu/grpo_loop.py`.
+The loop that runs these steps is `rlhf_edu/grpo_loop.py` (one iteration) with
+`rlhf_edu/grpo_trainer.py` (state, loop, checkpoints).
 
 Notebook: 06_dpo_grpo.ipynb. Legend: G groups (prompts), K responses per group, B = G * K,
 R response tokens.

@@ -1,9 +1,15 @@
-"""The GRPO / Dr GRPO / RLOO trainer: `GRPOConfig`, `GRPOTrainer`, `train_grpo`.
+"""The GRPO / Dr GRPO / RLOO loop: `GRPOConfig`, `GroupRollout`, and one iteration as module-level
+steps a reader follows top to bottom (notebook 06's "Train GRPO"):
+
+    1. sample K responses per prompt from the policy at temperature T (`rollout`);
+    2. score them (missing-EOS penalty first), old and reference log-probs (`rollout`);
+    3. advantages within each group, minus kl_coef * the summed k1 by default (`rollout`);
+    4. the clipped surrogate (plus the KL term in the loss forms), aggregated (`micro_batch_loss`);
+    5. epochs x minibatches x micro-batches, one clipped optimizer step per minibatch (`update`).
 
 The math (group advantages, the KL term, the clipped surrogate and its aggregation) lives in
-`rlhf_edu/grpo.py`, whose docstring gives the algorithms, the numbered steps and the deviations;
-this module only orchestrates them: sample K responses per prompt, score, log-probs, advantages,
-epochs x minibatches x micro-batches of updates.
+`rlhf_edu/grpo.py`, whose docstring gives the algorithms and the deviations; the state one run
+carries between iterations, the loop and its checkpoints live in `rlhf_edu/grpo_trainer.py`.
 
 Notebook: 06_dpo_grpo.ipynb. Legend: G groups (prompts), K responses per group, B = G * K,
 R response tokens.
@@ -11,12 +17,11 @@ R response tokens.
 
 from __future__ import annotations
 
-import time
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
-from tqdm.auto import tqdm
 
 from rlhf_edu.generation import Samples, SamplingConfig, sample
 from rlhf_edu.grpo import (
@@ -28,21 +33,20 @@ from rlhf_edu.grpo import (
     kl_loss_per_token,
     kl_penalized_advantages,
     sequence_kl,
-    zero_std_groups,
 )
-from rlhf_edu.logprobs import masked_mean, masked_sum, per_token_logps, zero_where_masked
+from rlhf_edu.logprobs import masked_mean, per_token_logps, zero_where_masked
 from rlhf_edu.ppo import missing_eos_penalty
 from rlhf_edu.reward_functions import RewardModelScorer
 from rlhf_edu.training import (
+    Stopwatch,
     check_finite,
     clip_and_step,
-    freeze_lower_layers,
-    linear_schedule,
-    prompts_for_step,
-    step_generator,
     trim_padding,
     warn_if_first_ratio_off,
 )
+
+if TYPE_CHECKING:
+    from rlhf_edu.grpo_trainer import GRPOTrainer
 
 # --------------------------------------------------------------------------- config
 
@@ -133,7 +137,7 @@ class GRPOConfig:
         return "sequence_mean" if self.advantage == "grpo" else "token_sum"
 
 
-# --------------------------------------------------------------------------- the trainer
+# --------------------------------------------------------------------------- one iteration, numbered like notebook 06
 
 
 @dataclass
@@ -151,221 +155,139 @@ class GroupRollout:
     rewards: torch.Tensor  # (B,) the score minus kl_coef * KL with k1_reward: what each response is paid
     advantages: torch.Tensor  # (B,) one per response, shared by its tokens
     response_mask: torch.Tensor
+    timings: dict[str, float] = field(default_factory=dict)
+    """Seconds spent sampling (`generate`), scoring (`reward`) and in the policy and reference
+    forwards (`logps`)."""
 
 
-class GRPOTrainer:
-    """GRPO / Dr GRPO / RLOO against any `reward_fn(prompts, texts, eos_flags) -> (B,)` scores, or a
-    reward model through `reward_model_scorer` (scored on the sampled tokens, as in PPO).
+def forward(trainer: GRPOTrainer, model, input_ids, attention_mask, context_length) -> torch.Tensor:
+    """Per-token log-probs at the sampling temperature: (B, P+R) -> (B, R) fp32."""
+    T = trainer.config.sampling.temperature
+    with trainer.logps_ctx:
+        return per_token_logps(model, input_ids, attention_mask, context_length, T)
 
-    `policy` trains in place; `reference` (the SFT policy) stays frozen. `step()` runs one
-    iteration and returns a flat metrics dict; `train()` loops. Notebook: 06_dpo_grpo.ipynb
+
+@torch.no_grad()
+def rollout(trainer: GRPOTrainer, prompts: list[str], generator: torch.Generator) -> GroupRollout:
+    """Steps 1 to 3: sample K responses per prompt, score them, group advantages."""
+    cfg, step, K = trainer.config, trainer.step_count, trainer.config.group_size
+    watch = Stopwatch()
+    # 1. K samples per prompt from the exact policy at temperature T, rows group-major.
+    repeated = [p for p in prompts for _ in range(K)]
+    samples = sample(
+        trainer.policy,
+        trainer.tokenizer,
+        repeated,
+        cfg.sampling,
+        generator=generator,
+        autocast_ctx=trainer.autocast_ctx,
+    )
+    watch.lap("generate")
+    ids, mask = samples.input_ids.to(trainer.device), samples.attention_mask.to(trainer.device)  # (B, P+R)
+    response_mask = samples.response_mask.to(trainer.device)  # (B, R)
+    # 2. Scores (missing-EOS penalty first); old log-probs with the training forward (ratio 1 on
+    #    the first minibatch) and reference log-probs, at the same temperature.
+    if isinstance(trainer.reward_fn, RewardModelScorer):  # the sampled tokens, as PPO scores them
+        raw_scores = trainer.reward_fn.score_samples(ids, mask)  # (B,)
+    else:  # a program reads the texts
+        raw_scores = trainer.reward_fn(repeated, samples.texts, samples.has_eos.tolist())
+    raw_scores = torch.as_tensor(raw_scores, dtype=torch.float32).to(trainer.device)  # (B,)
+    if raw_scores.shape != (len(repeated),):
+        raise ValueError(f"reward_fn returned shape {tuple(raw_scores.shape)}, expected ({len(repeated)},)")
+    check_finite("the reward_fn scores", raw_scores, step, "GRPO")
+    watch.lap("reward")
+    scores = raw_scores
+    if cfg.missing_eos_penalty is not None:
+        has_eos = samples.has_eos.to(trainer.device)  # (B,)
+        scores = missing_eos_penalty(raw_scores, has_eos, cfg.missing_eos_penalty, cfg.missing_eos_mode)
+    old_logps, ref_logps = [], []
+    for start in range(0, len(repeated), cfg.micro_batch_size):
+        rows = slice(start, start + cfg.micro_batch_size)
+        old_logps.append(trainer.forward(trainer.policy, ids[rows], mask[rows], samples.context_length))
+        ref_logps.append(trainer.forward(trainer.reference, ids[rows], mask[rows], samples.context_length))
+    old_logps = zero_where_masked(torch.cat(old_logps), response_mask)  # (B, R), 0 on padding
+    ref_logps = zero_where_masked(torch.cat(ref_logps), response_mask)  # (B, R)
+    check_finite("the policy log-probs", old_logps, step, "GRPO")
+    check_finite("the reference log-probs", ref_logps, step, "GRPO")
+    watch.lap("logps")
+    # 3. Advantages within each group from the scores, minus kl_coef * the group-centred summed
+    #    k1 by default; GRPO's std division scales the scores only (`kl_penalized_advantages`).
+    kl_coef = cfg.kl_coef if cfg.kl_penalty == "k1_reward" else 0.0  # the loss forms add theirs at 4
+    kl = sequence_kl(old_logps, ref_logps, response_mask)  # (B,) nats per response
+    rewards = scores - kl_coef * kl  # (B,)
+    advantages = kl_penalized_advantages(scores.view(-1, K), kl.view(-1, K), kl_coef, cfg.advantage)  # (G, K)
+    advantages = advantages.reshape(-1)  # (B,)
+    check_finite("the advantages", advantages, step, "GRPO")
+    return GroupRollout(
+        prompts=repeated,
+        samples=samples,
+        input_ids=ids,
+        attention_mask=mask,
+        old_logps=old_logps,
+        ref_logps=ref_logps,
+        raw_scores=raw_scores,
+        scores=scores,
+        rewards=rewards,
+        advantages=advantages,
+        response_mask=response_mask,
+        timings=dict(watch.laps),
+    )
+
+
+def micro_batch_loss(trainer: GRPOTrainer, rollout: GroupRollout, rows: torch.Tensor):
+    """Step 4: the loss of the responses `rows` (b,), aggregated over them alone.
+
+    Returns (loss, logps (b, R), old_logps (b, R), clipped (b, R), response_mask (b, R)), R
+    trimmed to the longest of these responses.
     """
-
-    def __init__(
-        self,
-        policy,
-        reference,
-        reward_fn,
-        tokenizer,
-        train_prompts: list[str],
-        config: GRPOConfig = GRPOConfig(),
-        *,
-        setup=None,
-    ):
-        from rlhf_edu.devices import policy_gradient_precision
-        from rlhf_edu.models import disable_dropout
-
-        if not train_prompts:
-            raise ValueError("GRPOTrainer needs at least one training prompt")
-        self.policy, self.reference, self.reward_fn = policy, reference, reward_fn
-        self.tokenizer, self.config = tokenizer, config
-        self.train_prompts = list(train_prompts)
-        self.setup, self.autocast_ctx, self.logps_ctx, self.ratio_tolerance = policy_gradient_precision(setup, config)
-        self.device = next(policy.parameters()).device
-        for model in (policy, reference):
-            disable_dropout(model)
-        reference.eval()
-        reference.requires_grad_(False)
-        freeze_lower_layers(policy, config.trainable_layers)
-        self.params = [p for p in policy.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.Adam(self.params, lr=config.lr, eps=config.adam_eps)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer,
-            lambda s: linear_schedule(s, 0, config.steps),  # linear decay, no warm-up
-        )
-        self.scaler = torch.amp.GradScaler(self.setup.device, enabled=self.setup.grad_scaler)
-        self.step_count = 0
-        self.history: list[dict] = []
-
-    def forward(self, model, input_ids, attention_mask, context_length) -> torch.Tensor:
-        """Per-token log-probs at the sampling temperature: (B, P+R) -> (B, R) fp32."""
-        T = self.config.sampling.temperature
-        with self.logps_ctx:
-            return per_token_logps(model, input_ids, attention_mask, context_length, T)
-
-    @torch.no_grad()
-    def rollout(self, prompts: list[str], generator: torch.Generator) -> GroupRollout:
-        """Steps 1 to 3: sample K responses per prompt, score them, group advantages."""
-        cfg, step, K = self.config, self.step_count, self.config.group_size
-        # 1. K samples per prompt from the exact policy at temperature T, rows group-major.
-        repeated = [p for p in prompts for _ in range(K)]
-        samples = sample(
-            self.policy, self.tokenizer, repeated, cfg.sampling, generator=generator, autocast_ctx=self.autocast_ctx
-        )
-        ids, mask = samples.input_ids.to(self.device), samples.attention_mask.to(self.device)  # (B, P+R)
-        response_mask = samples.response_mask.to(self.device)  # (B, R)
-        # 2. Scores (missing-EOS penalty first); old log-probs with the training forward (ratio 1 on
-        #    the first minibatch) and reference log-probs, at the same temperature.
-        if isinstance(self.reward_fn, RewardModelScorer):  # the sampled tokens, as PPO scores them
-            raw_scores = self.reward_fn.score_samples(ids, mask)  # (B,)
-        else:  # a program reads the texts
-            raw_scores = self.reward_fn(repeated, samples.texts, samples.has_eos.tolist())
-        raw_scores = torch.as_tensor(raw_scores, dtype=torch.float32).to(self.device)  # (B,)
-        if raw_scores.shape != (len(repeated),):
-            raise ValueError(f"reward_fn returned shape {tuple(raw_scores.shape)}, expected ({len(repeated)},)")
-        check_finite("the reward_fn scores", raw_scores, step, "GRPO")
-        scores = raw_scores
-        if cfg.missing_eos_penalty is not None:
-            has_eos = samples.has_eos.to(self.device)  # (B,)
-            scores = missing_eos_penalty(raw_scores, has_eos, cfg.missing_eos_penalty, cfg.missing_eos_mode)
-        old_logps, ref_logps = [], []
-        for start in range(0, len(repeated), cfg.micro_batch_size):
-            rows = slice(start, start + cfg.micro_batch_size)
-            old_logps.append(self.forward(self.policy, ids[rows], mask[rows], samples.context_length))
-            ref_logps.append(self.forward(self.reference, ids[rows], mask[rows], samples.context_length))
-        old_logps = zero_where_masked(torch.cat(old_logps), response_mask)  # (B, R), 0 on padding
-        ref_logps = zero_where_masked(torch.cat(ref_logps), response_mask)  # (B, R)
-        check_finite("the policy log-probs", old_logps, step, "GRPO")
-        check_finite("the reference log-probs", ref_logps, step, "GRPO")
-        # 3. Advantages within each group from the scores, minus kl_coef * the group-centred summed
-        #    k1 by default; GRPO's std division scales the scores only (`kl_penalized_advantages`).
-        kl_coef = cfg.kl_coef if cfg.kl_penalty == "k1_reward" else 0.0  # the loss forms add theirs at 4
-        kl = sequence_kl(old_logps, ref_logps, response_mask)  # (B,) nats per response
-        rewards = scores - kl_coef * kl  # (B,)
-        advantages = kl_penalized_advantages(scores.view(-1, K), kl.view(-1, K), kl_coef, cfg.advantage)  # (G, K)
-        advantages = advantages.reshape(-1)  # (B,)
-        check_finite("the advantages", advantages, step, "GRPO")
-        return GroupRollout(
-            repeated, samples, ids, mask, old_logps, ref_logps, raw_scores, scores, rewards, advantages, response_mask
-        )
-
-    def micro_batch_loss(self, rollout: GroupRollout, rows: torch.Tensor):
-        """Step 4: the loss of the responses `rows` (b,), aggregated over them alone.
-
-        Returns (loss, logps (b, R), old_logps (b, R), clipped (b, R), response_mask (b, R)), R
-        trimmed to the longest of these responses.
-        """
-        cfg, P = self.config, rollout.samples.context_length
-        input_ids, attention_mask, ctx, R = trim_padding(rollout.input_ids, rollout.attention_mask, P, rows)
-        r_mask = rollout.response_mask[rows, :R]  # (b, R)
-        logps = self.forward(self.policy, input_ids, attention_mask, ctx)  # (b, R)
-        old_logps = rollout.old_logps[rows, :R]  # (b, R)
-        per_token, clipped = clipped_surrogate(logps, old_logps, rollout.advantages[rows], cfg.clip_range)
-        if cfg.kl_penalty != "k1_reward":
-            kl_term = kl_loss_per_token(logps, rollout.ref_logps[rows, :R], cfg.kl_penalty)  # (b, R)
-            per_token = per_token + cfg.kl_coef * kl_term  # (b, R)
-        loss = aggregate_loss(per_token, r_mask, cfg.aggregation, cfg.sampling.max_new_tokens)
-        return loss, logps.detach(), old_logps, clipped, r_mask
-
-    def update(self, rollout: GroupRollout, generator: torch.Generator) -> dict[str, float]:
-        """Step 5: epochs x minibatches x micro-batches. Each micro-batch's loss is weighted by its
-        share of the minibatch (of responses, or of tokens for token_mean), so accumulating
-        micro-batches gives the same gradient as one pass over the minibatch."""
-        cfg, step = self.config, self.step_count
-        B = rollout.response_mask.shape[0]
-        stats: dict[str, list[float]] = defaultdict(list)
-        first_ratio_dev = 0.0
-        self.policy.train()
-        for epoch in range(cfg.epochs):
-            order = torch.randperm(B, generator=generator)  # (B,)
-            for mb_start in range(0, B, cfg.mini_batch_size):
-                minibatch = order[mb_start : mb_start + cfg.mini_batch_size].to(self.device)  # (mb,)
-                mb_tokens = rollout.response_mask[minibatch].sum()
-                mb_loss = 0.0
-                for mc_start in range(0, len(minibatch), cfg.micro_batch_size):
-                    rows = minibatch[mc_start : mc_start + cfg.micro_batch_size]  # (b,)
-                    loss, logps, old_logps, clipped, r_mask = self.micro_batch_loss(rollout, rows)
-                    check_finite("the GRPO loss", loss.detach(), step, "GRPO")
-                    token_mean = cfg.aggregation == "token_mean"
-                    share = r_mask.sum() / mb_tokens if token_mean else len(rows) / len(minibatch)
-                    self.scaler.scale(loss * share).backward()
-                    mb_loss += float(loss.detach()) * float(share)
-                    log_ratio = logps - old_logps  # (b, R)
-                    ratio_dev = float(zero_where_masked((log_ratio.exp() - 1).abs(), r_mask).max())
-                    if epoch == 0 and mb_start == 0:  # health check: nothing has changed yet
-                        first_ratio_dev = max(first_ratio_dev, ratio_dev)
-                    stats["policy/clipfrac"].append(float(masked_mean(clipped.float(), r_mask)))
-                    stats["policy/approxkl"].append(float(0.5 * masked_mean(log_ratio**2, r_mask)))
-                    stats["policy/ratio_max"].append(float(zero_where_masked(log_ratio.exp(), r_mask).max()))
-                grad_norm = clip_and_step(self.optimizer, self.scaler, self.params, cfg.max_grad_norm, step, "GRPO")
-                stats["policy/loss"].append(mb_loss)
-                stats["policy/grad_norm"].append(float(grad_norm))
-        out = {k: (max(v) if k == "policy/ratio_max" else sum(v) / len(v)) for k, v in stats.items()}
-        warn_if_first_ratio_off(first_ratio_dev, self.ratio_tolerance, step, "GRPO")
-        return {**out, "health/first_ratio_dev": first_ratio_dev}
-
-    def step(self, keep_rollout: bool = False):
-        """One iteration: rollout, update. Returns the metrics dict (and the rollout with
-        keep_rollout=True). Keys as PPOTrainer's where they mean the same (`objective/score`,
-        `objective/kl`, `policy/entropy`, `policy/clipfrac`, `policy/approxkl`, `response/length`,
-        ...), plus `loss` (mean over optimizer steps) and `objective/frac_zero_std`, the share of
-        groups whose scores are all equal: their score advantage is 0, only the KL term moves them."""
-        cfg, step = self.config, self.step_count
-        t0 = time.perf_counter()
-        generator = step_generator(cfg.seed, step)
-        prompts = prompts_for_step(self.train_prompts, step, cfg.prompts_per_step, cfg.seed)
-        rollout = self.rollout(prompts, generator)
-        mask = rollout.response_mask.to(rollout.old_logps.dtype)  # (B, R)
-        kl = masked_sum(rollout.old_logps - rollout.ref_logps, mask, dim=1)  # (B,) nats per response
-        grouped = rollout.scores.view(-1, cfg.group_size)  # (G, K)
-        metrics = {
-            "step": step + 1,
-            "objective/score": float(rollout.raw_scores.mean()),
-            "objective/score_penalized": float(rollout.scores.mean()),
-            "objective/kl": float(kl.mean()),
-            "objective/rlhf_reward": float((rollout.scores - cfg.kl_coef * kl).mean()),
-            "objective/frac_zero_std": float(zero_std_groups(grouped).float().mean()),
-            "policy/entropy": float(-masked_mean(rollout.old_logps, mask)),
-            "response/length": float(mask.sum(dim=1).mean()),
-            "response/eos_fraction": float(rollout.samples.has_eos.float().mean()),
-        }
-        metrics.update(self.update(rollout, generator))
-        metrics["policy/lr"] = self.scheduler.get_last_lr()[0]  # the lr this step's updates used
-        self.scheduler.step()
-        metrics["time/step_s"] = time.perf_counter() - t0
-        self.step_count += 1
-        self.history.append(metrics)
-        return (metrics, rollout) if keep_rollout else metrics
-
-    def train(self, steps: int | None = None, *, on_step=None, progress: bool = True) -> list[dict]:
-        """Run until `steps` iterations in total (default `config.steps`); returns the history.
-        `on_step(step, metrics)` is called after each step (a `plots.LivePlot` fits)."""
-        steps = self.config.steps if steps is None else steps
-        bar = tqdm(total=steps, initial=self.step_count, desc=self.config.advantage.upper(), disable=not progress)
-        while self.step_count < steps:
-            metrics = self.step()
-            bar.update(1)
-            bar.set_postfix({"score": f"{metrics['objective/score']:+.2f}", "kl": f"{metrics['objective/kl']:.2f}"})
-            if on_step is not None:
-                on_step(self.step_count, metrics)
-        bar.close()
-        return self.history
+    cfg, P = trainer.config, rollout.samples.context_length
+    input_ids, attention_mask, ctx, R = trim_padding(rollout.input_ids, rollout.attention_mask, P, rows)
+    r_mask = rollout.response_mask[rows, :R]  # (b, R)
+    logps = trainer.forward(trainer.policy, input_ids, attention_mask, ctx)  # (b, R)
+    old_logps = rollout.old_logps[rows, :R]  # (b, R)
+    per_token, clipped = clipped_surrogate(logps, old_logps, rollout.advantages[rows], cfg.clip_range)
+    if cfg.kl_penalty != "k1_reward":
+        kl_term = kl_loss_per_token(logps, rollout.ref_logps[rows, :R], cfg.kl_penalty)  # (b, R)
+        per_token = per_token + cfg.kl_coef * kl_term  # (b, R)
+    loss = aggregate_loss(per_token, r_mask, cfg.aggregation, cfg.sampling.max_new_tokens)
+    return loss, logps.detach(), old_logps, clipped, r_mask
 
 
-def train_grpo(
-    policy,
-    reference,
-    reward_fn,
-    tokenizer,
-    train_prompts: list[str],
-    config: GRPOConfig = GRPOConfig(),
-    *,
-    setup=None,
-    on_step=None,
-    progress: bool = True,
-) -> GRPOTrainer:
-    """Build a GRPOTrainer and run `config.steps` iterations; returns the trainer (its `history`
-    holds one metrics dict per step). Notebook: 06_dpo_grpo.ipynb"""
-    trainer = GRPOTrainer(policy, reference, reward_fn, tokenizer, train_prompts, config, setup=setup)
-    trainer.train(on_step=on_step, progress=progress)
-    return trainer
+def update(trainer: GRPOTrainer, rollout: GroupRollout, generator: torch.Generator) -> dict[str, float]:
+    """Step 5: epochs x minibatches x micro-batches. Each micro-batch's loss is weighted by its
+    share of the minibatch (of responses, or of tokens for token_mean), so accumulating
+    micro-batches gives the same gradient as one pass over the minibatch."""
+    cfg, step = trainer.config, trainer.step_count
+    B = rollout.response_mask.shape[0]
+    stats: dict[str, list[float]] = defaultdict(list)
+    first_ratio_dev = 0.0
+    trainer.policy.train()
+    for epoch in range(cfg.epochs):
+        order = torch.randperm(B, generator=generator)  # (B,)
+        for mb_start in range(0, B, cfg.mini_batch_size):
+            minibatch = order[mb_start : mb_start + cfg.mini_batch_size].to(trainer.device)  # (mb,)
+            mb_tokens = rollout.response_mask[minibatch].sum()
+            mb_loss = 0.0
+            for mc_start in range(0, len(minibatch), cfg.micro_batch_size):
+                rows = minibatch[mc_start : mc_start + cfg.micro_batch_size]  # (b,)
+                loss, logps, old_logps, clipped, r_mask = micro_batch_loss(trainer, rollout, rows)
+                check_finite("the GRPO loss", loss.detach(), step, "GRPO")
+                token_mean = cfg.aggregation == "token_mean"
+                share = r_mask.sum() / mb_tokens if token_mean else len(rows) / len(minibatch)
+                trainer.scaler.scale(loss * share).backward()
+                mb_loss += float(loss.detach()) * float(share)
+                log_ratio = logps - old_logps  # (b, R)
+                ratio_dev = float(zero_where_masked((log_ratio.exp() - 1).abs(), r_mask).max())
+                if epoch == 0 and mb_start == 0:  # health check: nothing has changed yet
+                    first_ratio_dev = max(first_ratio_dev, ratio_dev)
+                stats["policy/clipfrac"].append(float(masked_mean(clipped.float(), r_mask)))
+                stats["policy/approxkl"].append(float(0.5 * masked_mean(log_ratio**2, r_mask)))
+                stats["policy/ratio_max"].append(float(zero_where_masked(log_ratio.exp(), r_mask).max()))
+            grad_norm = clip_and_step(
+                trainer.optimizer, trainer.scaler, trainer.params, cfg.max_grad_norm, step, "GRPO"
+            )
+            stats["policy/loss"].append(mb_loss)
+            stats["policy/grad_norm"].append(float(grad_norm))
+    out = {k: (max(v) if k == "policy/ratio_max" else sum(v) / len(v)) for k, v in stats.items()}
+    warn_if_first_ratio_off(first_ratio_dev, trainer.ratio_tolerance, step, "GRPO")
+    return {**out, "health/first_ratio_dev": first_ratio_dev}

@@ -1,6 +1,6 @@
 """Training plumbing every stage shares: the learning-rate schedule, one optimizer step (clip,
 finite check, step), freezing the lower blocks, trimming padding, and the seeded order of prompts
-and random generators. Stage modules (sft, reward, dpo, ppo_loop, grpo_loop) import it; it imports
+and random generators. Stage modules (sft, reward_training, dpo, ppo_loop, grpo_loop) import it; it imports
 no stage.
 """
 

@@ -22,7 +22,8 @@ from rlhf_edu.grpo import (
     rloo_advantages,
     zero_std_groups,
 )
-from rlhf_edu.grpo_loop import GRPOConfig, GRPOTrainer, train_grpo
+from rlhf_edu.grpo_loop import GRPOConfig
+from rlhf_edu.grpo_trainer import GRPOTrainer, train_grpo
 from rlhf_edu.logprobs import masked_sum
 from rlhf_edu.models import tiny_model_and_tokenizer
 from rlhf_edu.reward_functions import reward_model_scorer

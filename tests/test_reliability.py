@@ -20,9 +20,10 @@ import rlhf_edu.sft as sft_module
 from rlhf_edu.batches import build_sft_batch
 from rlhf_edu.checkpoints import save_checkpoint
 from rlhf_edu.devices import DeviceSetup, device_setup
-from rlhf_edu.dpo import DPOConfig, train_dpo
+from rlhf_edu.dpo import DPOConfig, precompute_reference_logps, train_dpo
 from rlhf_edu.generation import SamplingConfig, sample
-from rlhf_edu.grpo_loop import GRPOConfig, GRPOTrainer
+from rlhf_edu.grpo_loop import GRPOConfig
+from rlhf_edu.grpo_trainer import GRPOTrainer
 from rlhf_edu.logprobs import per_token_logps
 from rlhf_edu.models import load_model, setup_tokenizer, tiny_model_and_tokenizer, tiny_tokenizer
 from rlhf_edu.ppo_loop import PPOConfig
@@ -235,6 +236,87 @@ def test_ppo_interrupted_mid_step_resumes_to_the_uninterrupted_run(tmp_path, mon
     assert without_timings(resumed.history) == without_timings(straight.history)
     assert_same_weights(resumed.policy, straight.policy)
     assert torch.equal(resumed.value_head.weight, straight.value_head.weight)
+
+
+GRPO_CONFIG = {
+    "steps": 5,
+    "prompts_per_step": 2,
+    "group_size": 2,
+    "mini_batch_size": 2,
+    "micro_batch_size": 2,
+    "epochs": 2,
+    "lr": 3e-3,
+    "sampling": SamplingConfig(6, 1.0, 4),
+    "kl_coef": 0.01,
+}
+
+
+def letter_count(prompts, texts, eos):
+    return torch.tensor([float(t.count("e")) for t in texts])
+
+
+def grpo_trainer(policy_seed: int = 0, **overrides) -> GRPOTrainer:
+    reference, tok = tiny_model_and_tokenizer("llama", seed=0)
+    policy, _ = tiny_model_and_tokenizer("llama", seed=policy_seed)
+    config = GRPOConfig(**{**GRPO_CONFIG, **overrides})
+    return GRPOTrainer(policy, reference, letter_count, tok, ["q one", "q two", "q three"], config, setup=CPU)
+
+
+def test_grpo_interrupted_mid_step_resumes_to_the_uninterrupted_run(tmp_path, monkeypatch):
+    """KeyboardInterrupt inside step 4's update (checkpoints every 2 steps); a fresh trainer whose
+    policy has other weights calls `train` with the same folder and finishes the same run."""
+    straight = grpo_trainer()
+    straight.train(progress=False)
+
+    interrupted = grpo_trainer()
+    real_update = interrupted.update
+
+    def update(rollout, generator):
+        if interrupted.step_count == 3:
+            raise KeyboardInterrupt
+        return real_update(rollout, generator)
+
+    monkeypatch.setattr(interrupted, "update", update)
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.train(progress=False, checkpoint_dir=tmp_path / "grpo", checkpoint_every=2)
+    assert json.loads((tmp_path / "grpo" / "trainer_state.json").read_text())["step"] == 2
+
+    resumed, replayed = grpo_trainer(policy_seed=1), []
+    resumed.train(progress=False, checkpoint_dir=tmp_path / "grpo", on_step=lambda s, m: replayed.append(s))
+    assert replayed == [1, 2, 3, 4, 5]  # the past shows in the live plot too
+    assert without_timings(resumed.history) == without_timings(straight.history)
+    assert_same_weights(resumed.policy, straight.policy)
+    with pytest.raises(ValueError, match=r"another config \(kl_coef differ"):
+        grpo_trainer(kl_coef=0.02).train(progress=False, checkpoint_dir=tmp_path / "grpo")
+
+
+def test_dpo_interrupted_resumes_in_a_fresh_policy(tmp_path):
+    """KeyboardInterrupt from the live plot after step 5 of 6 (checkpoints every 2 steps); a restarted
+    kernel starts from other weights and resumes: same weights and history as the uninterrupted
+    run. Other reference log-probs refuse the checkpoint."""
+    reference, tok = tiny_model_and_tokenizer("llama", seed=0)
+    rows, config = pairs(12), DPOConfig(batch_size=4, epochs=2, lr=3e-3)
+    ref = precompute_reference_logps(reference, tok, rows, config, setup=CPU)
+    straight_policy = copy.deepcopy(reference)
+    straight = train_dpo(straight_policy, ref, tok, rows, config, progress=False, setup=CPU)
+
+    def interrupt_after_5(step, record):
+        if step == 5:
+            raise KeyboardInterrupt
+
+    ckpt = tmp_path / "dpo"
+    with pytest.raises(KeyboardInterrupt):
+        train_dpo(copy.deepcopy(reference), ref, tok, rows, config, on_step=interrupt_after_5, progress=False,
+                  setup=CPU, checkpoint_dir=ckpt, checkpoint_every=2)  # fmt: skip
+    assert json.loads((ckpt / "trainer_state.json").read_text())["step"] == 4
+
+    resumed, _ = tiny_model_and_tokenizer("llama", seed=3)
+    history = train_dpo(resumed, ref, tok, rows, config, progress=False, setup=CPU, checkpoint_dir=ckpt)
+    assert history == straight
+    assert_same_weights(resumed, straight_policy)
+    other_ref = {k: v + 1.0 for k, v in ref.items()}
+    with pytest.raises(ValueError, match="trained on other rows"):
+        train_dpo(resumed, other_ref, tok, rows, config, progress=False, setup=CPU, checkpoint_dir=ckpt)
 
 
 KILLED_SFT = """
