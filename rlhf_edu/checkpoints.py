@@ -71,6 +71,21 @@ def save_training_checkpoint(
     return out_dir
 
 
+def checkpoint_due(checkpoint_dir, step: int, last_step: int, every: int | None) -> bool:
+    """True when a loop that has just finished `step` (1-based) should write a checkpoint: with a
+    `checkpoint_dir`, at the last step and every `every` steps."""
+    return checkpoint_dir is not None and (step == last_step or bool(every and step % every == 0))
+
+
+def checkpoint_if_due(
+    checkpoint_dir, every: int | None, last_step: int, write_weights, optimizer, scheduler, scaler, state: dict
+) -> None:
+    """After the step `state["step"]` of SFT, the reward model or DPO: `save_training_checkpoint`
+    when `checkpoint_due`."""
+    if checkpoint_due(checkpoint_dir, state["step"], last_step, every):
+        save_training_checkpoint(checkpoint_dir, write_weights, optimizer, scheduler, scaler, state)
+
+
 def find_checkpoint(out_dir: str | Path) -> Path | None:
     """The complete checkpoint in `out_dir`, None when there is none yet. A save killed between its
     two renames left the previous checkpoint in `<out_dir>.old`: it is moved back first. A folder

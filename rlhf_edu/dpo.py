@@ -48,11 +48,11 @@ from tqdm.auto import tqdm
 
 from rlhf_edu.batches import build_pair_batch
 from rlhf_edu.checkpoints import (
+    checkpoint_if_due,
     load_causal_lm_weights,
     resume_training,
     rows_fingerprint,
     save_checkpoint,
-    save_training_checkpoint,
 )
 from rlhf_edu.logprobs import masked_sum, per_token_logps
 from rlhf_edu.reward import reward_accuracy
@@ -389,16 +389,15 @@ def train_dpo(
         if on_step is not None:
             on_step(step + 1, record)
         # 5. Checkpoint now and then, and at the end.
-        if checkpoint_dir is not None and (
-            step + 1 == max_steps or (checkpoint_every and (step + 1) % checkpoint_every == 0)
-        ):
-            save_training_checkpoint(
-                checkpoint_dir,
-                lambda folder: save_checkpoint(policy, tokenizer, folder),
-                optimizer,
-                scheduler,
-                scaler,
-                {**run, "step": step + 1, "history": history},
-            )
+        checkpoint_if_due(
+            checkpoint_dir,
+            checkpoint_every,
+            max_steps,
+            lambda folder: save_checkpoint(policy, tokenizer, folder),
+            optimizer,
+            scheduler,
+            scaler,
+            {**run, "step": step + 1, "history": history},
+        )
     policy.eval()
     return history

@@ -10,7 +10,6 @@ from functools import partial
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from rlhf_edu import grpo_loop
 from rlhf_edu.checkpoints import (
@@ -25,10 +24,10 @@ from rlhf_edu.grpo_loop import GroupRollout, GRPOConfig
 from rlhf_edu.logprobs import masked_mean, masked_sum
 from rlhf_edu.store import jsonable, param_sum
 from rlhf_edu.training import (
-    end_of_run,
     freeze_lower_layers,
     linear_schedule,
     prompts_for_step,
+    run_iterations,
     step_generator,
 )
 
@@ -163,20 +162,15 @@ class GRPOTrainer:
                 partial(load_causal_lm_weights, self.policy),
                 on_step,
             )
-        bar = tqdm(total=steps, initial=self.step_count, desc=self.config.advantage.upper(), disable=not progress)
-        while self.step_count < steps:
-            metrics = self.step()
-            bar.update(1)
-            bar.set_postfix({"score": f"{metrics['objective/score']:+.2f}", "kl": f"{metrics['objective/kl']:.2f}"})
-            if on_step is not None:
-                on_step(self.step_count, metrics)
-            if checkpoint_dir is not None and (
-                self.step_count == steps or (checkpoint_every and self.step_count % checkpoint_every == 0)
-            ):
-                self.save_checkpoint(checkpoint_dir)
-        bar.close()
-        end_of_run(on_step)
-        return self.history
+        return run_iterations(
+            self,
+            steps,
+            desc=self.config.advantage.upper(),
+            on_step=on_step,
+            progress=progress,
+            checkpoint_dir=checkpoint_dir,
+            checkpoint_every=checkpoint_every,
+        )
 
     # ---------------------------------------------------------------- checkpoints
 

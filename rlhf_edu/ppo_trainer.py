@@ -11,7 +11,6 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from rlhf_edu import ppo_loop
 from rlhf_edu.critic import ValueModel, value_head
@@ -31,6 +30,7 @@ from rlhf_edu.store import param_sum
 from rlhf_edu.training import (
     freeze_lower_layers,
     prompts_for_step,
+    run_iterations,
     step_generator,
 )
 from rlhf_edu.trunk import FrozenTrunk
@@ -242,19 +242,15 @@ class PPOTrainer:
         if on_step is not None:  # a resumed run shows its past too
             for metrics in self.history:
                 on_step(metrics["step"], metrics)
-        bar = tqdm(total=steps, initial=self.step_count, desc="PPO", disable=not progress)
-        while self.step_count < steps:
-            metrics = self.step()
-            bar.update(1)
-            bar.set_postfix({"score": f"{metrics['objective/score']:+.2f}", "kl": f"{metrics['objective/kl']:.2f}"})
-            if on_step is not None:
-                on_step(self.step_count, metrics)
-            if checkpoint_dir is not None and (
-                self.step_count == steps or (checkpoint_every and self.step_count % checkpoint_every == 0)
-            ):
-                self.save_checkpoint(checkpoint_dir)
-        bar.close()
-        return self.history
+        return run_iterations(
+            self,
+            steps,
+            desc="PPO",
+            on_step=on_step,
+            progress=progress,
+            checkpoint_dir=checkpoint_dir,
+            checkpoint_every=checkpoint_every,
+        )
 
     # ---------------------------------------------------------------- checkpoints
 

@@ -15,7 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from rlhf_edu.batches import build_pair_batch
-from rlhf_edu.checkpoints import resume_training, rows_fingerprint, save_training_checkpoint
+from rlhf_edu.checkpoints import checkpoint_if_due, resume_training, rows_fingerprint
 from rlhf_edu.reward import (
     RewardConfig,
     RewardModel,
@@ -124,17 +124,16 @@ def train_reward_model(
         if on_step is not None:
             on_step(step + 1, record)
         # 5. Checkpoint now and then, and at the end.
-        if checkpoint_dir is not None and (
-            step + 1 == max_steps or (checkpoint_every and (step + 1) % checkpoint_every == 0)
-        ):
-            save_training_checkpoint(
-                checkpoint_dir,
-                lambda folder: save_reward_model(reward_model, tokenizer, folder),
-                optimizer,
-                scheduler,
-                scaler,
-                {**run, "step": step + 1, "history": history},
-            )
+        checkpoint_if_due(
+            checkpoint_dir,
+            checkpoint_every,
+            max_steps,
+            lambda folder: save_reward_model(reward_model, tokenizer, folder),
+            optimizer,
+            scheduler,
+            scaler,
+            {**run, "step": step + 1, "history": history},
+        )
     reward_model.eval()
     return history
 

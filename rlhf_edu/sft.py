@@ -31,11 +31,11 @@ from tqdm.auto import tqdm
 
 from rlhf_edu.batches import build_sft_batch
 from rlhf_edu.checkpoints import (
+    checkpoint_if_due,
     load_causal_lm_weights,
     resume_training,
     rows_fingerprint,
     save_checkpoint,
-    save_training_checkpoint,
 )
 from rlhf_edu.logprobs import masked_mean, per_token_logps
 from rlhf_edu.store import jsonable
@@ -214,17 +214,16 @@ def train_sft(
         if on_step is not None:
             on_step(step + 1, record)
         # 5. Checkpoint now and then, and at the end.
-        if checkpoint_dir is not None and (
-            step + 1 == config.max_steps or (checkpoint_every and (step + 1) % checkpoint_every == 0)
-        ):
-            save_training_checkpoint(
-                checkpoint_dir,
-                lambda folder: save_checkpoint(model, tokenizer, folder),
-                optimizer,
-                scheduler,
-                scaler,
-                {**run, "step": step + 1, "history": history},
-            )
+        checkpoint_if_due(
+            checkpoint_dir,
+            checkpoint_every,
+            config.max_steps,
+            lambda folder: save_checkpoint(model, tokenizer, folder),
+            optimizer,
+            scheduler,
+            scaler,
+            {**run, "step": step + 1, "history": history},
+        )
     model.eval()
     if out_dir is not None:
         save_checkpoint(

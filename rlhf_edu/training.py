@@ -1,7 +1,7 @@
 """Training plumbing every stage shares: the learning-rate schedule, one optimizer step (clip,
-finite check, step), freezing the lower blocks, trimming padding, and the seeded order of prompts
-and random generators. Stage modules (sft, reward_training, dpo, ppo_loop, grpo_loop) import it; it imports
-no stage.
+finite check, step), freezing the lower blocks, trimming padding, the seeded order of prompts and
+random generators, and the iteration loop of PPO and GRPO. Stage modules (sft, reward_training,
+dpo, ppo_loop, ppo_trainer, grpo_loop, grpo_trainer) import it; it imports no stage.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from collections import defaultdict
 from collections.abc import Iterator
 
 import torch
+from tqdm.auto import tqdm
 
 
 class Stopwatch:
@@ -36,6 +37,29 @@ def end_of_run(on_step) -> None:
     draw = getattr(on_step, "draw", None)
     if draw is not None:
         draw()
+
+
+def run_iterations(
+    trainer, steps: int, *, desc: str, on_step=None, progress: bool = True, checkpoint_dir=None, checkpoint_every=None
+) -> list[dict]:
+    """The loop of PPO and GRPO: `trainer.step()` until `steps` iterations in all, with a progress
+    bar showing the score and the KL, `on_step(step, metrics)` after each step, and
+    `trainer.save_checkpoint(checkpoint_dir)` every `checkpoint_every` steps and at the end.
+    Returns `trainer.history`."""
+    from rlhf_edu.checkpoints import checkpoint_due
+
+    bar = tqdm(total=steps, initial=trainer.step_count, desc=desc, disable=not progress)
+    while trainer.step_count < steps:
+        metrics = trainer.step()
+        bar.update(1)
+        bar.set_postfix({"score": f"{metrics['objective/score']:+.2f}", "kl": f"{metrics['objective/kl']:.2f}"})
+        if on_step is not None:
+            on_step(trainer.step_count, metrics)
+        if checkpoint_due(checkpoint_dir, trainer.step_count, steps, checkpoint_every):
+            trainer.save_checkpoint(checkpoint_dir)
+    bar.close()
+    end_of_run(on_step)
+    return trainer.history
 
 
 def step_seed(seed: int, step: int) -> int:
