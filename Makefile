@@ -66,12 +66,12 @@ test-unit: setup
 	$(PY) -m pytest -q tests
 
 # Every notebook under nbval with the smoke preset, in order, sharing one scratch artifacts dir.
-# rlhf_edu.nbval_watch fails a cell whose kernel went idle without replying (a lost reply) within
+# rlhf_edu.course.nbval_watch fails a cell whose kernel went idle without replying (a lost reply) within
 # a minute instead of waiting out the cell timeout, which it takes from the preset (cell_timeout).
 test-notebooks: setup
 	rm -rf .nbval-artifacts
 	RLHF_EDU_PRESET=smoke RLHF_EDU_AUTOPILOT=1 RLHF_EDU_ARTIFACTS=$(CURDIR)/.nbval-artifacts \
-		$(PY) -m pytest -q -p no:cacheprovider -p rlhf_edu.nbval_watch --nbval-lax --nbval-current-env notebooks/
+		$(PY) -m pytest -q -p no:cacheprovider -p rlhf_edu.course.nbval_watch --nbval-lax --nbval-current-env notebooks/
 
 # Learners' CPUs differ: some have native bf16 (the course then computes in bf16), some don't (fp32).
 # Whichever this machine picks, run the dtype-sensitive tests and notebook 04 again in the other one
@@ -85,7 +85,7 @@ test-other-dtype: setup
 	test -d .nbval-artifacts || $(MAKE) test-notebooks
 	rm -rf .nbval-artifacts/ppo  # train again in this dtype rather than resume the first run
 	RLHF_EDU_DTYPE=$(OTHER_DTYPE) RLHF_EDU_PRESET=smoke RLHF_EDU_AUTOPILOT=1 RLHF_EDU_ARTIFACTS=$(CURDIR)/.nbval-artifacts \
-		$(PY) -m pytest -q -p no:cacheprovider -p rlhf_edu.nbval_watch --nbval-lax --nbval-current-env notebooks/04_ppo.ipynb
+		$(PY) -m pytest -q -p no:cacheprovider -p rlhf_edu.course.nbval_watch --nbval-lax --nbval-current-env notebooks/04_ppo.ipynb
 
 course: setup
 	$(PY) -m rlhf_edu.course --preset $(PRESET)

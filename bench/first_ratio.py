@@ -70,7 +70,7 @@ def main() -> int:
         row = measure(dtype, fp32_logps, policy, tokenizer, prompts)
         print(json.dumps(row), flush=True)
         rows.append(row)
-    from rlhf_edu.course import machine_description
+    from rlhf_edu.course.runner import machine_description
 
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(

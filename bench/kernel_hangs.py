@@ -6,7 +6,7 @@ shell-reply thread, ipykernel #1529 and #1554, and nbclient #312). This script r
 cell's ingredients in a small notebook: a busy torch cell (a few seconds of matmuls), then the
 widgets the explorer builds (IntSlider, HTML, an Output with a PNG Image displayed in it, HBox and
 VBox, the widget displayed, the slider moved), and executes it `--runs` times, one at a time, with
-`rlhf_edu.kernel_watch.WatchedClient`. A stall is a cell whose idle status came but whose reply
+`rlhf_edu.course.kernel_watch.WatchedClient`. A stall is a cell whose idle status came but whose reply
 nbclient's own poll did not see within a second; `recovered` counts the stalls whose reply a fresh
 poll of the shell socket found, `hangs` those it did not find within `--grace` seconds. With
 `--no-fresh-poll` the client only waits `--grace` seconds on nbclient's own poll, so every stall is
@@ -42,7 +42,7 @@ import asyncio
 
 from nbclient import NotebookClient
 
-from rlhf_edu.kernel_watch import LostReplyError, WatchedClient, lost_reply_message
+from rlhf_edu.course.kernel_watch import LostReplyError, WatchedClient, lost_reply_message
 
 PACKAGES = ["ipykernel", "nbclient", "pyzmq", "jupyter_client", "tornado", "ipython", "ipywidgets"]
 

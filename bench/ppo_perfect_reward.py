@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from rlhf_edu import yardstick
+from rlhf_edu.course import yardstick
 from rlhf_edu.data import load_concepts, make_prompt
 from rlhf_edu.devices import device_setup
 from rlhf_edu.ppo_trainer import PPOTrainer

@@ -4,7 +4,7 @@
 
 For each seed: a fresh copy of the SFT policy (artifacts/sft) trained with PPO against the reward
 model of notebook 03 (artifacts/reward_model), both trained first when missing, with the preset's
-PPOConfig and only its seed changed; then the yardstick (`rlhf_edu.yardstick`): gold difference to
+PPOConfig and only its seed changed; then the yardstick (`rlhf_edu.course.yardstick`): gold difference to
 SFT with its paired z, the blind win rate against SFT, the KL. Seed 0 is notebook 04's own run.
 Writes bench/results/ppo_seeds_<preset>.json with every seed and the mean and spread (sample
 standard deviation) of each headline number; README's results table is rendered from it.
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from rlhf_edu import yardstick
+from rlhf_edu.course import yardstick
 from rlhf_edu.data import load_concepts, make_prompt
 from rlhf_edu.devices import device_setup
 from rlhf_edu.metrics import mean_and_se

@@ -25,20 +25,20 @@ then uses the library version. Modules, in course order:
     ppo_trainer  the PPO trainer: state, the loop, metrics, checkpoints and resume
     critic       value heads for PPO
     tradeoffs    best-of-n KL, Gao et al. fits, over-optimization peak, distinct-n
-    tradeoff_runs  notebook 05's budgets and cached runs (KL-coefficient sweep, best-of-n, refresh)
     explorer     FrontierExplorer: a slider over policies on the reward/KL frontier
     dpo          DPO, IPO and label-smoothed DPO
     grpo         GRPO / Dr GRPO / RLOO math: group advantages, the KL term, loss aggregation
     grpo_loop    the GRPO / RLOO loop: one iteration, numbered like notebook 06
     grpo_trainer the GRPO trainer: state, the loop, checkpoints and resume
     ab_eval      ABEvaluator (blind A/B widget), win rates, the win-rate matrix
-    final_eval   notebooks 06-07: saved policies, the scoreboard
     eval_rows    a policy's eval rows, computed once and cached
-    yardstick    the one evaluation every notebook uses, the headline gain and win rate
     ai_judge     AI feedback: the question judge and the constitution judge
     metrics      means, standard errors, paired differences
     plots        live training plots through a display handle, sample tables, token heatmaps
     store        artifacts, the course summary, cache keys and weight fingerprints
+    course/      what the notebooks orchestrate and `make course` runs: the yardstick, notebook 05's
+                 runs and proxies, 06-07's scoreboard, the headless runner and its report card
+                 (it imports the modules above; none of them imports it)
 """
 
 __version__ = "0.1.0"

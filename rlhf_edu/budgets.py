@@ -110,7 +110,7 @@ class FinalEvalBudget:
     ab_items: int = 8
     """Prompts judged blind in the A/B widget of 07."""
     seed: int = 0
-    """The seed of the pair choices (evaluation itself is the yardstick's: `rlhf_edu.yardstick`)."""
+    """The seed of the pair choices (evaluation itself is the yardstick's: `rlhf_edu.course.yardstick`)."""
     notes: str = ""
     """Where the time goes, in words."""
 

@@ -158,9 +158,8 @@ class DPOConfig:
     trainable_layers: int | None = None
     """Train only the top this-many transformer blocks (plus the final norm); None trains all."""
     init_tolerance: float | None = None
-    """Health check at the first step, where the policy still is the reference: the largest
-    |log pi(y) - log pi_ref(y)| per response token allowed before warning; None takes the dtype's
-    (`DeviceSetup.logp_tolerance`: 1e-3 nats in fp32)."""
+    """Health check at the first step, where the policy still is the reference: the largest |log pi(y)
+    - log pi_ref(y)| per response token allowed before warning; None takes `DeviceSetup.logp_tolerance`."""
 
     def __post_init__(self):
         if self.loss_type not in LOSS_TYPES:
@@ -300,16 +299,14 @@ def train_dpo(
     """Train `policy` in place on preference rows with DPO / cDPO / IPO; return one record per step.
 
     `reference_logps` comes from `precompute_reference_logps` on the same `rows`. Records hold
-    `loss`, `rewards/chosen`, `rewards/rejected` (mean implicit rewards), `rewards/margins`,
+    `train/loss`, `rewards/chosen`, `rewards/rejected` (mean implicit rewards), `rewards/margins`,
     `rewards/accuracies` (share of pairs with a positive margin, ties half), `logps/chosen`,
     `logps/rejected` (mean policy sequence log-probs), `train/lr` and `train/grad_norm`, all
     measured on the step's batch before its update. `on_step(step, record)` is called after each
     step (a `plots.LivePlot.update` fits). At the first step it warns when the policy's log-probs
-    are not the reference's (`check_start_at_reference`). With `checkpoint_dir` (a new or empty
-    folder, or a checkpoint of this run), the policy, optimizer and run state are saved there every
-    `checkpoint_every` steps and at the end; calling again with the same folder, config, rows and
-    reference log-probs resumes from the last checkpoint and ends with the same weights and history
-    as an uninterrupted run on a CPU.
+    are not the reference's (`check_start_at_reference`). `checkpoint_dir` and `checkpoint_every`
+    work as in `sft.train_sft`: a call with the same folder, config, rows and reference log-probs
+    resumes the run and ends as an uninterrupted one.
 
     Notebook: 06_dpo_grpo.ipynb
     """

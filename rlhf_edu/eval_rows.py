@@ -1,4 +1,4 @@
-"""A policy's eval rows, computed once and cached: the rows the yardstick (`rlhf_edu.yardstick`)
+"""A policy's eval rows, computed once and cached: the rows the yardstick (`rlhf_edu.course.yardstick`)
 and the scoreboard of notebooks 06 and 07 are built from.
 
 `policy_eval_rows` samples one answer per eval prompt and scores it (`score_samples`): gold and its
@@ -64,7 +64,7 @@ def score_samples(
 
     `metrics.evaluate_policy` is `generation.sample` then this; the reference's one forward pass
     serves both the KL and the perplexity. Without a reference, no kl and no ref_nll.
-    Notebooks: 06_dpo_grpo.ipynb, 07_evaluation.ipynb (through `rlhf_edu.yardstick`)
+    Notebooks: 06_dpo_grpo.ipynb, 07_evaluation.ipynb (through `rlhf_edu.course.yardstick`)
     """
     scored = score_batch(prompts, samples.texts, samples.has_eos.tolist())
     rows = [

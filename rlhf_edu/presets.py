@@ -59,7 +59,7 @@ class Preset:
     ppo: PPOConfig = field(default_factory=PPOConfig)
     """PPO against the reward model (notebook 04). Its rollouts sample at T = 1, the policy's own
     distribution, so that what the reward model prefers is explored; evaluation stays at
-    `eval_sampling` like every other notebook's (`rlhf_edu.yardstick`)."""
+    `eval_sampling` like every other notebook's (`rlhf_edu.course.yardstick`)."""
     n_label_pairs: int = 12
     """Pairs the learner labels by hand in notebook 02."""
     n_label_repeats: int = 3
@@ -69,7 +69,7 @@ class Preset:
     cell_timeout: int = 1800
     """Seconds one notebook cell may run in `make course` and `make test` before it counts as hung.
     Sized to a few times the longest cell of the preset, so a slow machine passes and a hang still
-    ends the run (a lost reply is caught sooner, see `rlhf_edu.kernel_watch`)."""
+    ends the run (a lost reply is caught sooner, see `rlhf_edu.course.kernel_watch`)."""
 
 
 PRESETS: dict[str, Preset] = {

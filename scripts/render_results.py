@@ -118,7 +118,7 @@ def course_table() -> list[str]:
         (
             f"**`make course PRESET=cpu`** on {course.get('machine', 'an unnamed machine')}, "
             f"{course.get('dtype', '?')}; every policy on the same {n_eval} eval prompts at temperature 0.7 "
-            "(`rlhf_edu.yardstick`)."
+            "(`rlhf_edu.course.yardstick`)."
         ),
         "",
         *_table(("notebook", "wall time", "headline"), rows, "---|---:|---|"),

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import nbformat
 
-from rlhf_edu import course
+from rlhf_edu.course import runner as course
 from rlhf_edu.plots import LivePlot
 from rlhf_edu.store import record_metrics
 
@@ -195,7 +195,7 @@ def test_reply_behind_a_missed_wakeup_is_recovered(monkeypatch):
 
     from nbclient import NotebookClient
 
-    from rlhf_edu.kernel_watch import WatchedClient
+    from rlhf_edu.course.kernel_watch import WatchedClient
 
     async def poll_that_misses_its_wakeup(self, *args):
         await asyncio.sleep(3600)
@@ -211,10 +211,10 @@ def test_reply_behind_a_missed_wakeup_is_recovered(monkeypatch):
 
 
 def test_nbval_lost_reply_fails_the_cell(tmp_path):
-    """`make test`'s nbval run, with rlhf_edu.nbval_watch loaded, fails the cell and skips the rest."""
+    """`make test`'s nbval run, with rlhf_edu.course.nbval_watch loaded, fails the cell and skips the rest."""
     write_notebook(tmp_path, "00_lost", ["x = 1", DROP_THIS_REPLY, "print(x)"])
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
-    command += ["-p", "rlhf_edu.nbval_watch", "--nbval-lax", "--nbval-current-env"]
+    command += ["-p", "rlhf_edu.course.nbval_watch", "--nbval-lax", "--nbval-current-env"]
     command += ["--lost-reply-grace", "5", "00_lost.ipynb"]
     env = {**os.environ, "RLHF_EDU_PRESET": "smoke"}
     start = time.monotonic()

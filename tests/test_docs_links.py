@@ -31,7 +31,7 @@ HTML_LINK = re.compile(r"""\b(?:href|src)\s*=\s*["']([^"']+)["']""", re.IGNORECA
 HEADING = re.compile(r"^ {0,3}(#{1,6})[ \t]+(.+?)[ \t]*#*[ \t]*$", re.MULTILINE)
 HTML_ANCHOR = re.compile(r"""<a\s[^>]*\b(?:id|name)\s*=\s*["']([^"']+)["']""", re.IGNORECASE)
 MD_PATH = re.compile(r"(?<![\w/.-])((?:\.{1,2}/)*[\w][\w./-]*\.md)(#[\w-]+)?\b")
-# Pages a run writes under artifacts/ (rlhf_edu.report), named by their file name in the code that writes them.
+# Pages a run writes under artifacts/ (rlhf_edu.course.report), named by their file name in the code that writes them.
 GENERATED_PAGES = {"report.md"}
 SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*:|^//")
 

@@ -1,4 +1,4 @@
-"""rlhf_edu.final_eval: budgets, saving and loading policies, the eval-row cache, best-of-n, the
+"""rlhf_edu.course.final_eval: budgets, saving and loading policies, the eval-row cache, best-of-n, the
 scoreboard line and the AI judge, on tiny models (notebooks 06 and 07)."""
 
 import copy
@@ -10,8 +10,8 @@ import torch
 
 from rlhf_edu import ai_judge as aj
 from rlhf_edu import eval_rows as er
-from rlhf_edu import final_eval as fe
 from rlhf_edu import store
+from rlhf_edu.course import final_eval as fe
 from rlhf_edu.generation import SamplingConfig
 from rlhf_edu.models import tiny_model_and_tokenizer
 from rlhf_edu.presets import PRESETS, get_preset

@@ -1,4 +1,4 @@
-"""Notebook 05's orchestration (rlhf_edu.tradeoff_runs) on tiny random models: the per-preset
+"""Notebook 05's orchestration (rlhf_edu.course.tradeoff_runs) on tiny random models: the per-preset
 budgets, cache keys and records, PPO trajectories, the best-of-n pool scored on its own sampled
 tokens, explorer entries, the weak proxy's normalization, and the online refresh's paired arms."""
 
@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from rlhf_edu import explorer, proxies, store
-from rlhf_edu import tradeoff_runs as tr
+from rlhf_edu import explorer, store
 from rlhf_edu.budgets import TradeoffConfig
+from rlhf_edu.course import proxies
+from rlhf_edu.course import tradeoff_runs as tr
 from rlhf_edu.devices import device_setup
 from rlhf_edu.generation import SamplingConfig
 from rlhf_edu.metrics import evaluate_policy

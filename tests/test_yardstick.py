@@ -1,4 +1,4 @@
-"""rlhf_edu.yardstick: one evaluation for every notebook (same prompts, sampling, seed, cache), and
+"""rlhf_edu.course.yardstick: one evaluation for every notebook (same prompts, sampling, seed, cache), and
 the headline numbers against SFT, checked against naive recomputations."""
 
 import copy
@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 
-from rlhf_edu import yardstick
 from rlhf_edu.annotator import SimulatedAnnotator
+from rlhf_edu.course import yardstick
 from rlhf_edu.devices import device_setup
 from rlhf_edu.generation import SamplingConfig
 from rlhf_edu.models import tiny_model_and_tokenizer

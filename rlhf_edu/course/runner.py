@@ -3,14 +3,14 @@
 Executes every notebook in `notebooks/` in order with nbclient, in a fresh kernel each, with
 `RLHF_EDU_PRESET` set; writes the executed copies to `artifacts/executed/` and
 `artifacts/course_summary.json`, and the report card of the run, `artifacts/report/report.md`
-(`rlhf_edu.report`: each notebook's headline metrics and plots, the machine, the preset, the times):
+(`rlhf_edu.course.report`: each notebook's headline metrics and plots, the machine, the preset, the times):
 
     {"preset": "cpu", "machine": "...",
      "notebooks": {"01_sft": {"seconds": 412.0, "images": 2, "metrics": {...}}}}
 
 A notebook fails when a cell raises, when a cell runs past the preset's `cell_timeout`, when its
 kernel loses a reply (idle, and no `execute_reply` even on a fresh poll: see
-`rlhf_edu.kernel_watch`; the notebook is rerun once in a fresh kernel first), and when its source
+`rlhf_edu.course.kernel_watch`; the notebook is rerun once in a fresh kernel first), and when its source
 draws figures but it produced no image.
 """
 
@@ -25,13 +25,13 @@ import sys
 import time
 from pathlib import Path
 
+from rlhf_edu.course.kernel_watch import LOST_REPLY_GRACE, LostReplyError, WatchedClient, describe_cell
+from rlhf_edu.course.report import write_report
 from rlhf_edu.devices import device_setup
-from rlhf_edu.kernel_watch import LOST_REPLY_GRACE, LostReplyError, WatchedClient, describe_cell
 from rlhf_edu.presets import PRESETS
-from rlhf_edu.report import write_report
 from rlhf_edu.store import ARTIFACTS_ENV, artifacts_dir, load_metrics, write_json
 
-NOTEBOOKS_DIR = Path(__file__).resolve().parents[1] / "notebooks"
+NOTEBOOKS_DIR = Path(__file__).resolve().parents[2] / "notebooks"
 # What draws a figure in the course: the library's Figure, LivePlot, token heatmap and frontier
 # explorer, and pyplot.
 DRAWS_A_FIGURE = re.compile(r"\b(Figure|LivePlot|token_heatmap|FrontierExplorer)\(|\bplt\.")
@@ -128,7 +128,9 @@ def missing_images_message(path: Path) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m rlhf_edu.course", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--preset", default=os.environ.get("RLHF_EDU_PRESET", "cpu"), choices=["smoke", "cpu", "gpu"])
     parser.add_argument("--only", nargs="*", default=None, help="notebook number prefixes, e.g. 00 01")
     parser.add_argument(

@@ -1,5 +1,5 @@
-"""A pytest plugin for nbval: the lost-reply check of `rlhf_edu.kernel_watch`, and the preset's
-per-cell timeout. `make test` loads it: `pytest -p rlhf_edu.nbval_watch --nbval-lax notebooks/`.
+"""A pytest plugin for nbval: the lost-reply check of `rlhf_edu.course.kernel_watch`, and the preset's
+per-cell timeout. `make test` loads it: `pytest -p rlhf_edu.course.nbval_watch --nbval-lax notebooks/`.
 
 nbval (0.11) waits for a cell's `execute_reply` on the shell channel for `--nbval-cell-timeout`
 seconds (2000 by default) and only then reads the cell's outputs from iopub. A lost reply therefore
@@ -18,7 +18,7 @@ from queue import Empty
 
 import pytest
 
-from rlhf_edu.kernel_watch import (
+from rlhf_edu.course.kernel_watch import (
     LOST_REPLY_GRACE,
     LostReplyError,
     describe_cell,

@@ -4,7 +4,7 @@ One page a learner or an instructor reads after a run: the preset, the machine, 
 the times; then, for every notebook, its headline metrics (what it recorded with
 `store.record_metrics`) and the plots it drew, copied out of its executed copy in
 `artifacts/executed/`. Everything on the page comes from `course_summary.json` and the executed
-notebooks; nothing is typed. `python -m rlhf_edu.report` writes it again from what is on disk.
+notebooks; nothing is typed. `python -m rlhf_edu.course.report` writes it again from what is on disk.
 """
 
 from __future__ import annotations

@@ -19,11 +19,11 @@ from pathlib import Path
 import torch
 
 from rlhf_edu.budgets import TradeoffConfig
+from rlhf_edu.course.tradeoff_runs import RunContext, make_trainer, swap_reward_model, train_and_evaluate
 from rlhf_edu.generation import SamplingConfig
 from rlhf_edu.reward import RewardConfig, RewardModel, evaluate_reward_model, score_texts
 from rlhf_edu.reward_training import train_reward_model
 from rlhf_edu.store import RunCache, cache_key
-from rlhf_edu.tradeoff_runs import RunContext, make_trainer, swap_reward_model, train_and_evaluate
 
 
 def _normalize_on(reward_model, tokenizer, rows: list[dict], autocast_ctx=None) -> None:

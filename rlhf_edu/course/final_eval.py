@@ -1,7 +1,7 @@
 """Saved policies and the scoreboard of notebooks 06 and 07.
 
 Notebook 06 trains DPO and GRPO (or RLOO) and compares them with SFT and PPO; notebook 07 ranks every
-policy the course built. Both evaluate through `rlhf_edu.yardstick` (one evaluation, cached in
+policy the course built. Both evaluate through `rlhf_edu.course.yardstick` (one evaluation, cached in
 `rlhf_edu.eval_rows`). This module:
 
 - saves and loads the policies (`save_policy`, `load_policy`): a checkpoint is used only when it was

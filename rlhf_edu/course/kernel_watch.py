@@ -15,7 +15,7 @@ within a second, it polls the shell socket afresh, once a second: a reply found 
 reply is lost (ipykernel sends replies from a thread of its own since 7.0; issues #1529, #1554)
 and it raises `LostReplyError` naming the notebook and the cell.
 
-`rlhf_edu.course` runs the notebooks with it; `rlhf_edu.nbval_watch` applies the lost-reply check
+`rlhf_edu.course` runs the notebooks with it; `rlhf_edu.course.nbval_watch` applies the lost-reply check
 to nbval in `make test` (nbval sends nothing on the shell socket, so it misses no wake-up).
 """
 

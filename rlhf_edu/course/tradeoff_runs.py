@@ -84,7 +84,7 @@ class RunContext:
     """The preset's name, part of every cache key."""
 
     def __post_init__(self):
-        from rlhf_edu.yardstick import (
+        from rlhf_edu.course.yardstick import (
             rubric_digest,  # cached rows hold gold scores: a new rubric, new runs
         )
 
@@ -372,7 +372,7 @@ def weak_proxy(ctx: RunContext, cache: RunCache, rows: list[dict], heldout: list
     """Notebook 05's weak proxy (`proxies.train_weak_proxy` on `rows`), built only when something needs
     it, and its record {history, accuracy: {weak, main} on `heldout`, n_pairs}, cached.
     Returns (a `Lazy` that builds the model, the record, its cache id). Notebook: 05_reward_kl_tradeoffs.ipynb"""
-    from rlhf_edu.proxies import train_weak_proxy
+    from rlhf_edu.course.proxies import train_weak_proxy
     from rlhf_edu.reward import evaluate_reward_model
     from rlhf_edu.store import Lazy
 
