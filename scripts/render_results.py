@@ -110,10 +110,12 @@ def course_table() -> list[str]:
             head = HEADLINES[name](m) if name in HEADLINES else ""
         except KeyError:
             head = "(not recorded)"
+        peak = entry.get("peak_rss_gb") or m.get("peak_rss_gb")
+        memory = "" if peak is None else f"{peak:.1f} GB"
         if "error" in entry:
-            rows.append((name, "failed", entry["error"].splitlines()[-1][:120]))
+            rows.append((name, "failed", memory, entry["error"].splitlines()[-1][:120]))
         else:
-            rows.append((name, f"{entry['seconds']:.0f} s", head))
+            rows.append((name, f"{entry['seconds']:.0f} s", memory, head))
     return [
         (
             f"**`make course PRESET=cpu`** on {course.get('machine', 'an unnamed machine')}, "
@@ -121,7 +123,7 @@ def course_table() -> list[str]:
             "(`rlhf_edu.course.yardstick`)."
         ),
         "",
-        *_table(("notebook", "wall time", "headline"), rows, "---|---:|---|"),
+        *_table(("notebook", "wall time", "peak memory", "headline"), rows, "---|---:|---:|---|"),
     ]
 
 

@@ -21,6 +21,7 @@ def test_course_runner_writes_summary(tmp_path, monkeypatch):
     nb.cells = [
         nbformat.v4.new_code_cell("from rlhf_edu.store import record_metrics\nfrom rlhf_edu.presets import get_preset"),
         nbformat.v4.new_code_cell("record_metrics('00_demo', {'answer': 42, 'preset': get_preset().name})"),
+        nbformat.v4.new_code_cell('big = b"x" * 10**9  # 1 GB written after the metrics\ndel big'),
     ]
     nbformat.write(nb, nb_dir / "00_demo.ipynb")
     monkeypatch.setenv("RLHF_EDU_ARTIFACTS", str(tmp_path / "artifacts"))
@@ -30,6 +31,9 @@ def test_course_runner_writes_summary(tmp_path, monkeypatch):
     entry = summary["notebooks"]["00_demo"]
     assert entry["metrics"]["answer"] == 42 and entry["metrics"]["preset"] == "smoke"
     assert entry["seconds"] > 0 and entry["metrics"]["peak_rss_gb"] > 0
+    # The kernel's peak, read after every cell, sees the 1 GB of the last cell, which the metrics
+    # recorded before it cannot.
+    assert entry["peak_rss_gb"] >= 1.0 > entry["metrics"]["peak_rss_gb"]
     assert entry["images"] == 0  # draws nothing, so no image is fine
     assert (tmp_path / "artifacts" / "executed" / "00_demo.ipynb").exists()
     report = (tmp_path / "artifacts" / "report" / "report.md").read_text()

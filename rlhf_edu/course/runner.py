@@ -6,7 +6,7 @@ Executes every notebook in `notebooks/` in order with nbclient, in a fresh kerne
 (`rlhf_edu.course.report`: each notebook's headline metrics and plots, the machine, the preset, the times):
 
     {"preset": "cpu", "machine": "...",
-     "notebooks": {"01_sft": {"seconds": 412.0, "images": 2, "metrics": {...}}}}
+     "notebooks": {"01_sft": {"seconds": 412.0, "images": 2, "peak_rss_gb": 4.4, "metrics": {...}}}}
 
 A notebook fails when a cell raises, when a cell runs past the preset's `cell_timeout`, when its
 kernel loses a reply (idle, and no `execute_reply` even on a fresh poll: see
@@ -23,6 +23,7 @@ import platform
 import re
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 from rlhf_edu.course.kernel_watch import LOST_REPLY_GRACE, LostReplyError, WatchedClient, describe_cell
@@ -72,15 +73,33 @@ def count_images(nb) -> int:
     return sum("image/png" in out.get("data", {}) for out in outputs)
 
 
+def kernel_peak_rss_gb(client) -> float | None:
+    """The kernel process's peak resident memory so far (VmHWM, GB), None where /proc cannot tell."""
+    pid = getattr(getattr(client.km, "provisioner", None), "pid", None)
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024 / 1e9  # KiB -> GB, as store.peak_rss_gb
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def _record_peak(usage: dict, client, **_) -> None:
+    usage["peak_rss_gb"] = kernel_peak_rss_gb(client)
+
+
 def run_notebook(
     path: Path,
     out_dir: Path,
     timeout: int,
     lost_reply_grace: float = LOST_REPLY_GRACE,
     reruns: int = 1,
+    usage: dict | None = None,
 ) -> tuple[float, int]:
     """Execute one notebook in a fresh kernel; (seconds, images). A lost reply reruns the notebook
-    up to `reruns` times, then raises `LostReplyError` naming the notebook and cell."""
+    up to `reruns` times, then raises `LostReplyError` naming the notebook and cell. `usage`, when
+    given, receives `peak_rss_gb`: the kernel's peak resident memory, read after every cell."""
     import nbformat
 
     attempt = 0
@@ -94,6 +113,8 @@ def run_notebook(
             notebook_name=path.name,
             resources={"metadata": {"path": str(path.parent)}},
         )
+        if usage is not None:
+            client.on_cell_executed = partial(_record_peak, usage, client)
         start = time.perf_counter()
         try:
             client.execute()
@@ -170,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
         metrics_file = artifacts / "metrics" / f"{name}.json"
         metrics_file.unlink(missing_ok=True)
         try:
-            seconds, images = run_notebook(nb, artifacts / "executed", timeout, args.lost_reply_grace)
+            usage: dict = {}
+            seconds, images = run_notebook(nb, artifacts / "executed", timeout, args.lost_reply_grace, usage=usage)
             missing = None if images else missing_images_message(nb)
             if missing:
                 raise RuntimeError(missing)
@@ -183,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         summary["notebooks"][name] = {
             "seconds": round(seconds, 1),
             "images": images,
+            "peak_rss_gb": None if usage.get("peak_rss_gb") is None else round(usage["peak_rss_gb"], 2),
             "metrics": load_metrics(name) or {},
         }
         print(f"[course] {name} done in {seconds:.1f} s", flush=True)
