@@ -7,7 +7,7 @@ range, which is why the course computes the log-probs that enter the ratio and t
 under bf16 (`DeviceSetup.fp32_logps`). This script measures both ways, in fp32 and in bf16
 (emulated where the CPU has no native bf16: the same rounding, slower):
 
-    .venv/bin/python bench/first_ratio.py        # writes bench/results/first_ratio.json
+    .venv/bin/python bench/first_ratio.py   # writes bench/results/first_ratio[_native_bf16].json
 
 One rollout of 16 prompts and the first epoch of the update, with the SFT checkpoint from
 artifacts/sft when present (else the base model) and an untrained reward-model head (the ratio
@@ -26,14 +26,19 @@ from pathlib import Path
 import torch
 
 from rlhf_edu.data import load_concepts, make_prompt
-from rlhf_edu.devices import autocast, choose_device_setup
+from rlhf_edu.devices import autocast, choose_device_setup, cpu_has_native_bf16
 from rlhf_edu.models import load_model
 from rlhf_edu.ppo_trainer import PPOTrainer
 from rlhf_edu.presets import get_preset
 from rlhf_edu.reward import RewardModel
 from rlhf_edu.store import artifacts_dir
 
-OUT = Path(__file__).resolve().parent / "results" / "first_ratio.json"
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def out_path() -> Path:
+    """first_ratio_native_bf16.json on a CPU with native bf16, first_ratio.json (bf16 emulated) elsewhere."""
+    return RESULTS / ("first_ratio_native_bf16.json" if cpu_has_native_bf16() else "first_ratio.json")
 
 
 def measure(dtype: str, fp32_logps: bool, policy, tokenizer, prompts) -> dict:
@@ -72,20 +77,22 @@ def main() -> int:
         rows.append(row)
     from rlhf_edu.course.runner import machine_description
 
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(
+    out = out_path()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(
         json.dumps(
             {
                 "machine": machine_description(),
                 "policy": "sft" if (sft / "config.json").exists() else "base",
                 "preset": "cpu",
+                "native_bf16": cpu_has_native_bf16(),
                 "rows": rows,
             },
             indent=1,
         )
         + "\n"
     )
-    print(f"wrote {OUT}")
+    print(f"wrote {out}")
     return 0
 
 

@@ -30,6 +30,7 @@ COURSE = RESULTS / "course_cpu.json"
 BENCH = RESULTS / "bench_cpu.json"
 SEEDS = RESULTS / "ppo_seeds_cpu.json"
 FIRST_RATIO = RESULTS / "first_ratio.json"
+FIRST_RATIO_NATIVE = RESULTS / "first_ratio_native_bf16.json"
 GPU_ESTIMATE = RESULTS / "gpu_memory_estimate.json"
 GPU_MEASURED = RESULTS / "gpu_memory_h200.json"
 RATES = ROOT / "data" / "quality_rates.json"
@@ -279,20 +280,37 @@ def gpu_tables() -> list[str]:
 
 
 def first_ratio_table() -> list[str]:
-    fr = _load(FIRST_RATIO)
-    if not fr:
-        return [NOT_YET + "`bench/first_ratio.py`."]
-    rows = [
-        (r["dtype"], r["ratio_logps"], f"{r['first_ratio_dev_max']:.2g}", f"{r['seconds']:.0f} s") for r in fr["rows"]
-    ]
-    return [
-        (
-            f"**PPO's first-minibatch ratio** (`bench/first_ratio.py`, {fr['preset']} preset, {fr['machine']}): "
-            "max |ratio - 1| before any update, which must be 0 up to rounding."
-        ),
-        "",
-        *_table(("compute dtype", "log-probs of the ratio", "max abs(ratio - 1)", "time"), rows, "---|---|---:|---:|"),
-    ]
+    out = []
+    for path in (FIRST_RATIO, FIRST_RATIO_NATIVE):
+        fr = _load(path)
+        if not fr:
+            continue
+        bf16 = "native bf16" if fr.get("native_bf16") else "bf16 emulated: no native bf16 instructions"
+        rows = [
+            (
+                r["dtype"],
+                r["ratio_logps"],
+                "" if r.get("first_ratio_dev_mean") is None else f"{r['first_ratio_dev_mean']:.2g}",
+                f"{r['first_ratio_dev_max']:.2g}",
+                f"{r['seconds']:.0f} s",
+            )
+            for r in fr["rows"]
+        ]
+        out += [
+            (
+                f"**PPO's first-minibatch ratio** (`bench/first_ratio.py`, {fr['preset']} preset, {fr['machine']}, "
+                f"{bf16}): |ratio - 1| over the first minibatch's tokens before any update, which must be 0 up "
+                f"to rounding; the clip range is {fr['rows'][0]['clip_range']}."
+            ),
+            "",
+            *_table(
+                ("compute dtype", "log-probs of the ratio", "mean abs(ratio - 1)", "max abs(ratio - 1)", "time"),
+                rows,
+                "---|---|---:|---:|---:|",
+            ),
+            "",
+        ]
+    return out[:-1] if out else [NOT_YET + "`bench/first_ratio.py`."]
 
 
 def blocks() -> dict[tuple[str, str], str]:
