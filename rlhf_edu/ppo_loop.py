@@ -89,7 +89,7 @@ class PPOConfig:
     sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(64, 0.7, 16))
     """Rollout sampling: the temperature divides the logits of every log-prob."""
     kl_coef: float = 0.05
-    """beta of the per-token KL penalty (N+: fixed 0.05; OAI: 0.15 adaptive)."""
+    """kappa, the weight of the per-token KL penalty (N+: fixed 0.05; OAI: 0.15 adaptive)."""
     kl_target: float | None = None
     """With a target (nats per response), beta follows the adaptive controller; None keeps it fixed."""
     kl_horizon: float = 10_000
