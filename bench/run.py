@@ -94,6 +94,7 @@ def main() -> None:
     path = artifacts_dir() / "bench.json"
     previous = json.loads(path.read_text()) if path.exists() else {}
     previous["dtype_cpu"] = {"rows": rows, "chosen": chosen.reason}
+    previous["dtype"] = chosen.dtype_name  # the course's dtype here: which record this run is
     previous["gpu_memory"] = gpu_memory_table()
     write_json(path, previous)  # what is measured so far survives a failure below
     previous["peak_rss_gb"] = notebook_memory_table()

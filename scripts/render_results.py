@@ -26,8 +26,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
-COURSE = RESULTS / "course_cpu.json"
-BENCH = RESULTS / "bench_cpu.json"
+# One record per compute dtype: a CPU with native bf16 and one without each keep their own figures.
+DTYPES = ("fp32", "bf16")
+COURSES = {dtype: RESULTS / f"course_cpu_{dtype}.json" for dtype in DTYPES}
+BENCHES = {dtype: RESULTS / f"bench_cpu_{dtype}.json" for dtype in DTYPES}
 SEEDS = RESULTS / "ppo_seeds_cpu.json"
 FIRST_RATIO = RESULTS / "first_ratio.json"
 FIRST_RATIO_NATIVE = RESULTS / "first_ratio_native_bf16.json"
@@ -97,12 +99,25 @@ HEADLINES = {
 }
 
 
-def course_table() -> list[str]:
-    course = _load(COURSE)
-    if not course:
+def course_tables(dtypes=DTYPES, first_only: bool = False) -> list[str]:
+    """The course table of each dtype measured (fp32 first); with `first_only`, the first one alone."""
+    out = []
+    for dtype in dtypes:
+        table = course_table(_load(COURSES[dtype]))
+        if table:
+            out += [*table, ""]
+            if first_only:
+                break
+    if not out:
         return [
             NOT_YET + "`make course PRESET=cpu`, then `scripts/render_results.py --save artifacts/course_summary.json`."
         ]
+    return out[:-1]
+
+
+def course_table(course: dict | None) -> list[str]:
+    if not course:
+        return []
     n_eval = _metrics(course, "01_sft").get("n_eval", "?")
     rows = []
     for name, entry in course.get("notebooks", {}).items():
@@ -190,13 +205,21 @@ def perfect_reward_line() -> list[str]:
 
 
 def bench_tables() -> list[str]:
-    bench = _load(BENCH)
-    if not bench:
+    out = []
+    for dtype in DTYPES:
+        bench = _load(BENCHES[dtype])
+        if bench:
+            out += [f"*On a CPU that computes in {dtype}:*", "", *bench_table(bench), ""]
+    if not out:
         return [
             NOT_YET + "`make bench`, then `scripts/render_results.py --bench artifacts/bench.json`: "
             "the compute dtypes of this CPU, PPO against TRL's `PPOTrainer` at equal settings "
             "(seconds per step and the step's split by part), and peak memory per notebook."
         ]
+    return out[:-1]
+
+
+def bench_table(bench: dict) -> list[str]:
     out = []
     dtype = bench.get("dtype_cpu")
     if dtype:
@@ -317,8 +340,8 @@ def blocks() -> dict[tuple[str, str], str]:
     """(page, block name) -> the rendered text of the block."""
     join = lambda *parts: "\n\n".join("\n".join(p) for p in parts if p)
     return {
-        ("README.md", "results"): join(quality_rates(), course_table()),
-        ("docs/results.md", "course"): join(quality_rates(), course_table(), seeds_line(), perfect_reward_line()),
+        ("README.md", "results"): join(quality_rates(), course_tables(first_only=True)),
+        ("docs/results.md", "course"): join(quality_rates(), course_tables(), seeds_line(), perfect_reward_line()),
         ("docs/results.md", "bench"): join(bench_tables(), first_ratio_table()),
         ("docs/results.md", "gpu"): join(gpu_tables()),
     }
@@ -336,15 +359,25 @@ def committed_block(page: str, name: str) -> str:
     return text[text.index(start) + len(start) : text.index(end)].strip("\n")
 
 
+def _dtype_of(path: Path) -> str:
+    """The compute dtype a run recorded (`dtype`), which picks the file it is saved to."""
+    dtype = json.loads(path.read_text()).get("dtype")
+    if dtype not in DTYPES:
+        raise SystemExit(f"{path} records dtype {dtype!r}; expected one of {DTYPES} (a run of the cpu preset)")
+    return dtype
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--save", type=Path, help="copy this course_summary.json to bench/results/course_cpu.json first")
-    ap.add_argument("--bench", type=Path, help="copy this bench.json to bench/results/bench_cpu.json first")
+    ap.add_argument(
+        "--save", type=Path, help="copy this course_summary.json to bench/results/course_cpu_<dtype>.json first"
+    )
+    ap.add_argument("--bench", type=Path, help="copy this bench.json to bench/results/bench_cpu_<dtype>.json first")
     args = ap.parse_args(argv)
     if args.save:
-        shutil.copyfile(args.save, COURSE)
+        shutil.copyfile(args.save, COURSES[_dtype_of(args.save)])
     if args.bench:
-        shutil.copyfile(args.bench, BENCH)
+        shutil.copyfile(args.bench, BENCHES[_dtype_of(args.bench)])
     for (page, name), body in blocks().items():
         path = ROOT / page
         committed_block(page, name)  # the markers must be there

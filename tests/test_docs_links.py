@@ -227,12 +227,18 @@ def test_a_stale_results_table_is_caught(tmp_path, monkeypatch):
             }
         },
     }
-    path = tmp_path / "course_cpu.json"
+    path = tmp_path / "course_cpu_fp32.json"
     path.write_text(json.dumps(summary))
-    monkeypatch.setattr(render, "COURSE", path)
+    bf16 = tmp_path / "course_cpu_bf16.json"
+    bf16.write_text(json.dumps({**summary, "dtype": "bf16", "machine": "n"}))
+    monkeypatch.setattr(render, "COURSES", {"fp32": path, "bf16": bf16})
     block = render.blocks()[("README.md", "results")]
     assert "gold base 0.390 -> SFT 0.610, z = 12.0" in block and "100 s" in block
     assert block != render.committed_block("README.md", "results")
+    # The README shows the fp32 record (the reference laptop); the results page shows each dtype's.
+    assert "on m, fp32" in block and "on n, bf16" not in block
+    page = render.blocks()[("docs/results.md", "course")]
+    assert "on m, fp32" in page and "on n, bf16" in page
 
 
 def test_readme_is_a_newcomers_page():
