@@ -13,8 +13,7 @@ Bradley-Terry loss of the reward model (reward.py, eq. 2) is applied to it:
 (1)-(3) follow the original DPO repo's `preference_loss`, N+ and OpenRLHF
 (docs/implementation_details.md#dpo); (4) is eq. 17 of Azar et al. 2023 (arXiv 2310.12036), which
 regresses the log-ratio gap onto 1 / (2 beta) instead of pushing it to infinity. tests/test_dpo.py
-asserts the values of docs/implementation_details.md#dpo-tests: log 2 at initialization with
-gradients -beta/2 and +beta/2, and 25.0 for IPO at beta 0.1.
+asserts the values of docs/implementation_details.md#dpo-tests.
 
 log pi(y) is a sequence log-prob: the SUM of per-token log-probs over the response tokens and the
 EOS (`response_mask`), never over the prompt or padding, and never a mean (averaging
@@ -61,6 +60,7 @@ from rlhf_edu.training import (
     adamw_with_schedule,
     check_finite,
     clip_and_step,
+    end_of_run,
     freeze_lower_layers,
     pair_batch_indices,
     total_steps,
@@ -195,9 +195,7 @@ def pair_batch(tokenizer, rows: list[dict], max_response_tokens: int) -> dict:
 def pair_logps(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """Sequence log-probs of both sides of a `pair_batch`: -> (chosen (B,), rejected (B,)) fp32.
 
-    One forward pass over the 2B sequences; temperature 1 (DPO does not sample).
-
-    Notebook: 06_dpo_grpo.ipynb
+    One forward pass over the 2B sequences; temperature 1 (DPO does not sample). Notebook: 06_dpo_grpo.ipynb
     """
     device = next(model.parameters()).device
     logps = per_token_logps(
@@ -397,4 +395,5 @@ def train_dpo(
             {**run, "step": step + 1, "history": history},
         )
     policy.eval()
+    end_of_run(on_step)
     return history

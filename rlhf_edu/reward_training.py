@@ -25,7 +25,14 @@ from rlhf_edu.reward import (
     score_samples,
 )
 from rlhf_edu.store import jsonable
-from rlhf_edu.training import adamw_with_schedule, clip_and_step, freeze_lower_layers, pair_batch_indices, total_steps
+from rlhf_edu.training import (
+    adamw_with_schedule,
+    clip_and_step,
+    end_of_run,
+    freeze_lower_layers,
+    pair_batch_indices,
+    total_steps,
+)
 
 HEAD_FILE = "reward_head.safetensors"
 
@@ -135,6 +142,7 @@ def train_reward_model(
             {**run, "step": step + 1, "history": history},
         )
     reward_model.eval()
+    end_of_run(on_step)
     return history
 
 

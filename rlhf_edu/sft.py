@@ -39,7 +39,7 @@ from rlhf_edu.checkpoints import (
 )
 from rlhf_edu.logprobs import masked_mean, per_token_logps
 from rlhf_edu.store import jsonable
-from rlhf_edu.training import adamw_with_schedule, clip_and_step, sft_batch_indices
+from rlhf_edu.training import adamw_with_schedule, clip_and_step, end_of_run, sft_batch_indices
 
 
 @dataclass(frozen=True)
@@ -225,6 +225,7 @@ def train_sft(
             {**run, "step": step + 1, "history": history},
         )
     model.eval()
+    end_of_run(on_step)
     if out_dir is not None:
         save_checkpoint(
             model,
