@@ -231,9 +231,8 @@ def reward_model_sweep_table() -> list[str]:
             f"**What the reward model learns** (`bench/reward_model_sweep.py`, {sweep['preset']} preset, "
             f"{first['dtype']}): held-out accuracy (noise ceiling {first['noise_ceiling']:.1%}), split into the "
             f"{first['n_preference_decided']} held-out pairs of two answers good in form that the preference "
-            "qualities decide, and the rest, which form decides (times are wall times; some runs shared the 2 cores with "
-            "other work). Chance is 50%; notebook 03's bar is 75% and "
-            "within 10 points of the ceiling."
+            "qualities decide, and the rest, which form decides (times are wall times; some runs shared the "
+            "2 cores with other work). Chance is 50%; notebook 03's bar is 75% and within 10 points of the ceiling."
         ),
         "",
         *_table(
