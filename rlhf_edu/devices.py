@@ -47,16 +47,15 @@ class DeviceSetup:
         against one full forward, other padding, other micro-batches). fp32 keeps 24 significant bits
         and such differences stay below 1e-4; autocast rounds every matrix product's output to 8 bits
         (bf16, a relative step of 0.4%) or 11 bits (fp16), and through 30 blocks the worst of a
-        thousand tokens then moves by most of a nat in bf16: 0.74 nats measured at the cpu preset on
-        a CPU with native bf16, the bf16 sampler against an fp32 forward (fp16 is 8 times finer;
-        docs/implementation_details.md#ratio-check)."""
+        thousand tokens then moves by most of a nat in bf16 (notebook 04 prints the gap between the
+        bf16 sampler and an fp32 forward; fp16 is 8 times finer; docs/implementation_details.md#ratio-check)."""
         return {None: 1e-3, torch.bfloat16: 1.0, torch.float16: 0.1}[self.autocast_dtype]
 
     @property
     def logp_mean_tolerance(self) -> float:
         """The same, averaged over a batch's tokens: a systematic mismatch (a temperature applied on one
         side only, the wrong tokens scored) moves every token and shows here, while rounding averages
-        out: 0.05 nats measured at the cpu preset on a CPU with native bf16, below 1e-5 in fp32."""
+        out to a few hundredths of a nat in bf16 and to almost nothing in fp32."""
         return {None: 1e-4, torch.bfloat16: 0.1, torch.float16: 0.02}[self.autocast_dtype]
 
     @property
