@@ -85,6 +85,7 @@ def main(argv: list[str]) -> None:
     ceiling, _ = noise_ceiling(held, SimulatedAnnotator())
     row = {
         "config": override,
+        "lr": config.lr,
         "n_pairs": len(rows),
         "temperatures": temperatures,
         "steps": len(history),

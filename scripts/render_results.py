@@ -211,7 +211,8 @@ def reward_model_sweep_table() -> list[str]:
         return [NOT_YET + "`bench/reward_model_sweep.py`: what the reward model learns, form or preference."]
     rows = []
     for run in sweep["runs"]:
-        setting = ", ".join(f"{k} {v}" for k, v in run["config"].items()) or "notebook 03's RewardConfig"
+        others = {k: v for k, v in run["config"].items() if k != "lr"}
+        setting = ", ".join([f"lr {run['lr']:g}", *(f"{k} {v}" for k, v in others.items())])
         if run.get("temperatures"):
             setting += f"; pairs at T {', '.join(str(t) for t in run['temperatures'])}"
         rows.append(
