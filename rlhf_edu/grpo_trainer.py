@@ -29,6 +29,7 @@ from rlhf_edu.training import (
     prompts_for_step,
     run_iterations,
     step_generator,
+    step_timings,
 )
 
 
@@ -107,7 +108,7 @@ class GRPOTrainer:
         t0 = time.perf_counter()
         generator = step_generator(cfg.seed, step)
         rollout = self.rollout(self.prompts_for_step(step), generator)
-        t_rollout = time.perf_counter() - t0
+        rollout_end = time.perf_counter()
         mask = rollout.response_mask.to(rollout.old_logps.dtype)  # (B, R)
         kl = masked_sum(rollout.old_logps - rollout.ref_logps, mask, dim=1)  # (B,) nats per response
         grouped = rollout.scores.view(-1, cfg.group_size)  # (G, K)
@@ -125,10 +126,7 @@ class GRPOTrainer:
         metrics.update(self.update(rollout, generator))
         metrics["policy/lr"] = self.scheduler.get_last_lr()[0]  # the lr this step's updates used
         self.scheduler.step()
-        metrics["time/rollout_s"] = t_rollout
-        metrics["time/step_s"] = time.perf_counter() - t0
-        metrics["time/update_s"] = metrics["time/step_s"] - t_rollout
-        metrics.update({f"time/{name}_s": seconds for name, seconds in rollout.timings.items()})
+        metrics.update(step_timings(t0, rollout_end, rollout.timings))
         self.step_count += 1
         self.history.append(metrics)
         return (metrics, rollout) if keep_rollout else metrics

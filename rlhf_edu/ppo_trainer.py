@@ -32,6 +32,7 @@ from rlhf_edu.training import (
     prompts_for_step,
     run_iterations,
     step_generator,
+    step_timings,
 )
 from rlhf_edu.trunk import FrozenTrunk
 
@@ -184,7 +185,7 @@ class PPOTrainer:
         t0 = time.perf_counter()
         generator = self.generator_for_step(step)
         rollout = self.rollout(self.prompts_for_step(step), generator)
-        t_rollout = time.perf_counter() - t0
+        rollout_end = time.perf_counter()
         mask = rollout.response_mask.to(rollout.old_logps.dtype)  # (B, R)
         kl = masked_sum(rollout.old_logps - rollout.ref_logps, mask, dim=1)  # (B,) nats per response
         metrics = {
@@ -212,10 +213,7 @@ class PPOTrainer:
                 f"temperature mismatch between sampling and log-probs?)",
                 stacklevel=2,
             )
-        metrics["time/rollout_s"] = t_rollout
-        metrics["time/step_s"] = time.perf_counter() - t0
-        metrics.update({f"time/{name}_s": seconds for name, seconds in rollout.timings.items()})
-        metrics["time/update_s"] = metrics["time/step_s"] - t_rollout
+        metrics.update(step_timings(t0, rollout_end, rollout.timings))
         if self.trunk_gap is not None:
             metrics["health/trunk_gap"] = self.trunk_gap
         metrics["time/tokens_per_s"] = float(mask.sum()) / max(rollout.timings.get("generate", 0.0), 1e-9)

@@ -50,6 +50,18 @@ def release_memory() -> None:
             pass
 
 
+def step_timings(start: float, rollout_end: float, laps: dict[str, float]) -> dict[str, float]:
+    """The `time/...` metrics of one PPO or GRPO iteration that began at `start` (perf_counter) and
+    finished its rollout at `rollout_end`: rollout, update and step seconds, and the rollout's parts."""
+    now = time.perf_counter()
+    return {
+        "time/rollout_s": rollout_end - start,
+        "time/step_s": now - start,
+        "time/update_s": now - rollout_end,
+        **{f"time/{name}_s": seconds for name, seconds in laps.items()},
+    }
+
+
 def end_of_run(on_step) -> None:
     """After a loop's last step: a live plot (anything with `draw`) is redrawn once more, so the
     last points show even when it redraws only every few steps."""
