@@ -1,6 +1,12 @@
 """Notebook 04's gain over SFT, over several PPO seeds, on the course's yardstick.
 
     .venv/bin/python bench/ppo_seeds.py --preset cpu --seeds 0 1 2    # about 10 minutes a seed on 2 cores
+    .venv/bin/python bench/ppo_seeds.py --seeds 0 --ppo '{"steps": 28}' --reward '{"lr": 2e-4}' --out trial
+
+`--ppo` and `--reward` replace fields of the preset's PPOConfig and RewardConfig (a reward model with
+other settings is trained anew and saved in place of artifacts/reward_model); `--out` names the
+results file (bench/results/ppo_seeds_<preset>_<out>.json), so a trial never overwrites the
+preset's own figures.
 
 For each seed: a fresh copy of the SFT policy (artifacts/sft) trained with PPO against the reward
 model of notebook 03 (artifacts/reward_model), both trained first when missing, with the preset's
@@ -76,8 +82,16 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="cpu")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--ppo", type=json.loads, default={}, help="PPOConfig fields to replace, as JSON")
+    ap.add_argument("--reward", type=json.loads, default={}, help="RewardConfig fields to replace, as JSON")
+    ap.add_argument("--out", default="", help="suffix of the results file")
     args = ap.parse_args(argv)
     preset, setup = get_preset(args.preset), device_setup()
+    preset = dataclasses.replace(
+        preset,
+        ppo=dataclasses.replace(preset.ppo, **args.ppo),
+        reward=dataclasses.replace(preset.reward, **args.reward),
+    )
     sft, tokenizer, how = load_or_train_sft(preset, setup)
     print(how, flush=True)
     sft.eval().requires_grad_(False)
@@ -85,7 +99,7 @@ def main(argv=None) -> int:
     print(how, flush=True)
     sft_rows, how = yardstick.evaluate("sft", sft, tokenizer, preset, setup, reference=sft, reward_model=reward_model)
     print(how, flush=True)
-    out = RESULTS / f"ppo_seeds_{args.preset}.json"
+    out = RESULTS / f"ppo_seeds_{args.preset}{'_' + args.out if args.out else ''}.json"
     done = {r["seed"]: r for r in json.loads(out.read_text())["runs"]} if out.exists() else {}
     for seed in args.seeds:
         done[seed] = run_seed(seed, preset, setup, sft, tokenizer, reward_model, sft_rows)
@@ -112,6 +126,8 @@ def main(argv=None) -> int:
                     "dtype": setup.dtype_name,
                     "n_eval": preset.n_eval,
                     "peak_rss_gb": peak_rss_gb(),
+                    "ppo_overrides": args.ppo,
+                    "reward_overrides": args.reward,
                     "runs": runs,
                     "summary": summary,
                 },

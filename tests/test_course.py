@@ -54,6 +54,36 @@ def test_course_runner_reports_a_failing_notebook(tmp_path, monkeypatch):
     assert "| 00_bad | failed |" in report and "claim failed" in report and "\x1b[" not in report
 
 
+def test_keep_going_runs_every_notebook_and_lists_failed_cells(tmp_path, monkeypatch):
+    nb_dir = tmp_path / "notebooks"
+    nb_dir.mkdir()
+    bad = nbformat.v4.new_notebook()
+    bad.cells = [
+        nbformat.v4.new_code_cell("assert 1 == 2, 'claim failed'"),
+        nbformat.v4.new_code_cell("from rlhf_edu.store import record_metrics\nrecord_metrics('00_bad', {'after': 1})"),
+    ]
+    nbformat.write(bad, nb_dir / "00_bad.ipynb")
+    good = nbformat.v4.new_notebook()
+    good.cells = [nbformat.v4.new_code_cell("x = 1")]
+    nbformat.write(good, nb_dir / "01_good.ipynb")
+    monkeypatch.setenv("RLHF_EDU_ARTIFACTS", str(tmp_path / "artifacts"))
+    assert course.main(["--preset", "smoke", "--keep-going", "--notebooks-dir", str(nb_dir)]) == 1
+    summary = json.loads((tmp_path / "artifacts" / "course_summary.json").read_text())
+    bad_entry, good_entry = summary["notebooks"]["00_bad"], summary["notebooks"]["01_good"]
+    # The failing notebook ran to its end (its metrics come from the cell after the failure), the
+    # next notebook ran too, and the failure is named by cell and message.
+    assert bad_entry["metrics"]["after"] == 1 and bad_entry["seconds"] > 0
+    assert bad_entry["failed_cells"] == [
+        {
+            "cell": "notebook 00_bad.ipynb, cell 0 (\"assert 1 == 2, 'claim failed'\")",
+            "error": "AssertionError: claim failed",
+        }
+    ]
+    assert "failed_cells" not in good_entry and "error" not in good_entry
+    report = (tmp_path / "artifacts" / "report" / "report.md").read_text()
+    assert "| 00_bad | 1 cells failed |" in report and "| 01_good | ok |" in report
+
+
 def test_record_metrics_converts_tensors(tmp_path, monkeypatch):
     import torch
 

@@ -65,7 +65,13 @@ def render_report(summary: dict, executed_dir: Path, out_dir: Path) -> str:
     ]
     for name, entry in notebooks.items():
         metrics = entry.get("metrics") or {}
-        status = "failed" if "error" in entry else "ok"
+        status = (
+            "failed"
+            if "error" in entry
+            else f"{len(entry['failed_cells'])} cells failed"
+            if entry.get("failed_cells")
+            else "ok"
+        )
         seconds = f"{entry['seconds']:.0f} s" if "seconds" in entry else ""
         peak = f"{metrics['peak_rss_gb']:.2f} GB" if "peak_rss_gb" in metrics else ""
         lines.append(f"| {name} | {status} | {seconds} | {peak} | {entry.get('images', '')} |")
@@ -74,6 +80,8 @@ def render_report(summary: dict, executed_dir: Path, out_dir: Path) -> str:
         if "error" in entry:
             lines += ["```", ANSI.sub("", entry["error"]), "```"]  # a traceback's colours are terminal codes
             continue
+        for failed in entry.get("failed_cells", []):
+            lines += [f"Failed: {failed['cell']}", "```", ANSI.sub("", failed["error"]), "```", ""]
         metrics = {k: v for k, v in (entry.get("metrics") or {}).items() if k != "peak_rss_gb"}
         if metrics:
             lines += ["| metric | value |", "|---|---:|"]

@@ -96,10 +96,12 @@ def run_notebook(
     lost_reply_grace: float = LOST_REPLY_GRACE,
     reruns: int = 1,
     usage: dict | None = None,
+    keep_going: bool = False,
 ) -> tuple[float, int]:
     """Execute one notebook in a fresh kernel; (seconds, images). A lost reply reruns the notebook
     up to `reruns` times, then raises `LostReplyError` naming the notebook and cell. `usage`, when
-    given, receives `peak_rss_gb`: the kernel's peak resident memory, read after every cell."""
+    given, receives `peak_rss_gb`: the kernel's peak resident memory, read after every cell; with
+    `keep_going` a failing cell does not stop the notebook and `usage["failed_cells"]` lists them."""
     import nbformat
 
     attempt = 0
@@ -111,6 +113,7 @@ def run_notebook(
             kernel_name="python3",
             lost_reply_grace=lost_reply_grace,
             notebook_name=path.name,
+            allow_errors=keep_going,
             resources={"metadata": {"path": str(path.parent)}},
         )
         if usage is not None:
@@ -130,7 +133,20 @@ def run_notebook(
             nbformat.write(nb, out_dir / path.name)
         if client.recovered_replies:
             print(f"[course] {path.name}: {client.recovered_replies} replies found by a fresh poll")
+        if usage is not None and keep_going:
+            usage["failed_cells"] = failed_cells(path.name, nb)
         return seconds, count_images(nb)
+
+
+def failed_cells(notebook: str, nb) -> list[dict]:
+    """[{"cell": where, "error": "AssertionError: ..."}] for every code cell with an error output."""
+    failed = []
+    for index, cell in enumerate(nb.cells):
+        for output in cell.get("outputs", []) if cell.cell_type == "code" else []:
+            if output.get("output_type") == "error":
+                error = f"{output.get('ename', '')}: {output.get('evalue', '')}"
+                failed.append({"cell": describe_cell(notebook, index, cell.source), "error": error[-500:]})
+    return failed
 
 
 def missing_images_message(path: Path) -> str | None:
@@ -163,6 +179,11 @@ def main(argv: list[str] | None = None) -> int:
         default=LOST_REPLY_GRACE,
         help="seconds from a cell's idle status to its reply before the reply counts as lost",
     )
+    parser.add_argument(
+        "--keep-going",
+        action="store_true",
+        help="run every notebook to its end even when cells fail, list the failed cells, exit 1 if any",
+    )
     parser.add_argument("--notebooks-dir", type=Path, default=NOTEBOOKS_DIR)
     args = parser.parse_args(argv)
     os.environ["RLHF_EDU_PRESET"] = args.preset
@@ -185,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         previous = json.loads(summary_path.read_text())
         if previous.get("preset") == args.preset:
             summary["notebooks"] = previous.get("notebooks", {})
+    any_failed = False
     for nb in notebooks:
         name = nb.stem
         print(f"[course] {name} (preset {args.preset}) ...", flush=True)
@@ -192,7 +214,9 @@ def main(argv: list[str] | None = None) -> int:
         metrics_file.unlink(missing_ok=True)
         try:
             usage: dict = {}
-            seconds, images = run_notebook(nb, artifacts / "executed", timeout, args.lost_reply_grace, usage=usage)
+            seconds, images = run_notebook(
+                nb, artifacts / "executed", timeout, args.lost_reply_grace, usage=usage, keep_going=args.keep_going
+            )
             missing = None if images else missing_images_message(nb)
             if missing:
                 raise RuntimeError(missing)
@@ -208,10 +232,17 @@ def main(argv: list[str] | None = None) -> int:
             "peak_rss_gb": None if usage.get("peak_rss_gb") is None else round(usage["peak_rss_gb"], 2),
             "metrics": load_metrics(name) or {},
         }
+        if usage.get("failed_cells"):
+            any_failed = True
+            summary["notebooks"][name]["failed_cells"] = usage["failed_cells"]
+            first = usage["failed_cells"][0]
+            print(
+                f"[course] {name}: {len(usage['failed_cells'])} cells failed, first {first['cell']}: {first['error']}"
+            )
         print(f"[course] {name} done in {seconds:.1f} s", flush=True)
         write_json(summary_path, summary)
     print(f"[course] wrote {summary_path} and {write_report(summary, artifacts)}")
-    return 0
+    return 1 if any_failed else 0
 
 
 if __name__ == "__main__":
