@@ -88,7 +88,7 @@ test-other-dtype: setup
 		$(PY) -m pytest -q -p no:cacheprovider -p rlhf_edu.course.nbval_watch --nbval-lax --nbval-current-env notebooks/04_ppo.ipynb
 
 course: setup
-	$(PY) -m rlhf_edu.course --preset $(PRESET)
+	$(PY) -m rlhf_edu.course --preset $(PRESET) $(COURSE_ARGS)
 
 # TRL's PPOTrainer (trl==1.8.0) for bench/trl_ppo.py, in its own environment so the course's .venv
 # never depends on TRL; it takes the same CPU torch, the course package (editable) and the model.
