@@ -325,4 +325,21 @@ CASES: dict[str, list[Case]] = {
         ),
         Case("all ties", lambda: (0, 4, 4), (0.5, (0.150036, 0.849964))),
     ],
+    # 08: the course's GRPO budget in TRL's counts: (generation_batch_size, optimizer steps)
+    "trl_grpo_batches": [
+        # 4 prompts x 4 answers = 16 a batch; minibatches of 4 -> 4 optimizer steps a batch; 8 batches
+        Case("the cpu preset", lambda: (8, 4, 4, 4, 1), (16, 32), "TRL counts optimizer steps, one per minibatch"),
+        Case(
+            "two epochs", lambda: (8, 4, 4, 4, 2), (16, 64), "each epoch (num_iterations) steps through the batch again"
+        ),
+        # 2 prompts x 4 answers = 8; one minibatch of 8 -> 1 step a batch
+        Case("one minibatch a batch", lambda: (2, 2, 4, 8, 1), (8, 2), "a minibatch counts answers, not prompts"),
+    ],
+    # 08: which answers ended by themselves (their ids end with EOS, id 2 here): 1 or 0 each
+    "eos_flags": [
+        Case("ended by itself", lambda: ([[5, 6, 2]], 2), [1.0]),
+        Case("cut off at the budget", lambda: ([[5, 6, 7, 8]], 2), [0.0], "no EOS at the end: it was cut off"),
+        Case("a batch", lambda: ([[2], [5, 2], [5, 6]], 2), [1.0, 1.0, 0.0]),
+        Case("an empty answer", lambda: ([[]], 2), [0.0], "an empty answer has no last token: it did not end with EOS"),
+    ],
 }

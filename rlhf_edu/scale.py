@@ -193,8 +193,20 @@ def dpo_args(config, out_dir, **overrides):
     )
 
 
+def grpo_batches(steps: int, prompts_per_step: int, group_size: int, mini_batch_size: int, epochs: int) -> tuple:
+    """(TRL's generation_batch_size, its max_steps) for the course's GRPO budget. The course counts
+    iterations (one batch of prompts_per_step x group_size answers each); TRL counts optimizer steps,
+    of which each batch gives one per minibatch, in each of its epochs (TRL's num_iterations).
+    grpo_batches(8, 4, 4, 4, 1) == (16, 32). Notebook: 08_at_scale.ipynb"""
+    group = prompts_per_step * group_size
+    return group, steps * (group // mini_batch_size) * epochs
+
+
 def _group_args(config) -> dict:
-    group = config.prompts_per_step * config.group_size  # GRPOConfig checks that minibatches divide it
+    # GRPOConfig has checked that the minibatches divide a batch and the micro-batches a minibatch.
+    group, max_steps = grpo_batches(
+        config.steps, config.prompts_per_step, config.group_size, config.mini_batch_size, config.epochs
+    )
     sampling = config.sampling
     return {
         "num_generations": config.group_size,
@@ -202,7 +214,7 @@ def _group_args(config) -> dict:
         "per_device_train_batch_size": config.micro_batch_size,
         "gradient_accumulation_steps": config.mini_batch_size // config.micro_batch_size,
         "num_iterations": config.epochs,
-        "max_steps": config.steps * (group // config.mini_batch_size) * config.epochs,
+        "max_steps": max_steps,
         "adam_epsilon": config.adam_eps,
         "max_completion_length": sampling.max_new_tokens,
         "temperature": sampling.temperature,
@@ -272,6 +284,12 @@ def trainer(stage: str, model, tokenizer, args, *, pairs=None, prompts=None, rew
     )
 
 
+def eos_flags(completion_ids: list[list[int]], eos_token_id: int) -> list[bool]:
+    """Whether each answer ended by itself: its token ids (TRL's `completion_ids`, padding removed)
+    end with EOS. An empty answer did not. Notebook: 08_at_scale.ipynb"""
+    return [len(ids) > 0 and ids[-1] == eos_token_id for ids in completion_ids]
+
+
 def text_reward(fn, eos_token_id: int):
     """A course reward function fn(prompts, texts, eos_flags) -> (B,) as TRL's reward function. TRL
     calls it with conversational prompts and completions and the completions' token ids; an answer
@@ -281,8 +299,7 @@ def text_reward(fn, eos_token_id: int):
     def reward(prompts, completions, completion_ids, **_):
         users = [p[-1]["content"] if isinstance(p, list) else p for p in prompts]
         texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
-        eos = [len(ids) > 0 and ids[-1] == eos_token_id for ids in completion_ids]
-        return [float(x) for x in fn(users, texts, eos)]
+        return [float(x) for x in fn(users, texts, eos_flags(completion_ids, eos_token_id))]
 
     reward.__name__ = getattr(fn, "__name__", "text_reward")
     return reward

@@ -9,7 +9,21 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rlhf_edu import ab_eval, annotator, dpo, exercises, grpo, logprobs, metrics, ppo, reward, rubric, sft, tradeoffs
+from rlhf_edu import (
+    ab_eval,
+    annotator,
+    dpo,
+    exercises,
+    grpo,
+    logprobs,
+    metrics,
+    ppo,
+    reward,
+    rubric,
+    scale,
+    sft,
+    tradeoffs,
+)
 
 LIBRARY = {
     "response_mask_from_eos": logprobs.response_mask_from_eos,
@@ -33,6 +47,8 @@ LIBRARY = {
     ),
     "paired_z": lambda after, before: metrics.paired_difference(after, before)["z"],
     "win_rate": ab_eval.win_rate,
+    "trl_grpo_batches": scale.grpo_batches,
+    "eos_flags": scale.eos_flags,
 }
 
 
@@ -142,6 +158,14 @@ WRONG = {
     "win_rate": {
         "ties dropped": lambda w, t, n: (w / (n - t), metrics.wilson_interval(w, n - t)),
         "ties as losses": lambda w, t, n: (w / n, metrics.wilson_interval(w, n)),
+    },
+    "trl_grpo_batches": {
+        "epochs forgotten": lambda s, p, k, m, e: (p * k, s * (p * k // m)),
+        "minibatch of prompts": lambda s, p, k, m, e: (p * k, s * max(1, p // m) * e),
+    },
+    "eos_flags": {
+        "an empty answer counted as ended": lambda ids, eos: [not ids_ or ids_[-1] == eos for ids_ in ids],
+        "short means ended": lambda ids, eos: [len(ids_) < 4 for ids_ in ids],
     },
 }
 
