@@ -97,6 +97,14 @@ HEADLINES = {
         )
     ),
     "07_evaluation": lambda m: " ".join(m.get("verdict", [])[:1]),
+    "08_at_scale": lambda m: (
+        ", ".join(
+            f"{k[: -len('_vs_course_z')].replace('_', ' ')} vs the course's z = {v:+.1f}"
+            for k, v in m.items()
+            if k.endswith("_vs_course_z")
+        )
+        or "TRL's side only (notebook 06 did not run)"
+    ),
 }
 
 
