@@ -3,6 +3,7 @@
     .venv/bin/python bench/reward_model_sweep.py                          # the preset's RewardConfig
     .venv/bin/python bench/reward_model_sweep.py '{"epochs": 2}' 768      # fields replaced, 768 pairs
     .venv/bin/python bench/reward_model_sweep.py '{}' 384 '[0.3, 0.7, 1.0]'  # pairs at these temperatures
+    .venv/bin/python bench/reward_model_sweep.py '{}' 384 null mean       # another read-out (see below)
 
 Trains notebook 03's reward model from the SFT checkpoint in artifacts/sft on the annotator's train
 pairs (a seeded shuffle, as `preferences.reward_training_rows` without learner labels) and scores the
@@ -11,6 +12,10 @@ by what decides them under the rubric: pairs of two answers good in form (finish
 on topic, not repetitive) whose rubric difference comes mostly from the preference qualities
 (`preference-decided`), and the rest, decided by form. A reward model that has learned only form is at
 chance on the first kind. Appends one row to bench/results/reward_model_sweep_<preset>.json.
+
+The read-out (4th argument) asks whether the score should see every token rather than the last one:
+`last` (the course's: the hidden state of the last real token), `mean` (the mean over the real
+tokens), `max` (the element-wise max over them: a quality shown anywhere in the answer), `mean+last`.
 """
 
 from __future__ import annotations
@@ -49,12 +54,36 @@ def preference_decided(row: dict) -> bool:
     return gate(a) > 0.5 and gate(b) > 0.5 and abs(preference) > abs(form)
 
 
+def pooled_features(readout: str):
+    """A `RewardModel.features` that pools the last hidden layer over the real tokens instead of
+    reading the last one: "mean", "max" or "mean+last"."""
+    from rlhf_edu.logprobs import position_ids_from_mask
+
+    def features(self, input_ids, attention_mask):
+        hidden = self.backbone(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids_from_mask(attention_mask),
+            use_cache=False,
+        ).last_hidden_state  # (B, T, H)
+        real = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
+        last = hidden[torch.arange(hidden.shape[0]), self.readout_index(attention_mask)]  # (B, H)
+        mean = (hidden * real).sum(1) / real.sum(1)  # (B, H)
+        top = hidden.masked_fill(real == 0, float("-inf")).amax(1)  # (B, H)
+        return {"mean": mean, "max": top, "mean+last": mean + last}[readout].float()
+
+    return features
+
+
 def main(argv: list[str]) -> None:
     preset = get_preset(os.environ.get("RLHF_EDU_PRESET", "cpu"))
     setup = device_setup()
     override = json.loads(argv[0]) if argv else {}
     n_pairs = int(argv[1]) if len(argv) > 1 else preset.reward_pairs
     temperatures = json.loads(argv[2]) if len(argv) > 2 else None
+    readout = argv[3] if len(argv) > 3 else "last"
+    if readout not in ("last", "mean", "max", "mean+last"):
+        raise SystemExit(f"read-out must be last, mean, max or mean+last, got {readout!r}")
     config = dataclasses.replace(preset.reward, **override)
     pairs = load_pairs("train")
     if temperatures:
@@ -68,6 +97,8 @@ def main(argv: list[str]) -> None:
     torch.manual_seed(preset.seed)
     backbone, tokenizer = load_model(str(artifacts_dir() / "sft"), device=setup.device)
     reward_model = RewardModel.from_causal_lm(backbone)
+    if readout != "last":
+        reward_model.features = pooled_features(readout).__get__(reward_model)
     start = time.perf_counter()
     history = train_reward_model(
         reward_model, tokenizer, rows, held[: preset.reward_probe], config, setup=setup, progress=False
@@ -88,6 +119,7 @@ def main(argv: list[str]) -> None:
         "lr": config.lr,
         "n_pairs": len(rows),
         "temperatures": temperatures,
+        "readout": readout,
         "steps": len(history),
         "seconds": round(seconds),
         "accuracy": round(reward_accuracy(chosen, rejected), 4),

@@ -223,6 +223,8 @@ def reward_model_sweep_table() -> list[str]:
         setting = ", ".join([f"lr {run['lr']:g}", *(f"{k} {v}" for k, v in others.items())])
         if run.get("temperatures"):
             setting += f"; pairs at T {', '.join(str(t) for t in run['temperatures'])}"
+        if run.get("readout", "last") != "last":
+            setting += f"; read-out: {run['readout']} over the tokens"
         rows.append(
             (
                 setting,
