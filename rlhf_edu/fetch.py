@@ -3,10 +3,14 @@
     pip install rlhf-edu
     python -m rlhf_edu.fetch my-course      # my-course/notebooks/*.ipynb and my-course/docs/*.md
     cd my-course/notebooks && jupyter lab
+    python -m rlhf_edu.fetch my-course --run smoke          # copy, then run every notebook headless
+    python -m rlhf_edu.fetch my-course --run cpu --only 00 01
 
 The data stays where the wheel installed it (`rlhf_edu.data.data_dir`); artifacts are written under
 `artifacts/` in the folder the notebooks run from. A folder that already holds notebooks is left
-alone unless `--force`, so nothing a learner changed is overwritten.
+alone unless `--force`, so nothing a learner changed is overwritten. `--run PRESET` then runs the
+copied notebooks headless with `python -m rlhf_edu.course` (artifacts in `my-course/artifacts/`, the
+executed copies and the course summary with them), as `make course` does in a clone.
 """
 
 from __future__ import annotations
@@ -43,6 +47,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="Copy the course's notebooks and pages into a working folder.")
     ap.add_argument("dest", type=Path)
     ap.add_argument("--force", action="store_true", help="overwrite notebooks already in dest/notebooks")
+    ap.add_argument("--run", metavar="PRESET", choices=["smoke", "cpu", "gpu"], help="then run the notebooks headless")
+    ap.add_argument("--only", nargs="*", default=None, help="with --run: notebook number prefixes, e.g. 00 01")
     args = ap.parse_args(argv)
     try:
         copied = fetch(args.dest, force=args.force)
@@ -52,7 +58,21 @@ def main(argv=None) -> int:
     print(
         f"{len(copied)} notebooks in {args.dest / 'notebooks'}; start with: cd {args.dest / 'notebooks'} && jupyter lab"
     )
-    return 0
+    if args.run is None:
+        return 0
+    return run(args.dest, args.run, args.only)
+
+
+def run(dest: Path, preset: str, only: list[str] | None = None) -> int:
+    """Run the notebooks copied into `dest` with the course runner, artifacts in dest/artifacts."""
+    import os
+
+    from rlhf_edu.course.runner import main as run_course
+    from rlhf_edu.store import ARTIFACTS_ENV
+
+    os.environ[ARTIFACTS_ENV] = str(Path(dest).resolve() / "artifacts")
+    argv = ["--preset", preset, "--notebooks-dir", str(Path(dest) / "notebooks")]
+    return run_course(argv + (["--only", *only] if only else []))
 
 
 if __name__ == "__main__":
