@@ -128,9 +128,16 @@ def html_table(rows: list[dict], columns: list[str], floats: str = "{:+.2f}") ->
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def readable_token(token: str) -> str:
+    """A byte-level BPE token as a learner reads it: readable_token("Ġare") == "·are", and "Ċ" is "⏎"."""
+    return repr(token.replace("Ġ", "·").replace("Ċ", "⏎"))[1:-1]
+
+
 def token_heatmap(tokens: list[str], series: dict[str, list[float]], title: str = "") -> Figure:
     """One row per series (e.g. KL penalty, advantage) over the tokens of one response, each row
-    on its own diverging color scale centred at 0, the value printed in each cell.
+    on its own diverging color scale centred at 0, the value printed in each cell. Byte-level BPE
+    tokens (`convert_ids_to_tokens`) are shown readable: "·" for the space a token starts with ("Ġ"),
+    "⏎" for a newline ("Ċ").
 
     Notebook: 04_ppo.ipynb
     """
@@ -146,7 +153,7 @@ def token_heatmap(tokens: list[str], series: dict[str, list[float]], title: str 
         for i, v in enumerate(row[0]):
             ax.text(i, 0, f"{v:.2f}", ha="center", va="center", fontsize=6)
         ax.set_yticks([0], [name])
-        ax.set_xticks(range(n), [repr(t)[1:-1] for t in tokens], rotation=90, fontsize=7)
+        ax.set_xticks(range(n), [readable_token(t) for t in tokens], rotation=90, fontsize=7)
     if title:
         fig.suptitle(title)
     return fig

@@ -258,3 +258,10 @@ def test_nbval_lost_reply_fails_the_cell(tmp_path):
     assert 'notebook 00_lost.ipynb, cell 1 ("kernel = get_ipython().kernel")' in result.stdout
     assert "lost reply" in result.stdout and "1 failed, 1 passed, 1 skipped" in result.stdout
     assert seconds < 120, seconds
+
+
+def test_heatmap_tokens_read_as_text():
+    from rlhf_edu.plots import readable_token
+
+    assert readable_token("Ġare") == "·are" and readable_token("Ċ") == "⏎" and readable_token("\t") == "\\t"
+    assert readable_token("<|im_end|>") == "<|im_end|>"
