@@ -175,6 +175,22 @@ def meets_ppo_bar(run: dict) -> bool:
     return run["gold_delta_z"] > 5 and run["win_rate_vs_sft"] >= 0.70 and run["kl_mean"] <= 6
 
 
+def _ppo_row(setting: str, run: dict) -> tuple:
+    """One row of a PPO-settings table: setting, training time, gold gain and its z, win rate, KL, bar."""
+    return (
+        setting,
+        f"{run['train_seconds']:.0f} s",
+        f"{run['gold_delta']:+.3f}",
+        f"{run['gold_delta_z']:.1f}",
+        f"{run['win_rate_vs_sft']:.0%}",
+        f"{run['kl_mean']:.2f}",
+        "yes" if meets_ppo_bar(run) else "no",
+    )
+
+
+PPO_COLUMNS = ("PPO setting", "training", "gold gain", "z", "win rate vs SFT", "KL (nats)", "meets 04's bar")
+
+
 def perfect_reward_line() -> list[str]:
     runs = [_load(path) for path in sorted(RESULTS.glob("ppo_perfect_reward_cpu*.json"))]
     runs = [run for run in runs if run]
@@ -187,18 +203,7 @@ def perfect_reward_line() -> list[str]:
     rows = []
     for run in runs:
         changed = {k: v for k, v in run["config"].items() if k != "sampling" and v != base.get(k)}
-        setting = ", ".join(f"{k} {v}" for k, v in changed.items()) or "notebook 04's PPO config"
-        rows.append(
-            (
-                setting,
-                f"{run['train_seconds']:.0f} s",
-                f"{run['gold_delta']:+.3f}",
-                f"{run['gold_delta_z']:.1f}",
-                f"{run['win_rate_vs_sft']:.0%}",
-                f"{run['kl_mean']:.2f}",
-                "yes" if meets_ppo_bar(run) else "no",
-            )
-        )
+        rows.append(_ppo_row(", ".join(f"{k} {v}" for k, v in changed.items()) or "notebook 04's PPO config", run))
     return [
         (
             f"**PPO paid by the rubric itself** (`bench/ppo_perfect_reward.py`, {runs[0]['preset']} preset, "
@@ -207,11 +212,27 @@ def perfect_reward_line() -> list[str]:
             "can do within the budget; notebook 04 pays the learned reward model instead."
         ),
         "",
-        *_table(
-            ("PPO setting", "training", "gold gain", "z", "win rate vs SFT", "KL (nats)", "meets 04's bar"),
-            rows,
-            "---|---:|---:|---:|---:|---:|---|",
+        *_table(PPO_COLUMNS, rows, "---|---:|---:|---:|---:|---:|---|"),
+    ]
+
+
+def ppo_trials_line() -> list[str]:
+    """PPO settings tried against notebook 03's learned reward model (bench/ppo_seeds.py --out NAME)."""
+    trials = [_load(path) for path in sorted(RESULTS.glob("ppo_seeds_cpu_*.json"))]
+    rows = []
+    for trial in (t for t in trials if t):
+        setting = ", ".join(f"{k} {v}" for k, v in trial.get("ppo_overrides", {}).items()) or "notebook 04's"
+        rows += [_ppo_row(f"{setting} (seed {run['seed']})", run) for run in trial["runs"]]
+    if not rows:
+        return []
+    return [
+        (
+            f"**PPO against the learned reward model, other settings** (`bench/ppo_seeds.py --ppo ... --out ...`, "
+            f"cpu preset, {trials[0]['dtype']}): notebook 04's run with these PPOConfig fields replaced, on the "
+            "yardstick; every other field as the cpu preset's PPOConfig (`rlhf_edu/presets.py`) at the time of the run."
         ),
+        "",
+        *_table(PPO_COLUMNS, rows, "---|---:|---:|---:|---:|---:|---|"),
     ]
 
 
@@ -394,7 +415,12 @@ def blocks() -> dict[tuple[str, str], str]:
     return {
         ("README.md", "results"): join(quality_rates(), course_tables(first_only=True)),
         ("docs/results.md", "course"): join(
-            quality_rates(), course_tables(), seeds_line(), reward_model_sweep_table(), perfect_reward_line()
+            quality_rates(),
+            course_tables(),
+            seeds_line(),
+            reward_model_sweep_table(),
+            perfect_reward_line(),
+            ppo_trials_line(),
         ),
         ("docs/results.md", "bench"): join(bench_tables(), first_ratio_table()),
         ("docs/results.md", "gpu"): join(gpu_tables()),
