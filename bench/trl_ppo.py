@@ -2,7 +2,7 @@
 
 Method. One process, one thread budget, the same SFT policy, reference and reward model
 (artifacts/sft and artifacts/reward_model at the cpu preset), the same PPO settings (the cpu
-preset's: 16 prompts per rollout, minibatches of 8, 4 epochs, 64 new tokens at T = 1.0, lr 1e-4
+preset's when this was measured: 16 prompts per rollout, minibatches of 8, 4 epochs, 64 new tokens at T = 1.0, lr 1e-4
 decayed linearly to 0 over the steps run, kl_coef 0.05, top 8 of 30 blocks trainable) and the
 same prompt batch at every step (TRL's shuffled dataloader is replaced by one that yields our
 `prompts_for_step` batches in order). Runs, in this order: ours with the course's default critic
