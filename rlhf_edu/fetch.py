@@ -64,15 +64,24 @@ def main(argv=None) -> int:
 
 
 def run(dest: Path, preset: str, only: list[str] | None = None) -> int:
-    """Run the notebooks copied into `dest` with the course runner, artifacts in dest/artifacts."""
+    """Run the notebooks copied into `dest` with the course runner (`python -m rlhf_edu.course`, in a
+    process of its own), artifacts in dest/artifacts. Returns its exit status."""
     import os
+    import subprocess
 
-    from rlhf_edu.course.runner import main as run_course
     from rlhf_edu.store import ARTIFACTS_ENV
 
-    os.environ[ARTIFACTS_ENV] = str(Path(dest).resolve() / "artifacts")
-    argv = ["--preset", preset, "--notebooks-dir", str(Path(dest) / "notebooks")]
-    return run_course(argv + (["--only", *only] if only else []))
+    env = {**os.environ, ARTIFACTS_ENV: str(Path(dest).resolve() / "artifacts")}
+    command = [
+        sys.executable,
+        "-m",
+        "rlhf_edu.course",
+        "--preset",
+        preset,
+        "--notebooks-dir",
+        str(Path(dest) / "notebooks"),
+    ]
+    return subprocess.run(command + (["--only", *only] if only else []), env=env, check=False).returncode
 
 
 if __name__ == "__main__":

@@ -188,12 +188,12 @@ PRESETS: dict[str, Preset] = {
             mix_n=16,
         ),
         final=FinalEvalBudget(
-            # lr as PPO's (1e-4 on the top 8 blocks): at a few dozen steps the
-            # literature's 5e-7 to 1e-6 (batch 64, thousands of steps) would not move the policy.
+            # lr 1e-4 on the top 8 blocks: at a few dozen steps the literature's 5e-7 to 1e-6
+            # (batch 64, thousands of steps) would not move the policy.
             dpo=DPOConfig(beta=0.1, lr=1e-4, batch_size=8, max_steps=28, warmup_steps=2, trainable_layers=8),
             dpo_heldout=64,
-            # 4 minibatches per batch: 32 optimizer steps in all, a third of PPO's 112 (14 steps x 4 epochs
-            # x 2), hence twice its learning rate.
+            # 4 minibatches per batch: 32 optimizer steps in all, about half of PPO's 56 (14 steps x 2
+            # epochs x 2 minibatches), at PPO's learning rate.
             grpo=GRPOConfig(
                 steps=8,
                 prompts_per_step=4,
@@ -202,7 +202,7 @@ PRESETS: dict[str, Preset] = {
                 micro_batch_size=4,
                 epochs=1,
                 lr=2e-4,
-                kl_coef=0.05,
+                kl_coef=0.1,  # PPO's (notebook 04), so that the two pay the same for each nat of KL
                 sampling=SamplingConfig(64, 1.0, 16),
                 trainable_layers=8,
             ),

@@ -31,7 +31,7 @@ def locked() -> dict[str, str]:
 def test_every_dependency_is_pinned_except_torch():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     wanted = list(project["dependencies"])
-    for extra in ("lab", "test"):
+    for extra in ("lab", "test", "scale"):
         wanted += project["optional-dependencies"][extra]
     names = {canonical(re.split(r"[<>=!~ \[;]", spec, maxsplit=1)[0]) for spec in wanted}
     pins = locked()
@@ -42,5 +42,5 @@ def test_every_dependency_is_pinned_except_torch():
 
 def test_make_installs_from_the_lock():
     makefile = (ROOT / "Makefile").read_text()
-    assert re.search(r'pip install --quiet -c \$\(LOCK\) -e "\.\[lab,test\]"', makefile.replace("$(PIP)", "pip"))
+    assert re.search(r'pip install --quiet -c \$\(LOCK\) -e "\.\[lab,test,scale\]"', makefile.replace("$(PIP)", "pip"))
     assert "LOCK   := requirements/lock.txt" in makefile
