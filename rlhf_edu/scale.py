@@ -332,6 +332,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args) -> int:
+    import dataclasses
     import json
 
     import datasets
@@ -359,8 +360,6 @@ def run(args) -> int:
         if not (args.reward_model and args.prompts):
             raise SystemExit(f"{args.stage} needs --reward-model and --prompts (export_reward_model, export_prompts)")
         prompts = [json.loads(line)["prompt"] for line in Path(args.prompts).read_text().splitlines() if line.strip()]
-        import dataclasses
-
         grpo = preset.final.grpo
         if args.stage == "grpo":
             config = grpo_args(dataclasses.replace(grpo, advantage="grpo"), args.out, **overrides)

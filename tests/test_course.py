@@ -16,14 +16,15 @@ from rlhf_edu.store import record_metrics
 
 def test_course_runner_writes_summary(tmp_path, monkeypatch):
     nb_dir = tmp_path / "notebooks"
-    nb_dir.mkdir()
-    nb = nbformat.v4.new_notebook()
-    nb.cells = [
-        nbformat.v4.new_code_cell("from rlhf_edu.store import record_metrics\nfrom rlhf_edu.presets import get_preset"),
-        nbformat.v4.new_code_cell("record_metrics('00_demo', {'answer': 42, 'preset': get_preset().name})"),
-        nbformat.v4.new_code_cell('big = b"x" * 10**9  # 1 GB written after the metrics\ndel big'),
-    ]
-    nbformat.write(nb, nb_dir / "00_demo.ipynb")
+    write_notebook(
+        nb_dir,
+        "00_demo",
+        [
+            "from rlhf_edu.store import record_metrics\nfrom rlhf_edu.presets import get_preset",
+            "record_metrics('00_demo', {'answer': 42, 'preset': get_preset().name})",
+            'big = b"x" * 10**9  # 1 GB written after the metrics\ndel big',
+        ],
+    )
     monkeypatch.setenv("RLHF_EDU_ARTIFACTS", str(tmp_path / "artifacts"))
     assert course.main(["--preset", "smoke", "--notebooks-dir", str(nb_dir)]) == 0
     summary = json.loads((tmp_path / "artifacts" / "course_summary.json").read_text())
@@ -56,16 +57,15 @@ def test_course_runner_reports_a_failing_notebook(tmp_path, monkeypatch):
 
 def test_keep_going_runs_every_notebook_and_lists_failed_cells(tmp_path, monkeypatch):
     nb_dir = tmp_path / "notebooks"
-    nb_dir.mkdir()
-    bad = nbformat.v4.new_notebook()
-    bad.cells = [
-        nbformat.v4.new_code_cell("assert 1 == 2, 'claim failed'"),
-        nbformat.v4.new_code_cell("from rlhf_edu.store import record_metrics\nrecord_metrics('00_bad', {'after': 1})"),
-    ]
-    nbformat.write(bad, nb_dir / "00_bad.ipynb")
-    good = nbformat.v4.new_notebook()
-    good.cells = [nbformat.v4.new_code_cell("x = 1")]
-    nbformat.write(good, nb_dir / "01_good.ipynb")
+    write_notebook(
+        nb_dir,
+        "00_bad",
+        [
+            "assert 1 == 2, 'claim failed'",
+            "from rlhf_edu.store import record_metrics\nrecord_metrics('00_bad', {'after': 1})",
+        ],
+    )
+    write_notebook(nb_dir, "01_good", ["x = 1"])
     monkeypatch.setenv("RLHF_EDU_ARTIFACTS", str(tmp_path / "artifacts"))
     assert course.main(["--preset", "smoke", "--keep-going", "--notebooks-dir", str(nb_dir)]) == 1
     summary = json.loads((tmp_path / "artifacts" / "course_summary.json").read_text())
