@@ -413,7 +413,7 @@ def blocks() -> dict[tuple[str, str], str]:
     """(page, block name) -> the rendered text of the block."""
     join = lambda *parts: "\n\n".join("\n".join(p) for p in parts if p)
     return {
-        ("README.md", "results"): join(quality_rates(), course_tables(first_only=True)),
+        ("README.md", "results"): join(quality_rates(), course_tables(first_only=True), seeds_line()),
         ("docs/results.md", "course"): join(
             quality_rates(),
             course_tables(),
