@@ -31,9 +31,9 @@ def test_every_course_setting_has_a_trl_name_or_a_reason(stage, config):
 def test_grpo_settings_translate(tmp_path):
     config = dataclasses.replace(get_preset("cpu").final.grpo, advantage="grpo", epochs=2)
     args = scale.grpo_args(config, tmp_path)
-    # cpu: 4 prompts x 4 answers = 16 per step, minibatches of 4 -> 4 optimizer steps a step, twice.
-    assert args.num_generations == 4 and args.generation_batch_size == 16
-    assert args.per_device_train_batch_size == 4 and args.gradient_accumulation_steps == 1
+    # cpu: 8 prompts x 4 answers = 32 per step, minibatches of 8 -> 4 optimizer steps a step, twice.
+    assert args.num_generations == 4 and args.generation_batch_size == 32
+    assert args.per_device_train_batch_size == 8 and args.gradient_accumulation_steps == 1
     assert args.max_steps == 8 * 4 * 2 and args.num_iterations == 2
     assert args.beta == config.kl_coef and args.epsilon == config.clip_range
     assert args.temperature == 1.0 and args.max_completion_length == 64
