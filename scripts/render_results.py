@@ -9,6 +9,7 @@ Reads, when present: bench/results/course_cpu.json (a copy of `make course PRESE
 artifacts/course_summary.json, saved with --save), bench/results/bench_cpu.json (a copy of `make
 bench`'s artifacts/bench.json, saved with --bench), bench/results/ppo_seeds_cpu.json
 (bench/ppo_seeds.py), bench/results/ppo_perfect_reward_cpu*.json (bench/ppo_perfect_reward.py),
+bench/results/stage_trials_cpu.json (bench/stage_trials.py),
 bench/results/first_ratio.json (bench/first_ratio.py), the GPU measurements of
 bench/gpu.py and data/quality_rates.json (scripts/quality_rates.py). Each block lies between
 `<!-- NAME:start -->` and `<!-- NAME:end -->` in its page; tests/test_docs_links.py fails when a
@@ -236,6 +237,50 @@ def ppo_trials_line() -> list[str]:
     ]
 
 
+STAGE_COLUMNS = (
+    "stage",
+    "setting",
+    "training",
+    "gold gain",
+    "z",
+    "win rate vs SFT",
+    "KL (nats)",
+    "reward model gain",
+    "meets 06's bar",
+)
+
+
+def stage_trials_table() -> list[str]:
+    """Notebook 06's DPO and GRPO with other settings (bench/stage_trials.py)."""
+    trials = _load(RESULTS / "stage_trials_cpu.json")
+    if not trials:
+        return []
+    rows = [
+        (
+            t["stage"].upper(),
+            t["name"],
+            f"{t['train_seconds']:.0f} s",
+            f"{t['gold_delta']:+.3f}",
+            f"{t['gold_delta_z']:.1f}",
+            f"{t['win_rate_vs_sft']:.0%}",
+            f"{t['kl_mean']:.2f}",
+            f"{t['rm_delta']:+.2f}",
+            "yes" if t["gold_delta_z"] > 3 else "no",
+        )
+        for t in sorted(trials["trials"], key=lambda t: t["stage"])
+    ]
+    return [
+        (
+            f"**DPO and GRPO, other settings** (`bench/stage_trials.py`, cpu preset, {trials['dtype']}): notebook 06's "
+            "training with the named fields changed (each trial's whole configuration is in "
+            "bench/results/stage_trials_cpu.json), on the yardstick. Training time includes DPO's reference "
+            "log-probs; the reward model's gain is in standard deviations of its score on SFT samples."
+        ),
+        "",
+        *_table(STAGE_COLUMNS, rows, "---|---|---:|---:|---:|---:|---:|---:|---|"),
+    ]
+
+
 def reward_model_sweep_table() -> list[str]:
     sweep = _load(RM_SWEEP)
     if not sweep:
@@ -421,6 +466,7 @@ def blocks() -> dict[tuple[str, str], str]:
             reward_model_sweep_table(),
             perfect_reward_line(),
             ppo_trials_line(),
+            stage_trials_table(),
         ),
         ("docs/results.md", "bench"): join(bench_tables(), first_ratio_table()),
         ("docs/results.md", "gpu"): join(gpu_tables()),
