@@ -153,6 +153,8 @@ test-wheel: dist
 	cd .wheel-run && ../$(WHEEL_VENV)/bin/python -m rlhf_edu.models
 	cd .wheel-run && ../$(WHEEL_VENV)/bin/python -m rlhf_edu.fetch my-course --run smoke --only 00
 	test -s .wheel-run/my-course/artifacts/course_summary.json
+	# The Colab setup cell from the wheel, in a simulated Colab (a stand-in google.colab module).
+	cd .wheel-run && ../$(WHEEL_VENV)/bin/python ../tests/colab_wheel_check.py ../notebooks/00_setup_and_tour.ipynb colab ../dist/rlhf_edu-*.whl
 
 lint: setup
 	$(VENV)/bin/ruff check rlhf_edu tests bench scripts

@@ -25,10 +25,19 @@ class DataError(ValueError):
 
 
 def installed_course_dir() -> Path:
-    """Where an installed wheel keeps the course's data, notebooks and pages: <prefix>/share/rlhf-edu."""
+    """Where an installed wheel keeps the course's data, notebooks and pages: share/rlhf-edu under the
+    install scheme's data folder. That is `sys.prefix` in a virtual environment, but /usr/local for a
+    system Python on Debian and Ubuntu (Colab) and ~/.local for `pip install --user`: the first of
+    these that holds the course, else the scheme's own."""
+    import site
     import sys
+    import sysconfig
 
-    return Path(sys.prefix) / "share" / "rlhf-edu"
+    bases = [sysconfig.get_path("data"), sys.prefix, site.getuserbase()]
+    for base in bases:
+        if (Path(base) / "share" / "rlhf-edu").is_dir():
+            return Path(base) / "share" / "rlhf-edu"
+    return Path(bases[0]) / "share" / "rlhf-edu"
 
 
 def data_dir() -> Path:

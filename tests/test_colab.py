@@ -4,6 +4,7 @@ are committed without outputs. Nothing here runs a notebook, pip or git."""
 
 import importlib.util
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -218,3 +219,41 @@ def test_setup_cell_of_a_notebook_with_extras_installs_them_once(monkeypatch, sa
     _run_cell(source)  # the next run in the same runtime: nothing left to install
     assert calls == []
     assert colab.problems(path, CFG) == []
+
+
+def test_setup_cell_from_the_wheel_installs_it_and_copies_the_notebooks(monkeypatch, sandbox):
+    """RLHF_EDU_WHEEL names the wheel (a file or rlhf-edu==VERSION): no clone; the wheel without its
+    dependencies, then those under the runtime's constraints, the model file, the notebooks copied
+    with rlhf_edu.fetch, and notebook 08's extra from the wheel's own requirements. (make test-wheel
+    runs the same cell for real against the built wheel: tests/colab_wheel_check.py.)"""
+    google = types.ModuleType("google")
+    google.colab = types.ModuleType("google.colab")
+    monkeypatch.setitem(sys.modules, "google", google)
+    monkeypatch.setitem(sys.modules, "google.colab", google.colab)
+    monkeypatch.setenv("RLHF_EDU_WHEEL", "rlhf-edu==0.1.0")
+    monkeypatch.setenv("RLHF_EDU_ARTIFACTS", str(sandbox / "elsewhere"))  # the cell points it at the course
+    course = sandbox / "content" / "rlhf-edu"
+    path = next(p for p in NOTEBOOKS if p.name.startswith("08_"))
+    source = _setup_source(path).replace('Path("/content/rlhf-edu")', f"Path({str(course)!r})")
+    calls = []
+
+    def fake_run(cmd, *args, **kwargs):
+        calls.append([str(part) for part in cmd])
+        if cmd[1:3] == ["-m", "rlhf_edu.fetch"]:
+            (Path(cmd[-1]) / "notebooks").mkdir(parents=True)
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    _run_cell(source)
+    assert not any(cmd[0] == "git" for cmd in calls)
+    wheel, deps, model, fetch, extra = calls
+    assert wheel[-2:] == ["--no-deps", "rlhf-edu==0.1.0"]
+    named = {_requirement_name(arg) for arg in deps[deps.index("-c") + 2 :]}
+    assert "transformers" in named and not named & set(KEPT) and "trl" not in named
+    assert model[-2:] == ["--no-deps", CFG["model_pin"]]
+    assert fetch[1:] == ["-m", "rlhf_edu.fetch", str(course)]
+    assert {_requirement_name(arg) for arg in extra[extra.index("-c") + 2 :]} == {"trl"}
+    assert Path.cwd() == course / "notebooks" and os.environ["RLHF_EDU_ARTIFACTS"] == str(course / "artifacts")
+    calls.clear()
+    _run_cell(source)  # another notebook in the same runtime: nothing to install
+    assert calls == []

@@ -1,5 +1,5 @@
 """The wheel carries the course (`make dist`): data, notebooks and pages install under
-<prefix>/share/rlhf-edu, `data.data_dir` finds the data there outside a clone, and `rlhf_edu.fetch`
+<data path>/share/rlhf-edu, `data.data_dir` finds the data there outside a clone, and `rlhf_edu.fetch`
 copies the notebooks into a working folder without overwriting a learner's."""
 
 import shutil
@@ -61,4 +61,21 @@ def test_data_dir_outside_a_clone_is_the_installed_copy(monkeypatch, tmp_path):
     assert data.data_dir() == REPO / "data"  # in a clone
     monkeypatch.setattr(data, "__file__", str(tmp_path / "site-packages" / "rlhf_edu" / "data.py"))
     monkeypatch.setattr(sys, "prefix", str(tmp_path / "env"))
+    (tmp_path / "env" / "share" / "rlhf-edu" / "data").mkdir(parents=True)
     assert data.data_dir() == tmp_path / "env" / "share" / "rlhf-edu" / "data"
+
+
+@pytest.mark.parametrize("where", ["scheme", "prefix", "user"])
+def test_the_installed_course_is_found_where_pip_put_it(monkeypatch, tmp_path, where):
+    """A venv installs under sys.prefix, a Debian or Ubuntu system Python (Colab) under /usr/local
+    (the scheme's data path, not sys.prefix = /usr), `pip install --user` under ~/.local."""
+    import site
+    import sysconfig
+
+    bases = {"scheme": tmp_path / "usr-local", "prefix": tmp_path / "usr", "user": tmp_path / "home-local"}
+    monkeypatch.setattr(sysconfig, "get_path", lambda name, *a, **k: str(bases["scheme"]))
+    monkeypatch.setattr(sys, "prefix", str(bases["prefix"]))
+    monkeypatch.setattr(site, "getuserbase", lambda: str(bases["user"]))
+    assert data.installed_course_dir() == bases["scheme"] / "share" / "rlhf-edu"  # nothing installed yet
+    (bases[where] / "share" / "rlhf-edu").mkdir(parents=True)
+    assert data.installed_course_dir() == bases[where] / "share" / "rlhf-edu"
