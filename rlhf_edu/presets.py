@@ -228,8 +228,8 @@ PRESETS: dict[str, Preset] = {
         reward_probe=64,
         reward_norm_samples=64,
         # 32 prompts a step in minibatches of 16, 2 epochs, lr 2e-4, kl_coef 0.1: against the learned
-        # reward model, gold +5.5 z at a KL of 5.7 nats, where 16 prompts, minibatches of 8, 4 epochs,
-        # lr 1e-4 and kl_coef 0.05 gave +2.9 z at 5.6 (bench/ppo_seeds.py, docs/results.md): larger
+        # reward model, more gold at the same KL than 16 prompts, minibatches of 8, 4 epochs, lr 1e-4
+        # and kl_coef 0.05 (bench/ppo_seeds.py; the figures are in docs/results.md): larger
         # minibatches spend the KL on what the reward model pays for, not on noise.
         ppo=PPOConfig(
             steps=14,
