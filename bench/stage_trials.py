@@ -21,6 +21,7 @@ import copy
 import dataclasses
 import json
 import random
+import re
 import sys
 import time
 from pathlib import Path
@@ -96,7 +97,13 @@ def main(argv=None) -> int:
     seconds = train(args.stage, policy, sft, reward_model, tokenizer, config, setup, preset, args.max_temperature)
     policy.eval().requires_grad_(False)
     rows, _ = yardstick.evaluate(
-        f"trial_{args.stage}_{args.name}", policy, tokenizer, preset, setup, reference=sft, reward_model=reward_model
+        f"trial_{args.stage}_{re.sub(r'[^A-Za-z0-9.-]+', '_', args.name)}",  # a file name from the trial's name
+        policy,
+        tokenizer,
+        preset,
+        setup,
+        reference=sft,
+        reward_model=reward_model,
     )
     head = yardstick.headline(rows, sft_rows, seed=preset.seed)
     trial = {
