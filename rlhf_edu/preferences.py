@@ -158,11 +158,14 @@ def load_pairs(split: str = "train", path=None) -> list[dict]:
     return rows
 
 
-def reward_training_rows(n_pairs: int, seed: int) -> tuple[list[dict], int]:
+def reward_training_rows(n_pairs: int, seed: int, *, whole_prompts: bool = False) -> tuple[list[dict], int]:
     """The reward model's training pairs: the learner's exported labels from notebook 02
     (artifacts/labels/you_pairs.jsonl, all of them, first), then the annotator's train pairs in a
-    seeded shuffle, `n_pairs` in all (more only if the learner labeled more). Returns (rows, how
-    many are the learner's). Notebooks: 03_reward_model.ipynb, and 04 when it retrains the model.
+    seeded shuffle, `n_pairs` in all (more only if the learner labeled more). With `whole_prompts`,
+    the annotator's pairs come a prompt at a time (all of a prompt's pairs, the prompts in a seeded
+    shuffle) until `n_pairs` are reached, for a reward model that batches by prompt
+    (`RewardConfig.group_by_prompt`). Returns (rows, how many are the learner's).
+    Notebooks: 03_reward_model.ipynb, and 04 when it retrains the model.
     """
     import json
     import random
@@ -170,10 +173,21 @@ def reward_training_rows(n_pairs: int, seed: int) -> tuple[list[dict], int]:
     from rlhf_edu.store import artifacts_dir
 
     annotator_rows = to_preference_rows(load_pairs("train"))
-    random.Random(seed).shuffle(annotator_rows)
     mine_path = artifacts_dir() / "labels" / "you_pairs.jsonl"
     mine = [json.loads(line) for line in mine_path.read_text().splitlines()] if mine_path.exists() else []
-    return mine + annotator_rows[: max(0, n_pairs - len(mine))], len(mine)
+    wanted = max(0, n_pairs - len(mine))
+    if not whole_prompts:
+        random.Random(seed).shuffle(annotator_rows)
+        return mine + annotator_rows[:wanted], len(mine)
+    by_prompt: dict[str, list[dict]] = {}
+    for row in annotator_rows:
+        by_prompt.setdefault(row["prompt"], []).append(row)
+    chosen: list[dict] = []
+    for prompt in random.Random(seed).sample(sorted(by_prompt), len(by_prompt)):
+        if len(chosen) >= wanted:
+            break
+        chosen += by_prompt[prompt]
+    return mine + chosen, len(mine)
 
 
 def training_data_fingerprint() -> str:

@@ -324,9 +324,16 @@ class RewardConfig:
     lr: float = 2e-5
     """Peak AdamW learning rate (OpenAI books: 5e-5; N+ TL;DR: 3e-6)."""
     batch_size: int = 8
-    """Preference pairs per optimizer step (2 x batch_size sequences per forward pass)."""
+    """Preference pairs per optimizer step (2 x batch_size sequences per forward pass); with
+    `group_by_prompt`, prompts per step."""
+    group_by_prompt: bool = False
+    """Each step takes every labeled pair of `batch_size` prompts and scores each distinct response
+    once, as Ouyang et al. (2022, section 3.5) train on all K-choose-2 comparisons of a prompt as one
+    batch element: with 4 answers a prompt, 6 pairs cost 4 forward passes instead of 12, and no
+    answer is seen in several steps of a pass (which, they found, overfits)."""
     epochs: int = 1
-    """Passes over the training pairs; one epoch, as Ziegler et al. (2019), to avoid overfitting."""
+    """Passes over the training pairs (over the prompts, with `group_by_prompt`); one epoch, as
+    Ziegler et al. (2019), to avoid overfitting."""
     max_steps: int | None = None
     """Optimizer steps; None means `epochs` passes over the data (`total_steps`)."""
     warmup_steps: int = 0

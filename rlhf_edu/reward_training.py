@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from rlhf_edu.batches import build_pair_batch
+from rlhf_edu.batches import build_sft_batch
 from rlhf_edu.checkpoints import checkpoint_if_due, resume_training, rows_fingerprint
 from rlhf_edu.reward import (
     RewardConfig,
@@ -31,6 +31,7 @@ from rlhf_edu.training import (
     end_of_run,
     freeze_lower_layers,
     pair_batch_indices,
+    prompt_batch_indices,
     total_steps,
 )
 
@@ -69,7 +70,8 @@ def train_reward_model(
     setup = setup or device_setup()
     autocast_ctx = autocast(setup)
     device = next(reward_model.parameters()).device
-    max_steps = total_steps(config, len(train_rows))
+    prompts = [r["prompt"] for r in train_rows]
+    max_steps = total_steps(config, len(set(prompts)) if config.group_by_prompt else len(train_rows))
     freeze_lower_layers(reward_model, config.trainable_layers)
     trainable = [p for p in reward_model.parameters() if p.requires_grad]
     optimizer, scheduler, scaler = adamw_with_schedule(
@@ -84,28 +86,37 @@ def train_reward_model(
     start, history = resume_training(
         checkpoint_dir, run, optimizer, scheduler, scaler, partial(load_reward_weights, reward_model), on_step
     )
-    batches = itertools.islice(pair_batch_indices(len(train_rows), config.batch_size, config.seed), start, None)
+    if config.group_by_prompt:
+        order = prompt_batch_indices(prompts, config.batch_size, config.seed)
+    else:
+        order = pair_batch_indices(len(train_rows), config.batch_size, config.seed)
+    batches = itertools.islice(order, start, None)
     for step in tqdm(
         range(start, max_steps), desc="reward model", initial=start, total=max_steps, disable=not progress
     ):
-        # 1. Next batch of pairs (a fresh shuffle at each epoch; the last batch may be smaller).
+        # 1. Next batch of pairs (a fresh shuffle at each epoch; the last batch may be smaller), each
+        #    distinct answer once: a prompt's answers appear in several of its pairs.
         chunk = [train_rows[i] for i in next(batches)]
-        batch = build_pair_batch(
+        answers: dict[tuple, int] = {}  # (prompt, response, eos) -> its row in the forward batch
+        sides = [
+            [answers.setdefault((r["prompt"], r[side], r.get(f"{side}_eos", True)), len(answers)) for r in chunk]
+            for side in ("chosen", "rejected")
+        ]
+        batch = build_sft_batch(
             tokenizer,
-            [r["prompt"] for r in chunk],
-            [r["chosen"] for r in chunk],
-            [r["rejected"] for r in chunk],
+            [prompt for prompt, _, _ in answers],
+            [response for _, response, _ in answers],
             config.max_response_tokens,
-            chosen_eos=[r.get("chosen_eos", True) for r in chunk],
-            rejected_eos=[r.get("rejected_eos", True) for r in chunk],
+            eos=[eos for _, _, eos in answers],
         )
-        input_ids = batch["input_ids"].to(device)  # (2B, P+R) chosen rows, then rejected rows
-        attention_mask = batch["attention_mask"].to(device)  # (2B, P+R)
-        # 2. Score both sides in one forward pass; Bradley-Terry loss, equation (2).
+        input_ids = batch["input_ids"].to(device)  # (N, P+R), N distinct answers
+        attention_mask = batch["attention_mask"].to(device)  # (N, P+R)
+        # 2. Score every answer in one forward pass; Bradley-Terry loss over the pairs, equation (2).
         reward_model.train()
         with autocast_ctx:
-            scores = reward_model(input_ids, attention_mask)  # (2B,)
-        chosen_scores, rejected_scores = scores[: len(chunk)], scores[len(chunk) :]  # (B,), (B,)
+            scores = reward_model(input_ids, attention_mask)  # (N,)
+        chosen_scores = scores[torch.tensor(sides[0], device=device)]  # (B,)
+        rejected_scores = scores[torch.tensor(sides[1], device=device)]  # (B,)
         loss = reward_loss(chosen_scores, rejected_scores)
         if not torch.isfinite(loss):
             raise FloatingPointError(
@@ -266,7 +277,9 @@ def load_or_train_reward_model(preset, policy, tokenizer, setup=None, *, progres
         if all(info.get(k) == v for k, v in key.items()):
             reward_model, _ = load_reward_model(out_dir, next(policy.parameters()).device)
             return reward_model, f"loaded the reward model from {out_dir}"
-    train_rows, n_mine = reward_training_rows(preset.reward_pairs, preset.seed)
+    train_rows, n_mine = reward_training_rows(
+        preset.reward_pairs, preset.seed, whole_prompts=preset.reward.group_by_prompt
+    )
     torch.manual_seed(preset.seed)
     reward_model = RewardModel.from_causal_lm(copy.deepcopy(policy))
     history = train_reward_model(reward_model, tokenizer, train_rows, [], preset.reward, setup=setup, progress=progress)

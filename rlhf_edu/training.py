@@ -235,6 +235,21 @@ def pair_batch_indices(n_train: int, batch_size: int, seed: int) -> Iterator[lis
             yield order[start : start + batch_size]
 
 
+def prompt_batch_indices(prompts: list[str], prompts_per_step: int, seed: int) -> Iterator[list[int]]:
+    """Row indices of each step's batch, forever, rows grouped by prompt: a fresh seeded shuffle of
+    the distinct prompts at each pass, cut into `prompts_per_step` prompts whose rows (all of them,
+    in their order in `prompts`) make a batch; the last of a pass may have fewer prompts."""
+    rows_of: dict[str, list[int]] = {}
+    for i, prompt in enumerate(prompts):
+        rows_of.setdefault(prompt, []).append(i)
+    groups = list(rows_of.values())
+    rng = random.Random(seed)
+    while True:
+        order = rng.sample(range(len(groups)), len(groups))
+        for start in range(0, len(groups), prompts_per_step):
+            yield [i for g in order[start : start + prompts_per_step] for i in groups[g]]
+
+
 def sft_batch_indices(n_train: int, batch_size: int, seed: int) -> Iterator[list[int]]:
     """Row indices of each step's batch, forever: a seeded reshuffle is appended whenever fewer than
     `batch_size` rows are left, so every batch is full (it may span two passes over the data)."""

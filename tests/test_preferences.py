@@ -107,3 +107,21 @@ def test_sample_pairs_with_a_temperature_mix(tiny):
     assert again == pairs
     with pytest.raises(ValueError, match="at least 2"):
         sample_pairs(model, tok, prompts, config, seed=3, temperatures=(0.7,))
+
+
+def test_reward_training_rows_put_the_learners_labels_first_and_can_take_whole_prompts(artifacts):
+    from rlhf_edu.preferences import reward_training_rows
+
+    every = to_preference_rows(load_pairs("train"))
+    shuffled, n_mine = reward_training_rows(100, seed=0)
+    assert (len(shuffled), n_mine) == (100, 0)
+    assert len({r["prompt"] for r in shuffled}) > 60  # a shuffle of pairs spreads over many prompts
+    grouped, _ = reward_training_rows(100, seed=0, whole_prompts=True)
+    prompts = {r["prompt"] for r in grouped}
+    assert grouped == [r for p in dict.fromkeys(r["prompt"] for r in grouped) for r in every if r["prompt"] == p]
+    assert 100 <= len(grouped) < 100 + 6 and len(prompts) < 25  # whole prompts, at most 6 pairs each
+    mine = {"prompt": "Explain rain to a 10-year-old.", "chosen": "Rain falls.", "rejected": "rain rain"}
+    (artifacts / "labels").mkdir(parents=True)
+    (artifacts / "labels" / "you_pairs.jsonl").write_text(json.dumps(mine) + "\n")
+    rows, n_mine = reward_training_rows(100, seed=0, whole_prompts=True)
+    assert n_mine == 1 and rows[0] == mine and rows[1:] == grouped[: len(rows) - 1]
