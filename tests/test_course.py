@@ -35,6 +35,9 @@ def test_course_runner_writes_summary(tmp_path, monkeypatch):
     # The kernel's peak, read after every cell, sees the 1 GB of the last cell, which the metrics
     # recorded before it cannot.
     assert entry["peak_rss_gb"] >= 1.0 > entry["metrics"]["peak_rss_gb"]
+    # The cells that raised the peak: the 1 GB cell among them, by its index and first line.
+    assert 'cell 2 ("big = b"x" * 10**9' in entry["peak_cells"][-1]["cell"]
+    assert entry["peak_cells"][-1]["peak_rss_gb"] >= 1.0
     assert entry["images"] == 0  # draws nothing, so no image is fine
     assert (tmp_path / "artifacts" / "executed" / "00_demo.ipynb").exists()
     report = (tmp_path / "artifacts" / "report" / "report.md").read_text()

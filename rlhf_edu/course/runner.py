@@ -85,8 +85,21 @@ def kernel_peak_rss_gb(client) -> float | None:
     return None
 
 
-def _record_peak(usage: dict, client, **_) -> None:
-    usage["peak_rss_gb"] = kernel_peak_rss_gb(client)
+PEAK_STEP_GB = 0.25
+"""A cell that raises the kernel's peak memory by at least this much is named in `peak_cells`."""
+
+
+def _record_peak(usage: dict, client, cell=None, cell_index=None, **_) -> None:
+    """After each cell: the kernel's peak memory so far, and the cells that raised it by at least
+    `PEAK_STEP_GB` (`usage["peak_cells"]`: where a notebook's memory goes)."""
+    peak = kernel_peak_rss_gb(client)
+    if peak is None:
+        return
+    before = usage.get("peak_rss_gb") or 0.0
+    if cell is not None and peak - before >= PEAK_STEP_GB:
+        where = describe_cell(client.notebook_name, cell_index, cell.source)
+        usage.setdefault("peak_cells", []).append({"cell": where, "peak_rss_gb": round(peak, 2)})
+    usage["peak_rss_gb"] = peak
 
 
 def run_notebook(
@@ -100,7 +113,8 @@ def run_notebook(
 ) -> tuple[float, int]:
     """Execute one notebook in a fresh kernel; (seconds, images). A lost reply reruns the notebook
     up to `reruns` times, then raises `LostReplyError` naming the notebook and cell. `usage`, when
-    given, receives `peak_rss_gb`: the kernel's peak resident memory, read after every cell; with
+    given, receives `peak_rss_gb`: the kernel's peak resident memory, read after every cell, and
+    `peak_cells`, the cells that raised it most (`_record_peak`); with
     `keep_going` a failing cell does not stop the notebook and `usage["failed_cells"]` lists them."""
     import nbformat
 
@@ -232,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
             "peak_rss_gb": None if usage.get("peak_rss_gb") is None else round(usage["peak_rss_gb"], 2),
             "metrics": load_metrics(name) or {},
         }
+        if usage.get("peak_cells"):
+            summary["notebooks"][name]["peak_cells"] = usage["peak_cells"]
         if usage.get("failed_cells"):
             any_failed = True
             summary["notebooks"][name]["failed_cells"] = usage["failed_cells"]
