@@ -4,6 +4,8 @@
     .venv/bin/python bench/reward_model_sweep.py '{"epochs": 2}' 768      # fields replaced, 768 pairs
     .venv/bin/python bench/reward_model_sweep.py '{}' 384 '[0.3, 0.7, 1.0]'  # pairs at these temperatures
     .venv/bin/python bench/reward_model_sweep.py '{}' 384 null mean       # another read-out (see below)
+    .venv/bin/python bench/reward_model_sweep.py '{"group_by_prompt": true, "batch_size": 6}' 1600
+                                            # whole prompts, all their pairs in one step (InstructGPT)
 
 Trains notebook 03's reward model from the SFT checkpoint in artifacts/sft on the annotator's train
 pairs (a seeded shuffle, as `preferences.reward_training_rows` without learner labels) and scores the
@@ -34,7 +36,7 @@ from rlhf_edu import rubric
 from rlhf_edu.annotator import SimulatedAnnotator, noise_ceiling
 from rlhf_edu.devices import autocast, device_setup
 from rlhf_edu.models import load_model
-from rlhf_edu.preferences import load_pairs, to_preference_rows
+from rlhf_edu.preferences import load_pairs, to_preference_rows, whole_prompts_rows
 from rlhf_edu.presets import get_preset
 from rlhf_edu.reward import RewardModel, reward_accuracy, score_texts
 from rlhf_edu.reward_training import train_reward_model
@@ -89,8 +91,11 @@ def main(argv: list[str]) -> None:
     if temperatures:
         pairs = [p for p in pairs if all(t in temperatures for t in p["temperatures"])]
     rows = to_preference_rows(pairs)
-    random.Random(preset.seed).shuffle(rows)
-    rows = rows[:n_pairs]
+    if config.group_by_prompt:  # whole prompts, as notebook 03 takes them for such a config
+        rows = whole_prompts_rows(rows, n_pairs, preset.seed)
+    else:
+        random.Random(preset.seed).shuffle(rows)
+        rows = rows[:n_pairs]
     held_pairs = load_pairs("heldout")
     held = to_preference_rows(held_pairs)[: preset.reward_heldout]
 

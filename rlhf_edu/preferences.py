@@ -179,15 +179,23 @@ def reward_training_rows(n_pairs: int, seed: int, *, whole_prompts: bool = False
     if not whole_prompts:
         random.Random(seed).shuffle(annotator_rows)
         return mine + annotator_rows[:wanted], len(mine)
+    return mine + whole_prompts_rows(annotator_rows, wanted, seed), len(mine)
+
+
+def whole_prompts_rows(rows: list[dict], n_pairs: int, seed: int) -> list[dict]:
+    """All the rows of one prompt after another, the prompts in a seeded shuffle, until at least
+    `n_pairs` rows are taken (the last prompt's rows all come, so a few more may)."""
+    import random
+
     by_prompt: dict[str, list[dict]] = {}
-    for row in annotator_rows:
+    for row in rows:
         by_prompt.setdefault(row["prompt"], []).append(row)
-    chosen: list[dict] = []
+    taken: list[dict] = []
     for prompt in random.Random(seed).sample(sorted(by_prompt), len(by_prompt)):
-        if len(chosen) >= wanted:
+        if len(taken) >= n_pairs:
             break
-        chosen += by_prompt[prompt]
-    return mine + chosen, len(mine)
+        taken += by_prompt[prompt]
+    return taken
 
 
 def training_data_fingerprint() -> str:
