@@ -94,14 +94,9 @@ def train_reward_model(
     for step in tqdm(
         range(start, max_steps), desc="reward model", initial=start, total=max_steps, disable=not progress
     ):
-        # 1. Next batch of pairs (a fresh shuffle at each epoch; the last batch may be smaller), each
-        #    distinct answer once: a prompt's answers appear in several of its pairs.
+        # 1. Next batch of pairs (a fresh shuffle at each epoch; the last batch may be smaller).
         chunk = [train_rows[i] for i in next(batches)]
-        answers: dict[tuple, int] = {}  # (prompt, response, eos) -> its row in the forward batch
-        sides = [
-            [answers.setdefault((r["prompt"], r[side], r.get(f"{side}_eos", True)), len(answers)) for r in chunk]
-            for side in ("chosen", "rejected")
-        ]
+        answers, chosen_rows, rejected_rows = batch_answers(chunk, distinct=config.group_by_prompt)
         batch = build_sft_batch(
             tokenizer,
             [prompt for prompt, _, _ in answers],
@@ -109,14 +104,14 @@ def train_reward_model(
             config.max_response_tokens,
             eos=[eos for _, _, eos in answers],
         )
-        input_ids = batch["input_ids"].to(device)  # (N, P+R), N distinct answers
+        input_ids = batch["input_ids"].to(device)  # (N, P+R): 2B answers, or the distinct ones
         attention_mask = batch["attention_mask"].to(device)  # (N, P+R)
         # 2. Score every answer in one forward pass; Bradley-Terry loss over the pairs, equation (2).
         reward_model.train()
         with autocast_ctx:
             scores = reward_model(input_ids, attention_mask)  # (N,)
-        chosen_scores = scores[torch.tensor(sides[0], device=device)]  # (B,)
-        rejected_scores = scores[torch.tensor(sides[1], device=device)]  # (B,)
+        chosen_scores = scores[torch.tensor(chosen_rows, device=device)]  # (B,)
+        rejected_scores = scores[torch.tensor(rejected_rows, device=device)]  # (B,)
         loss = reward_loss(chosen_scores, rejected_scores)
         if not torch.isfinite(loss):
             raise FloatingPointError(
@@ -155,6 +150,23 @@ def train_reward_model(
     reward_model.eval()
     end_of_run(on_step)
     return history
+
+
+def batch_answers(rows: list[dict], distinct: bool = False) -> tuple[list[tuple], list[int], list[int]]:
+    """The answers one forward pass scores for a batch of pairs: ((prompt, response, eos) per row of
+    the forward batch, each pair's chosen row, each pair's rejected row). The chosen answers come
+    first, then the rejected ones (2B rows); with `distinct`, an answer that stands in several pairs
+    (a prompt's K answers make K(K-1)/2 pairs) is scored once.
+    Notebook: 03_reward_model.ipynb"""
+    answers: dict[tuple, int] = {}
+    sides = []
+    for side in ("chosen", "rejected"):
+        keys = [(r["prompt"], r[side], r.get(f"{side}_eos", True)) for r in rows]
+        if distinct:
+            sides.append([answers.setdefault(key, len(answers)) for key in keys])
+        else:  # every side of every pair its own row, even when the text repeats
+            sides.append([answers.setdefault((*key, side, i), len(answers)) for i, key in enumerate(keys)])
+    return [key[:3] for key in answers], sides[0], sides[1]
 
 
 def load_reward_weights(reward_model: RewardModel, folder: Path) -> None:

@@ -204,7 +204,10 @@ def perfect_reward_line() -> list[str]:
     rows = []
     for run in runs:
         changed = {k: v for k, v in run["config"].items() if k != "sampling" and v != base.get(k)}
-        rows.append(_ppo_row(", ".join(f"{k} {v}" for k, v in changed.items()) or "notebook 04's PPO config", run))
+        label = ", ".join(f"{k} {v}" for k, v in changed.items()) or "notebook 04's PPO config"
+        if run["dtype"] != runs[0]["dtype"]:
+            label += f" ({run['dtype']})"
+        rows.append(_ppo_row(label, run))
     return [
         (
             f"**PPO paid by the rubric itself** (`bench/ppo_perfect_reward.py`, {runs[0]['preset']} preset, "

@@ -266,6 +266,30 @@ def test_prompt_batches_take_every_pair_of_a_prompt_once_a_pass():
     assert total_steps(RewardConfig(batch_size=2, group_by_prompt=True), len(set(prompts))) == 2
 
 
+def test_batch_answers_keeps_the_pair_layout_and_scores_repeats_once_only_when_asked():
+    from rlhf_edu.reward_training import batch_answers
+
+    rows = [
+        {"prompt": "p", "chosen": "a", "rejected": "b"},
+        {"prompt": "p", "chosen": "a", "rejected": "c", "rejected_eos": False},
+        {"prompt": "q", "chosen": "b", "rejected": "a"},
+    ]
+    answers, chosen, rejected = batch_answers(rows)  # as build_pair_batch: chosen rows, then rejected rows
+    assert answers == [
+        ("p", "a", True),
+        ("p", "a", True),
+        ("q", "b", True),
+        ("p", "b", True),
+        ("p", "c", False),
+        ("q", "a", True),
+    ]
+    assert (chosen, rejected) == ([0, 1, 2], [3, 4, 5])
+    answers, chosen, rejected = batch_answers(rows, distinct=True)
+    assert answers == [("p", "a", True), ("q", "b", True), ("p", "b", True), ("p", "c", False), ("q", "a", True)]
+    assert [answers[i] for i in chosen] == [("p", "a", True), ("p", "a", True), ("q", "b", True)]
+    assert [answers[i] for i in rejected] == [("p", "b", True), ("p", "c", False), ("q", "a", True)]
+
+
 def test_grouped_step_scores_each_answer_once_and_matches_the_naive_pair_loss(tiny):
     """With group_by_prompt, a step's loss is the Bradley-Terry loss of every pair of its prompts,
     computed pair by pair; the forward pass holds each distinct answer once (4 a prompt, not 12)."""
