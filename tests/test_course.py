@@ -42,6 +42,11 @@ def test_course_runner_writes_summary(tmp_path, monkeypatch):
     assert (tmp_path / "artifacts" / "executed" / "00_demo.ipynb").exists()
     report = (tmp_path / "artifacts" / "report" / "report.md").read_text()
     assert "| 00_demo | ok |" in report and "| `answer` | 42 |" in report and "| `preset` | smoke |" in report
+    assert f"| {entry['peak_rss_gb']:.2f} GB |" in report  # the kernel's peak, not the metrics' earlier one
+    rose = next(line for line in report.splitlines() if line.startswith("Where the peak memory rose:"))
+    assert rose.endswith(
+        f'cell 2 ("big = b"x" * 10**9  # 1 GB written after the metrics") to {entry["peak_rss_gb"]:.2f} GB.'
+    )
 
 
 def test_course_runner_reports_a_failing_notebook(tmp_path, monkeypatch):

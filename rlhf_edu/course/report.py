@@ -73,7 +73,8 @@ def render_report(summary: dict, executed_dir: Path, out_dir: Path) -> str:
             else "ok"
         )
         seconds = f"{entry['seconds']:.0f} s" if "seconds" in entry else ""
-        peak = f"{metrics['peak_rss_gb']:.2f} GB" if "peak_rss_gb" in metrics else ""
+        peak_gb = entry.get("peak_rss_gb") or metrics.get("peak_rss_gb")  # the kernel's, else the notebook's own
+        peak = f"{peak_gb:.2f} GB" if peak_gb else ""
         lines.append(f"| {name} | {status} | {seconds} | {peak} | {entry.get('images', '')} |")
     for name, entry in notebooks.items():
         lines += ["", f"## {name}", ""]
@@ -82,6 +83,10 @@ def render_report(summary: dict, executed_dir: Path, out_dir: Path) -> str:
             continue
         for failed in entry.get("failed_cells", []):
             lines += [f"Failed: {failed['cell']}", "```", ANSI.sub("", failed["error"]), "```", ""]
+        if entry.get("peak_cells"):
+            cells = entry["peak_cells"]
+            rises = "; ".join(f"{c['cell'].split(', ', 1)[-1]} to {c['peak_rss_gb']:.2f} GB" for c in cells)
+            lines += [f"Where the peak memory rose: {rises}.", ""]
         metrics = {k: v for k, v in (entry.get("metrics") or {}).items() if k != "peak_rss_gb"}
         if metrics:
             lines += ["| metric | value |", "|---|---:|"]
