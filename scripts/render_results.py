@@ -22,6 +22,7 @@ import argparse
 import json
 import re
 import shutil
+import statistics
 import sys
 from pathlib import Path
 
@@ -204,10 +205,23 @@ def perfect_reward_line() -> list[str]:
     rows = []
     for run in runs:
         changed = {k: v for k, v in run["config"].items() if k != "sampling" and v != base.get(k)}
-        label = ", ".join(f"{k} {v}" for k, v in changed.items()) or "notebook 04's PPO config"
+        seed = changed.pop("seed", run["config"].get("seed", 0))
+        label = ", ".join(f"{k} {v}" for k, v in changed.items()) or f"notebook 04's PPO config, seed {seed}"
         if run["dtype"] != runs[0]["dtype"]:
             label += f" ({run['dtype']})"
         rows.append(_ppo_row(label, run))
+    same = [run for run in runs if {k for k, v in run["config"].items() if v != base.get(k)} <= {"seed"}]
+    spread = []
+    if len(same) > 1:  # notebook 04's config over several seeds, beside `seeds_line`'s learned reward model
+        stat = lambda key: (statistics.mean(r[key] for r in same), statistics.stdev(r[key] for r in same))
+        (z, z_sd), (win, win_sd), (kl, kl_sd) = stat("gold_delta_z"), stat("win_rate_vs_sft"), stat("kl_mean")
+        spread = [
+            "",
+            (
+                f"Notebook 04's PPO config paid by the rubric, over its {len(same)} seeds: z = {z:.1f} ± {z_sd:.1f}, "
+                f"win rate against SFT {win:.0%} ± {win_sd:.0%}, KL {kl:.2f} ± {kl_sd:.2f} nats (mean ± sd)."
+            ),
+        ]
     return [
         (
             f"**PPO paid by the rubric itself** (`bench/ppo_perfect_reward.py`, {runs[0]['preset']} preset, "
@@ -217,6 +231,7 @@ def perfect_reward_line() -> list[str]:
         ),
         "",
         *_table(PPO_COLUMNS, rows, "---|---:|---:|---:|---:|---:|---|"),
+        *spread,
     ]
 
 
@@ -291,6 +306,8 @@ def reward_model_sweep_table() -> list[str]:
     rows = []
     for run in sweep["runs"]:
         others = {k: v for k, v in run["config"].items() if k != "lr"}
+        if others.pop("group_by_prompt", False):  # batch_size counts prompts then
+            others["batch_size"] = f"{others.get('batch_size', 8)} prompts, all their pairs (group_by_prompt)"
         setting = ", ".join([f"lr {run['lr']:g}", *(f"{k} {v}" for k, v in others.items())])
         if run.get("temperatures"):
             setting += f"; pairs at T {', '.join(str(t) for t in run['temperatures'])}"
