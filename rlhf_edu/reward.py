@@ -331,6 +331,11 @@ class RewardConfig:
     once, as Ouyang et al. (2022, section 3.5) train on all K-choose-2 comparisons of a prompt as one
     batch element: with 4 answers a prompt, 6 pairs cost 4 forward passes instead of 12, and no
     answer is seen in several steps of a pass (which, they found, overfits)."""
+    micro_batch_size: int | None = None
+    """Pairs (with `group_by_prompt`, prompts) per forward and backward pass; the gradients of a
+    step's parts add up to the batch's before the optimizer steps. None: the whole batch at once.
+    Smaller parts hold fewer activations at a time (less peak memory), for the same update up to
+    rounding."""
     epochs: int = 1
     """Passes over the training pairs (over the prompts, with `group_by_prompt`); one epoch, as
     Ziegler et al. (2019), to avoid overfitting."""
@@ -356,6 +361,8 @@ class RewardConfig:
     def __post_init__(self):
         if self.batch_size < 1 or self.epochs < 1:
             raise ValueError(f"batch_size and epochs must be >= 1, got {self.batch_size}, {self.epochs}")
+        if self.micro_batch_size is not None and self.micro_batch_size < 1:
+            raise ValueError(f"micro_batch_size must be None or >= 1, got {self.micro_batch_size}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"max_steps must be None or >= 1, got {self.max_steps}")
         if self.lr < 0:

@@ -94,37 +94,46 @@ def train_reward_model(
     for step in tqdm(
         range(start, max_steps), desc="reward model", initial=start, total=max_steps, disable=not progress
     ):
-        # 1. Next batch of pairs (a fresh shuffle at each epoch; the last batch may be smaller).
+        # 1. Next batch of pairs (a fresh shuffle at each epoch; the last batch may be smaller), in
+        #    micro-batches when `micro_batch_size` asks for them (gradients add up, memory is one part's).
         chunk = [train_rows[i] for i in next(batches)]
-        answers, chosen_rows, rejected_rows = batch_answers(chunk, distinct=config.group_by_prompt)
-        batch = build_sft_batch(
-            tokenizer,
-            [prompt for prompt, _, _ in answers],
-            [response for _, response, _ in answers],
-            config.max_response_tokens,
-            eos=[eos for _, _, eos in answers],
-        )
-        input_ids = batch["input_ids"].to(device)  # (N, P+R): 2B answers, or the distinct ones
-        attention_mask = batch["attention_mask"].to(device)  # (N, P+R)
-        # 2. Score every answer in one forward pass; Bradley-Terry loss over the pairs, equation (2).
         reward_model.train()
-        with autocast_ctx:
-            scores = reward_model(input_ids, attention_mask)  # (N,)
-        chosen_scores = scores[torch.tensor(chosen_rows, device=device)]  # (B,)
-        rejected_scores = scores[torch.tensor(rejected_rows, device=device)]  # (B,)
-        loss = reward_loss(chosen_scores, rejected_scores)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"reward-model loss (train/loss) is {loss.item()} at step {step}; lower the learning rate"
+        loss, chosen_parts, rejected_parts = 0.0, [], []
+        for part in micro_batches(chunk, config.micro_batch_size, by_prompt=config.group_by_prompt):
+            answers, chosen_rows, rejected_rows = batch_answers(part, distinct=config.group_by_prompt)
+            batch = build_sft_batch(
+                tokenizer,
+                [prompt for prompt, _, _ in answers],
+                [response for _, response, _ in answers],
+                config.max_response_tokens,
+                eos=[eos for _, _, eos in answers],
             )
-        # 3. Backward, clip, step (with fp16's grad scaler, a non-finite norm only skips the step).
-        scaler.scale(loss).backward()
+            input_ids = batch["input_ids"].to(device)  # (N, P+R): 2b answers, or the distinct ones
+            attention_mask = batch["attention_mask"].to(device)  # (N, P+R)
+            # 2. Score every answer in one forward pass; Bradley-Terry loss over the pairs, equation (2),
+            #    weighted by the part's share of the batch so that the parts add up to the batch's mean.
+            with autocast_ctx:
+                scores = reward_model(input_ids, attention_mask)  # (N,)
+            chosen_scores = scores[torch.tensor(chosen_rows, device=device)]  # (b,)
+            rejected_scores = scores[torch.tensor(rejected_rows, device=device)]  # (b,)
+            part_loss = reward_loss(chosen_scores, rejected_scores) * (len(part) / len(chunk))
+            if not torch.isfinite(part_loss):
+                raise FloatingPointError(
+                    f"reward-model loss (train/loss) is {part_loss.item()} at step {step}; lower the learning rate"
+                )
+            # 3. Backward (gradients accumulate over the parts), then clip and step (with fp16's grad
+            #    scaler, a non-finite norm only skips the step).
+            scaler.scale(part_loss).backward()
+            loss += part_loss.item()
+            chosen_parts.append(chosen_scores.detach())
+            rejected_parts.append(rejected_scores.detach())
+        chosen_scores, rejected_scores = torch.cat(chosen_parts), torch.cat(rejected_parts)  # (B,), (B,)
         grad_norm = clip_and_step(optimizer, scaler, trainable, config.max_grad_norm, step, "reward-model")
         record = {
             "step": step + 1,
-            "train/loss": loss.item(),
-            "train/accuracy": reward_accuracy(chosen_scores.detach(), rejected_scores.detach()),
-            "train/margin": float((chosen_scores - rejected_scores).detach().mean()),
+            "train/loss": loss,
+            "train/accuracy": reward_accuracy(chosen_scores, rejected_scores),
+            "train/margin": float((chosen_scores - rejected_scores).mean()),
             "train/lr": scheduler.get_last_lr()[0],
             "train/grad_norm": float(grad_norm),
         }
@@ -150,6 +159,20 @@ def train_reward_model(
     reward_model.eval()
     end_of_run(on_step)
     return history
+
+
+def micro_batches(rows: list[dict], size: int | None, by_prompt: bool = False) -> list[list[dict]]:
+    """A batch of pairs cut into parts of `size` pairs (None: one part, the whole batch); `by_prompt`
+    cuts between prompts instead, `size` prompts a part, so that a prompt's answers stay together."""
+    if size is None:
+        return [rows]
+    if not by_prompt:
+        return [rows[i : i + size] for i in range(0, len(rows), size)]
+    groups: dict[str, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(row["prompt"], []).append(row)
+    prompts = list(groups)
+    return [[row for p in prompts[i : i + size] for row in groups[p]] for i in range(0, len(prompts), size)]
 
 
 def batch_answers(rows: list[dict], distinct: bool = False) -> tuple[list[tuple], list[int], list[int]]:

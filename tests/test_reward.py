@@ -1,3 +1,4 @@
+import copy
 import math
 import random
 
@@ -321,6 +322,37 @@ def test_grouped_training_learns_the_preference(tiny):
     history = train_reward_model(rm, tok, train_rows, [], config, progress=False)
     assert len(history) == 18  # 3 passes over 24 prompts, 4 a step
     assert evaluate_reward_model(rm, tok, heldout_rows, config)["eval/accuracy"] >= 0.8 > start["eval/accuracy"]
+
+
+def test_micro_batches_give_the_whole_batch_update_and_keep_a_prompts_pairs_together(tiny):
+    """micro_batch_size splits a step's forward and backward passes; the parts' gradients add up to
+    the whole batch's, so one step moves the weights as the unsplit step does (fp32, up to rounding)."""
+    from rlhf_edu.reward_training import micro_batches
+
+    rows = grouped_pairs(3, seed=1)
+    assert micro_batches(rows, None) == [rows]
+    assert [len(p) for p in micro_batches(rows[:7], 3)] == [3, 3, 1]
+    parts = micro_batches(rows, 2, by_prompt=True)
+    assert [len({r["prompt"] for r in part}) for part in parts] == [2, 1]
+    assert [r for part in parts for r in part] == rows
+    with pytest.raises(ValueError, match="micro_batch_size"):
+        RewardConfig(micro_batch_size=0)
+    model, tok = tiny
+    fp32 = choose_device_setup("cpu", dtype="fp32")
+    after = {}
+    for micro in (None, 2):
+        torch.manual_seed(0)
+        rm = RewardModel.from_causal_lm(copy.deepcopy(model))
+        config = RewardConfig(lr=1e-3, batch_size=6, max_steps=1, micro_batch_size=micro)
+        history = train_reward_model(rm, tok, rows[:6], [], config, setup=fp32, progress=False)
+        # The head's bias is left out: the loss only sees differences, so its gradient is 0 up to
+        # rounding, and Adam turns any rounding into a full step of either sign.
+        after[micro] = (history[0], [p.detach().clone() for n, p in rm.named_parameters() if n != "head.bias"])
+    (whole, weights_whole), (split, weights_split) = after[None], after[2]
+    for key in ("train/loss", "train/grad_norm", "train/margin"):
+        assert split[key] == pytest.approx(whole[key], rel=1e-5, abs=1e-6), key
+    for a, b in zip(weights_whole, weights_split):  # Adam's first step is about lr = 1e-3 per weight
+        torch.testing.assert_close(a, b, rtol=0, atol=2e-5)  # where a gradient is ~0, rounding is amplified
 
 
 def test_lr_zero_leaves_parameters_unchanged(tiny):
