@@ -51,6 +51,9 @@ TRL_NAMES = {
         "weight_decay": "weight_decay",
         "eval_every": "eval_steps (eval_strategy='steps' when an eval set is given)",
         "max_response_tokens": "max_length (prompt and response together: the prompt's allowance is added)",
+        "group_by_prompt": "none: TRL's RewardTrainer scores both answers of every pair, pair by pair",
+        "micro_batch_size": "none: it saves memory only; at scale choose per_device_train_batch_size and "
+        "gradient_accumulation_steps for the GPU",
     },
     "dpo": {
         **_COMMON,
