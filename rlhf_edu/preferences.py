@@ -187,14 +187,14 @@ def whole_prompts_rows(rows: list[dict], n_pairs: int, seed: int) -> list[dict]:
     `n_pairs` rows are taken (the last prompt's rows all come, so a few more may)."""
     import random
 
-    by_prompt: dict[str, list[dict]] = {}
-    for row in rows:
-        by_prompt.setdefault(row["prompt"], []).append(row)
+    from rlhf_edu.training import prompt_groups
+
+    groups = sorted(prompt_groups([r["prompt"] for r in rows]), key=lambda g: rows[g[0]]["prompt"])
     taken: list[dict] = []
-    for prompt in random.Random(seed).sample(sorted(by_prompt), len(by_prompt)):
+    for group in random.Random(seed).sample(groups, len(groups)):
         if len(taken) >= n_pairs:
             break
-        taken += by_prompt[prompt]
+        taken += [rows[i] for i in group]
     return taken
 
 

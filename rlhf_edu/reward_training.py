@@ -32,6 +32,7 @@ from rlhf_edu.training import (
     freeze_lower_layers,
     pair_batch_indices,
     prompt_batch_indices,
+    prompt_groups,
     total_steps,
 )
 
@@ -168,11 +169,8 @@ def micro_batches(rows: list[dict], size: int | None, by_prompt: bool = False) -
         return [rows]
     if not by_prompt:
         return [rows[i : i + size] for i in range(0, len(rows), size)]
-    groups: dict[str, list[dict]] = {}
-    for row in rows:
-        groups.setdefault(row["prompt"], []).append(row)
-    prompts = list(groups)
-    return [[row for p in prompts[i : i + size] for row in groups[p]] for i in range(0, len(prompts), size)]
+    groups = prompt_groups([r["prompt"] for r in rows])
+    return [[rows[j] for g in groups[i : i + size] for j in g] for i in range(0, len(groups), size)]
 
 
 def batch_answers(rows: list[dict], distinct: bool = False) -> tuple[list[tuple], list[int], list[int]]:

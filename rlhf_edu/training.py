@@ -235,14 +235,20 @@ def pair_batch_indices(n_train: int, batch_size: int, seed: int) -> Iterator[lis
             yield order[start : start + batch_size]
 
 
+def prompt_groups(prompts: list[str]) -> list[list[int]]:
+    """The row indices of each distinct prompt, prompts in order of first appearance:
+    ["a", "b", "a"] -> [[0, 2], [1]]."""
+    rows_of: dict[str, list[int]] = {}
+    for i, prompt in enumerate(prompts):
+        rows_of.setdefault(prompt, []).append(i)
+    return list(rows_of.values())
+
+
 def prompt_batch_indices(prompts: list[str], prompts_per_step: int, seed: int) -> Iterator[list[int]]:
     """Row indices of each step's batch, forever, rows grouped by prompt: a fresh seeded shuffle of
     the distinct prompts at each pass, cut into `prompts_per_step` prompts whose rows (all of them,
     in their order in `prompts`) make a batch; the last of a pass may have fewer prompts."""
-    rows_of: dict[str, list[int]] = {}
-    for i, prompt in enumerate(prompts):
-        rows_of.setdefault(prompt, []).append(i)
-    groups = list(rows_of.values())
+    groups = prompt_groups(prompts)
     rng = random.Random(seed)
     while True:
         order = rng.sample(range(len(groups)), len(groups))

@@ -202,15 +202,16 @@ def perfect_reward_line() -> list[str]:
             "reward model misses from what PPO's budget allows."
         ]
     base = runs[0]["config"]
-    rows = []
+    rows, same = [], []  # same: notebook 04's config with only the seed changed
     for run in runs:
         changed = {k: v for k, v in run["config"].items() if k != "sampling" and v != base.get(k)}
         seed = changed.pop("seed", run["config"].get("seed", 0))
+        if not changed:
+            same.append(run)
         label = ", ".join(f"{k} {v}" for k, v in changed.items()) or f"notebook 04's PPO config, seed {seed}"
         if run["dtype"] != runs[0]["dtype"]:
             label += f" ({run['dtype']})"
         rows.append(_ppo_row(label, run))
-    same = [run for run in runs if {k for k, v in run["config"].items() if v != base.get(k)} <= {"seed"}]
     spread = []
     if len(same) > 1:  # notebook 04's config over several seeds, beside `seeds_line`'s learned reward model
         stat = lambda key: (statistics.mean(r[key] for r in same), statistics.stdev(r[key] for r in same))
@@ -307,7 +308,8 @@ def reward_model_sweep_table() -> list[str]:
     for run in sweep["runs"]:
         others = {k: v for k, v in run["config"].items() if k != "lr"}
         if others.pop("group_by_prompt", False):  # batch_size counts prompts then
-            others["batch_size"] = f"{others.get('batch_size', 8)} prompts, all their pairs (group_by_prompt)"
+            per_step = f"{others.pop('batch_size')} prompts" if "batch_size" in others else "prompts"
+            others["batch_size"] = f"{per_step}, all their pairs (group_by_prompt)"
         setting = ", ".join([f"lr {run['lr']:g}", *(f"{k} {v}" for k, v in others.items())])
         if run.get("temperatures"):
             setting += f"; pairs at T {', '.join(str(t) for t in run['temperatures'])}"
