@@ -66,10 +66,16 @@ class SFTConfig:
     """Longer demonstrations are an error (they would be cut before their EOS)."""
     seed: int = 0
     """Shuffling and held-out split."""
+    micro_batch_size: int | None = None
+    """Demonstrations per forward and backward pass; the parts' gradients add up to the whole batch's
+    (each part weighted by its share of the batch's loss tokens). None: the whole batch in one pass.
+    Smaller parts lower the peak memory (activations and the vocabulary-wide logits), not the update."""
 
     def __post_init__(self):
         if self.max_steps < 1 or self.batch_size < 1:
             raise ValueError(f"max_steps and batch_size must be >= 1, got {self.max_steps}, {self.batch_size}")
+        if self.micro_batch_size is not None and self.micro_batch_size < 1:
+            raise ValueError(f"micro_batch_size must be None or >= 1, got {self.micro_batch_size}")
         if self.lr < 0:
             raise ValueError(f"lr must be >= 0, got {self.lr}")
 
@@ -94,11 +100,30 @@ def sft_batch_loss(model, batch: dict, loss_mask=None) -> torch.Tensor:
     if loss_mask is None:
         logps = per_token_logps(model, batch["input_ids"], batch["attention_mask"], batch["context_length"])  # (B, R)
         return sft_loss(logps, batch["response_mask"])
+    logps = per_token_logps(model, batch["input_ids"], batch["attention_mask"], 1)  # (B, P + R - 1) tokens 1..
+    return sft_loss(logps, _predicted_mask(batch, loss_mask))
+
+
+def _predicted_mask(batch: dict, loss_mask) -> torch.Tensor:
+    """(B, P + R - 1): a token counts where the mask says so, it is real, and so is the token
+    before it that predicts it."""
     attention = batch["attention_mask"]  # (B, P + R)
-    # a token counts where the mask says so, it is real, and so is the token before it that predicts it
-    mask = loss_mask(batch)[:, 1:] * attention[:, 1:] * attention[:, :-1]  # (B, P + R - 1)
-    logps = per_token_logps(model, batch["input_ids"], attention, 1)  # (B, P + R - 1) tokens 1..
-    return sft_loss(logps, mask)
+    return loss_mask(batch)[:, 1:] * attention[:, 1:] * attention[:, :-1]
+
+
+def loss_tokens(batch: dict, loss_mask=None) -> int:
+    """How many tokens `sft_batch_loss` averages over in this batch."""
+    mask = batch["response_mask"] if loss_mask is None else _predicted_mask(batch, loss_mask)
+    return int(mask.sum())
+
+
+def batch_parts(batch: dict, size: int | None) -> list[dict]:
+    """A batch in the course layout cut into parts of `size` rows (None: the whole batch), each
+    keeping the batch's columns (a part may carry padding columns of its own: they count nowhere)."""
+    n = batch["input_ids"].shape[0]
+    if size is None or size >= n:
+        return [batch]
+    return [{k: v[i : i + size] if torch.is_tensor(v) else v for k, v in batch.items()} for i in range(0, n, size)]
 
 
 @torch.no_grad()
@@ -190,18 +215,25 @@ def train_sft(
             tokenizer, [r["prompt"] for r in chunk], [r["response"] for r in chunk], config.max_response_tokens
         )
         batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-        # 2. Completion-only loss on the response tokens (and EOS).
+        # 2. Completion-only loss on the response tokens (and EOS), in parts when `micro_batch_size`
+        #    asks for them: each part's mean weighted by its share of the batch's tokens.
         model.train()
-        with autocast_ctx:
-            loss = sft_batch_loss(model, batch, loss_mask)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"SFT loss (train/loss) is {loss.item()} at step {step}; lower the learning rate")
-        # 3. Backward, clip, step (with fp16's grad scaler, a non-finite norm only skips the step).
-        scaler.scale(loss).backward()
+        loss, tokens = 0.0, loss_tokens(batch, loss_mask)
+        for part in batch_parts(batch, config.micro_batch_size):
+            with autocast_ctx:
+                part_loss = sft_batch_loss(model, part, loss_mask) * (loss_tokens(part, loss_mask) / tokens)
+            if not torch.isfinite(part_loss):
+                raise FloatingPointError(
+                    f"SFT loss (train/loss) is {part_loss.item()} at step {step}; lower the learning rate"
+                )
+            # 3. Backward (gradients add up over the parts), clip, step (with fp16's grad scaler, a
+            #    non-finite norm only skips the step).
+            scaler.scale(part_loss).backward()
+            loss += part_loss.item()
         grad_norm = clip_and_step(optimizer, scaler, model.parameters(), config.max_grad_norm, step, "SFT")
         record = {
             "step": step + 1,
-            "train/loss": loss.item(),
+            "train/loss": loss,
             "train/lr": scheduler.get_last_lr()[0],
             "train/grad_norm": float(grad_norm),
             "train/tokens": int(batch["response_mask"].sum()),

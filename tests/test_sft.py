@@ -1,3 +1,4 @@
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -136,3 +137,41 @@ def test_cut_off_responses_get_no_eos(tiny):
     assert batch["response_mask"].sum(1).tolist() == [4, 3]
     assert batch["input_ids"][0, P + 3] == tok.eos_token_id
     assert tok.eos_token_id not in batch["input_ids"][1, P:].tolist()
+
+
+@pytest.mark.parametrize("loss_mask", [None, "everything"])
+def test_micro_batches_give_the_whole_batch_update(loss_mask):
+    """micro_batch_size splits a step's forward and backward passes; each part weighted by its share
+    of the batch's loss tokens, the parts' gradients add up to the whole batch's (fp32)."""
+    from rlhf_edu.devices import choose_device_setup
+    from rlhf_edu.models import tiny_model_and_tokenizer
+
+    mask = None if loss_mask is None else (lambda b: b["attention_mask"])
+    rows = [{**r, "response": r["response"] + " More." * i} for i, r in enumerate(ROWS)]  # unequal lengths
+    fp32 = choose_device_setup("cpu", dtype="fp32")
+    runs = []
+    for micro in (None, 3, 1):
+        model, tok = tiny_model_and_tokenizer("llama", seed=0)
+        cfg = SFTConfig(max_steps=1, batch_size=6, n_heldout=2, lr=1e-3, warmup_steps=0, micro_batch_size=micro)
+        history = train_sft(model, tok, rows, cfg, loss_mask=mask, setup=fp32, progress=False)
+        runs.append((history[0], [p.detach().clone() for p in model.parameters()]))
+    (whole, weights_whole), *splits = runs
+    for split, weights_split in splits:
+        for key in ("train/loss", "train/grad_norm"):
+            assert split[key] == pytest.approx(whole[key], rel=1e-5), key
+        for a, b in zip(weights_whole, weights_split):  # Adam's first step is about lr = 1e-3 per weight
+            torch.testing.assert_close(a, b, rtol=0, atol=2e-5)  # where a gradient is ~0, rounding is amplified
+    with pytest.raises(ValueError, match="micro_batch_size"):
+        SFTConfig(micro_batch_size=0)
+
+
+def test_batch_parts_keep_the_layout(tiny):
+    from rlhf_edu.sft import batch_parts, loss_tokens
+
+    _, tok = tiny
+    batch = build_sft_batch(tok, ["hi", "a longer prompt", "x"], ["ok.", "fine, thanks.", "yes"])
+    assert batch_parts(batch, None) == [batch] and batch_parts(batch, 3) == [batch]
+    parts = batch_parts(batch, 2)
+    assert [p["input_ids"].shape[0] for p in parts] == [2, 1]
+    assert all(p["context_length"] == batch["context_length"] for p in parts)
+    assert sum(loss_tokens(p) for p in parts) == loss_tokens(batch) == int(batch["response_mask"].sum())
