@@ -135,6 +135,12 @@ def prompt_dataset(prompts: list[str]):
 def _common(config, out_dir, overrides: dict) -> dict:
     import torch
 
+    from rlhf_edu.devices import device_setup
+
+    # TRL computes in the course's dtype (`device_setup`, `RLHF_EDU_DTYPE` included): bf16 autocast on
+    # a CPU with native bf16 or an Ampere GPU, fp16 on a T4, fp32 elsewhere, so that a comparison with
+    # the course's own runs (notebook 08) is at equal precision.
+    setup = device_setup()
     return {
         "output_dir": str(out_dir),
         "learning_rate": config.lr,
@@ -145,8 +151,9 @@ def _common(config, out_dir, overrides: dict) -> dict:
         "logging_steps": 1,
         "save_strategy": "no",
         "report_to": "none",
-        "bf16": torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
-        "use_cpu": not torch.cuda.is_available(),
+        "bf16": setup.autocast_dtype == torch.bfloat16,
+        "fp16": setup.autocast_dtype == torch.float16,
+        "use_cpu": setup.device == "cpu",
         **overrides,
     }
 

@@ -46,6 +46,16 @@ def test_grpo_settings_translate(tmp_path):
     assert rloo.normalize_advantages is False and rloo.num_generations == 4
 
 
+@pytest.mark.parametrize(("dtype", "bf16"), [("bf16", True), ("fp32", False)])
+def test_trl_computes_in_the_courses_dtype(monkeypatch, tmp_path, dtype, bf16):
+    # Notebook 08 compares TRL's runs with the course's: both in the dtype device_setup picks.
+    monkeypatch.setenv("RLHF_EDU_DTYPE", dtype)
+    config = get_preset("cpu").final
+    for args in (scale.dpo_args(config.dpo, tmp_path), scale.grpo_args(config.grpo, tmp_path)):
+        assert args.bf16 is bf16 and args.fp16 is False
+        assert args.use_cpu is not torch.cuda.is_available()
+
+
 def test_pairs_become_conversational():
     from rlhf_edu.export import preference_dataset
 
