@@ -173,7 +173,7 @@ PRESETS: dict[str, Preset] = {
             pool_size=16,
             bon_ns=(1, 2, 4, 8, 16),
             weak_pairs=48,
-            weak_reward=RewardConfig(lr=1e-4, batch_size=8, warmup_steps=1),
+            weak_reward=RewardConfig(lr=1e-4, batch_size=8, warmup_steps=1, micro_batch_size=2),
             heldout_pairs=32,
             overopt_kl_coef=0.0,
             overopt_steps=6,
@@ -182,16 +182,17 @@ PRESETS: dict[str, Preset] = {
             refresh_kl_coef=0.1,
             refresh_pairs=32,
             refresh_old_pairs=16,
-            refresh_reward=RewardConfig(lr=5e-5, batch_size=8),
+            refresh_reward=RewardConfig(lr=5e-5, batch_size=8, micro_batch_size=2),
             refresh_steps=2,
             mix_weights=(0.0, 0.25, 0.5, 0.75, 1.0),
             mix_n=16,
         ),
         final=FinalEvalBudget(
             # lr 2e-4 on the top 8 blocks: at a few dozen steps the literature's 5e-7 to 1e-6
-            # (batch 64, thousands of steps) would not move the policy. More pairs (48 or 96 steps), a
-            # smaller beta (0.05) or only the pairs sampled at T <= 1 each gained less gold.
-            dpo=DPOConfig(beta=0.1, lr=2e-4, batch_size=8, max_steps=28, warmup_steps=2, trainable_layers=8),
+            # (batch 64, thousands of steps) would not move the policy. 40 steps (320 pairs) gained more
+            # gold than 28; lr 1e-4, lr 3e-4, beta 0.05 or 0.2, or only the pairs sampled at T <= 1 gained
+            # less (bench/stage_trials.py; the table is in docs/results.md).
+            dpo=DPOConfig(beta=0.1, lr=2e-4, batch_size=8, max_steps=40, warmup_steps=2, trainable_layers=8),
             dpo_heldout=64,
             # 8 prompts x 4 answers a step in minibatches of 8: 32 optimizer steps in all, at half PPO's
             # learning rate. 4 prompts a step in minibatches of 4 at PPO's 2e-4 moved three times as far
@@ -205,11 +206,13 @@ PRESETS: dict[str, Preset] = {
                 epochs=1,
                 lr=1e-4,
                 kl_coef=0.1,  # PPO's (notebook 04), so that the two pay the same for each nat of KL
-                sampling=SamplingConfig(64, 1.0, 16),
+                sampling=SamplingConfig(64, 1.0, 32),
                 trainable_layers=8,
             ),
             judge_pairs=48,
-            judge_reward=RewardConfig(lr=1e-4, batch_size=8, max_steps=10, warmup_steps=1, trainable_layers=4),
+            judge_reward=RewardConfig(
+                lr=1e-4, batch_size=8, max_steps=10, warmup_steps=1, trainable_layers=4, micro_batch_size=2
+            ),
             judge_heldout=48,
             judge_batch_size=16,
             bon_n=4,
@@ -218,11 +221,15 @@ PRESETS: dict[str, Preset] = {
         ),
         cell_timeout=1800,  # 03's reward model, 04's PPO, 05's sweep: several minutes a cell
         n_eval=128,
-        eval_sampling=SamplingConfig(max_new_tokens=64, temperature=0.7, batch_size=16),
-        sft=SFTConfig(max_steps=48, batch_size=8, eval_every=16, n_heldout=32, lr=3e-5),
+        # 32 prompts a decoding pass: on 2 cores a pass costs far less than twice one of 16 (a quarter
+        # less time for the same answers), for a few MB more.
+        eval_sampling=SamplingConfig(max_new_tokens=64, temperature=0.7, batch_size=32),
+        # In parts of 2 demonstrations: 6 steps peak at 3.7 GB against 4.0 GB whole, 15% slower.
+        sft=SFTConfig(max_steps=48, batch_size=8, eval_every=16, n_heldout=32, lr=3e-5, micro_batch_size=2),
         # lr 3e-4: at 1e-4 the 48 steps learn form only and stay at chance on the pairs the preference
         # qualities decide (bench/reward_model_sweep.py, docs/results.md).
-        reward=RewardConfig(lr=3e-4, batch_size=8, eval_every=12, warmup_steps=2),
+        # In parts of 2 pairs (gradients accumulate to the batch's): 4.0 GB at the peak against 5.3 GB whole.
+        reward=RewardConfig(lr=3e-4, batch_size=8, eval_every=12, warmup_steps=2, micro_batch_size=2),
         reward_pairs=384,
         reward_heldout=400,
         reward_probe=64,
@@ -239,7 +246,7 @@ PRESETS: dict[str, Preset] = {
             ppo_epochs=2,
             lr=2e-4,
             kl_coef=0.1,
-            sampling=SamplingConfig(64, 1.0, 16),
+            sampling=SamplingConfig(64, 1.0, 32),
             eval_every=7,
             eval_subset=16,
             trainable_layers=8,
