@@ -64,6 +64,9 @@ def score_samples(
 
     `metrics.evaluate_policy` is `generation.sample` then this; the reference's one forward pass
     serves both the KL and the perplexity. Without a reference, no kl and no ref_nll.
+    `batch_size` answers go through each forward pass: the reference's logits over the whole
+    vocabulary (b x R x V floats, in several copies) bound the memory, so callers keep this batch
+    small whatever batch the sampler used.
     Notebooks: 06_dpo_grpo.ipynb, 07_evaluation.ipynb (through `rlhf_edu.course.yardstick`)
     """
     scored = score_batch(prompts, samples.texts, samples.has_eos.tolist())
@@ -185,7 +188,6 @@ def policy_eval_rows(
             reward_model=reward_model,
             policy=model,
             temperature=spec.sampling.temperature,
-            batch_size=spec.sampling.batch_size,
             autocast_ctx=spec.autocast_ctx,
         )
         model.train(was_training)
@@ -243,7 +245,6 @@ def best_of_n_rows(
         prompts,
         reference=reference if reference is not None else policy,
         temperature=sampling.temperature,
-        batch_size=sampling.batch_size,
         autocast_ctx=autocast_ctx,
     )
     kl = float(bon_kl_bound(n))

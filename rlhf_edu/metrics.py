@@ -68,7 +68,6 @@ def evaluate_policy(
         reward_model=reward_model,
         policy=model if reference is not None else None,
         temperature=sampling.temperature,
-        batch_size=sampling.batch_size,
         autocast_ctx=autocast_ctx,
     )
 

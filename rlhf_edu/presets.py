@@ -221,14 +221,13 @@ PRESETS: dict[str, Preset] = {
         ),
         cell_timeout=1800,  # 03's reward model, 04's PPO, 05's sweep: several minutes a cell
         n_eval=128,
-        # 32 prompts a decoding pass: on 2 cores a pass costs far less than twice one of 16 (a quarter
-        # less time for the same answers), for a few MB more.
+        # 32 prompts a decoding pass: on 2 cores one pass of 32 takes far less time than two of 16.
         eval_sampling=SamplingConfig(max_new_tokens=64, temperature=0.7, batch_size=32),
-        # In parts of 2 demonstrations: 6 steps peak at 3.7 GB against 4.0 GB whole, 15% slower.
+        # In parts of 2 demonstrations (gradients add up to the batch's): a lower peak memory for a little time.
         sft=SFTConfig(max_steps=48, batch_size=8, eval_every=16, n_heldout=32, lr=3e-5, micro_batch_size=2),
         # lr 3e-4: at 1e-4 the 48 steps learn form only and stay at chance on the pairs the preference
         # qualities decide (bench/reward_model_sweep.py, docs/results.md).
-        # In parts of 2 pairs (gradients accumulate to the batch's): 4.0 GB at the peak against 5.3 GB whole.
+        # In parts of 2 pairs (gradients add up to the batch's): a lower peak memory for a little time.
         reward=RewardConfig(lr=3e-4, batch_size=8, eval_every=12, warmup_steps=2, micro_batch_size=2),
         reward_pairs=384,
         reward_heldout=400,

@@ -128,3 +128,21 @@ def test_verdict_names_the_winner_in_computed_words():
     assert lines[1].startswith("best-of-4, which trains nothing") and "beats it" in lines[1]
     assert lines[2].startswith("dpo:") and "within noise of SFT" in lines[2]
     assert yardstick.verdict({"sft": sft}, trained=["ppo"])[0] == "sft"
+
+
+def test_scoring_batches_stay_small_whatever_the_sampler_takes(artifacts, monkeypatch):
+    """The reference's vocabulary-wide logits bound an evaluation's memory: the sampler may take 32
+    prompts a pass, the scoring forward passes still take 16 answers at most."""
+    import rlhf_edu.eval_rows as er
+
+    policy, tok = tiny_model_and_tokenizer(seed=0)
+    preset = dataclasses.replace(
+        PRESET, n_eval=40, eval_sampling=SamplingConfig(max_new_tokens=4, temperature=0.7, batch_size=32)
+    )
+    rows_seen = []
+    real = er.response_logits
+    monkeypatch.setattr(
+        er, "response_logits", lambda model, ids, *a, **k: rows_seen.append(len(ids)) or real(model, ids, *a, **k)
+    )
+    rows, _ = yardstick.evaluate("p", policy, tok, preset, device_setup("cpu"), reference=copy.deepcopy(policy))
+    assert len(rows) == 40 and sum(rows_seen) == 40 and max(rows_seen) == 16
