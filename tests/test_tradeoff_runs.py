@@ -399,3 +399,6 @@ def test_notebook_05s_pieces_load_from_the_cache_on_a_second_call(tmp_path, monk
     again, record_again, _ = tr.weak_proxy(ctx, cache, ROWS, ROWS, RewardConfig(lr=1e-3, batch_size=2, max_steps=1), 0)
     assert record_again["accuracy"] == record["accuracy"]
     assert tr.pool_scores(ctx, cache, pool, key, again, weak_id) == weak_scores
+    # other held-out pairs: the accuracies are measured anew, never read from this record
+    with pytest.raises(AssertionError, match="recomputed a cached piece"):
+        tr.weak_proxy(ctx, cache, ROWS, ROWS[:2], RewardConfig(lr=1e-3, batch_size=2, max_steps=1), 0)

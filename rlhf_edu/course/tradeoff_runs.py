@@ -376,7 +376,7 @@ def weak_proxy(ctx: RunContext, cache: RunCache, rows: list[dict], heldout: list
     from rlhf_edu.reward import evaluate_reward_model
     from rlhf_edu.store import Lazy
 
-    weak_id = cache_key(ctx.key, "weak", config, seed, rows)
+    weak_id = cache_key(ctx.key, "weak", config, seed, rows, heldout)  # the accuracies are on `heldout`
     history = []
 
     def build():
