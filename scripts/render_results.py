@@ -241,7 +241,8 @@ def ppo_trials_line() -> list[str]:
     trials = [_load(path) for path in sorted(RESULTS.glob("ppo_seeds_cpu_*.json"))]
     rows = []
     for trial in (t for t in trials if t):
-        setting = ", ".join(f"{k} {v}" for k, v in trial.get("ppo_overrides", {}).items()) or "notebook 04's"
+        overrides = ", ".join(f"{k} {v}" for k, v in trial.get("ppo_overrides", {}).items())
+        setting = trial.get("label") or overrides or "notebook 04's"  # a label says what else differed
         rows += [_ppo_row(f"{setting} (seed {run['seed']})", run) for run in trial["runs"]]
     if not rows:
         return []
