@@ -143,7 +143,7 @@ def course_table(course: dict | None) -> list[str]:
             rows.append((name, "failed", memory, entry["error"].splitlines()[-1][:120]))
         else:
             for failed in entry.get("failed_cells", []):  # a --keep-going run: the claims that failed
-                head += f"; **claim failed:** {failed['error'].splitlines()[-1][:120]}"
+                head = head.rstrip(".") + f"; **claim failed:** {failed['error'].splitlines()[-1][:120]}"
             rows.append((name, f"{entry['seconds']:.0f} s", memory, head))
     return [
         (
